@@ -1,9 +1,9 @@
 """Functional forms of torchhefl's losses and their closed-form gradients.
 
 Nothing here imports torchhefl.secure: :func:`taylor_grad` is written with ``@``, ``*``, ``+`` and
-``-`` only, with ``weight`` as the right operand of every product, so that it runs unchanged on a
-``torch.Tensor`` and on anything that supports those operations with plaintext tensors (such as
-``torchhefl.secure.EncryptedTensor``).
+``-`` only, with ``weight`` as the right operand of the one product that touches it, so that it runs
+unchanged on a ``torch.Tensor`` and on anything that supports those operations with plaintext
+tensors (such as ``torchhefl.secure.EncryptedTensor``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["taylor_grad", "taylor_loss"]
+__all__ = ["add_bias_column", "taylor_grad", "taylor_loss"]
 
 _LOG2 = math.log(2.0)
 
@@ -23,6 +23,11 @@ def taylor_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tenso
 
     ``loss = log 2 - z / 2 + z^2 / 8`` with ``z = y * input`` and ``y = 2 * target - 1``.
     See :class:`torchhefl.nn.TaylorLoss`.
+
+    Args:
+        input: logits, any shape.
+        target: labels in {0, 1} (any dtype; soft labels in [0, 1] are accepted), same shape.
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``. Default: ``"mean"``.
     """
     _check_reduction(reduction)
     if input.shape != target.shape:
@@ -30,6 +35,8 @@ def taylor_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tenso
             f"Using a target size ({tuple(target.shape)}) that is different to the input size "
             f"({tuple(input.shape)}) is not allowed"
         )
+    if not input.is_floating_point():
+        raise TypeError(f"taylor_loss expects floating-point logits, got {input.dtype}")
     z = (2.0 * target.to(input.dtype) - 1.0) * input
     loss = _LOG2 - 0.5 * z + 0.125 * z * z
     if reduction == "mean":
@@ -43,11 +50,18 @@ def taylor_grad(weight, X: Tensor, y: Tensor):
     """Gradient of the mean Taylor loss with respect to ``weight`` (the paper's Eq 13).
 
     ``grad = (1/n) X^T (X w / 4 - y_pm / 2)`` with ``y_pm = 2 * y - 1``, evaluated as
-    ``(X^T X / 4n) @ w - X^T y_pm / 2n`` so that only one product touches ``weight``.
+    ``(X^T X / 4n) @ w - X^T y_pm / 2n`` so that only one product touches ``weight``, with
+    ``weight`` as its right operand.
+
+    The plaintext parts are computed in ``weight``'s dtype and on its device when ``weight`` is a
+    floating-point ``torch.Tensor``; otherwise (an integer tensor, which is converted, or an encrypted
+    tensor) in float64.
 
     Args:
         weight: parameters, shape ``(d,)``; a tensor or an encrypted tensor.
-        X: inputs, shape ``(n, d)`` (append a column of ones to fit a bias).
+        X: inputs, shape ``(n, d)``. To fit a bias, append a column of ones with
+            :func:`add_bias_column` and put the bias last in ``weight``
+            (see :meth:`torchhefl.nn.LogisticRegression.get_flat`).
         y: targets in {0, 1}, shape ``(n,)``.
 
     Returns:
@@ -55,12 +69,39 @@ def taylor_grad(weight, X: Tensor, y: Tensor):
     """
     if X.dim() != 2 or y.dim() != 1 or X.shape[0] != y.shape[0]:
         raise ValueError(f"taylor_grad expects X (n, d) and y (n,), got {tuple(X.shape)} and {tuple(y.shape)}")
+    if X.shape[0] == 0:
+        raise ValueError("taylor_grad needs at least one row, got X of shape (0, d)")
+    if isinstance(weight, Tensor):
+        if weight.shape != (X.shape[1],):
+            raise ValueError(f"taylor_grad expects weight of shape ({X.shape[1]},), got {tuple(weight.shape)}")
+        if not weight.is_floating_point():
+            weight = weight.to(torch.float64)
+        dtype, device = weight.dtype, weight.device
+    else:
+        dtype, device = torch.float64, X.device
     n = X.shape[0]
-    X = X.to(torch.float64)
-    y_pm = 2.0 * y.to(torch.float64) - 1.0
+    X = X.to(dtype=dtype, device=device)
+    y_pm = 2.0 * y.to(dtype=dtype, device=device) - 1.0
     gram = (X.T @ X) * (0.25 / n)
     offset = (X.T @ y_pm) * (0.5 / n)
     return gram @ weight - offset
+
+
+def add_bias_column(X: Tensor) -> Tensor:
+    """Append a column of ones to ``X`` so that a bias becomes the last weight.
+
+    ``add_bias_column(X) @ model.get_flat()`` equals ``model(X)`` for a
+    :class:`torchhefl.nn.LogisticRegression` with a bias.
+
+    Args:
+        X: inputs, shape ``(n, d)``.
+
+    Returns:
+        Shape ``(n, d + 1)``, same dtype and device as ``X``.
+    """
+    if X.dim() != 2:
+        raise ValueError(f"add_bias_column expects X of shape (n, d), got {tuple(X.shape)}")
+    return torch.cat([X, X.new_ones((X.shape[0], 1))], dim=1)
 
 
 def _check_reduction(reduction: str) -> None:

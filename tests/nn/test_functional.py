@@ -1,0 +1,115 @@
+"""taylor_grad against autograd of TaylorLoss; add_bias_column; taylor_loss argument checks."""
+
+import pytest
+import torch
+
+from torchhefl.nn import LogisticRegression, TaylorLoss
+from torchhefl.nn.functional import add_bias_column, taylor_grad, taylor_loss
+
+
+def _autograd_grad(theta, X, y):
+    theta = theta.clone().requires_grad_(True)
+    TaylorLoss()(X @ theta, y.to(X.dtype)).backward()
+    return theta.grad
+
+
+@pytest.mark.parametrize("n,d", [(1, 1), (5, 3), (64, 30), (200, 7)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_taylor_grad_equals_autograd(n, d, with_bias):
+    g = torch.Generator().manual_seed(n * 100 + d)
+    X = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 2, (n,), generator=g)
+    if with_bias:
+        X = add_bias_column(X)
+    theta = torch.randn(X.shape[1], generator=g, dtype=torch.float64)
+    expected = _autograd_grad(theta, X, y)
+    got = taylor_grad(theta, X, y)
+    assert got.shape == (X.shape[1],)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_taylor_grad_matches_model_gradients():
+    torch.manual_seed(0)
+    model = LogisticRegression(4, dtype=torch.float64)
+    X = torch.randn(32, 4, dtype=torch.float64)
+    y = torch.randint(0, 2, (32,))
+    TaylorLoss()(model(X), y.double()).backward()
+    expected = torch.cat([model.weight.grad.reshape(-1), model.bias.grad])
+    got = taylor_grad(model.get_flat(), add_bias_column(X), y)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_taylor_grad_follows_weight_dtype():
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(10, 3, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 2, (10,), generator=g)
+    w32 = torch.randn(3, generator=g)
+    got = taylor_grad(w32, X, y)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, taylor_grad(w32.double(), X, y).float(), rtol=1e-5, atol=1e-6)
+    assert taylor_grad(torch.tensor([1, 0, 2]), X, y).dtype == torch.float64
+
+
+class _RightOperandOnly:
+    """Stands in for an encrypted tensor: supports only matrix @ self and self - tensor."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __rmatmul__(self, matrix):
+        assert isinstance(matrix, torch.Tensor) and matrix.dtype == torch.float64
+        return _RightOperandOnly(matrix @ self.value)
+
+    def __sub__(self, other):
+        assert isinstance(other, torch.Tensor)
+        return _RightOperandOnly(self.value - other)
+
+
+def test_taylor_grad_touches_weight_only_as_right_operand():
+    g = torch.Generator().manual_seed(2)
+    X = add_bias_column(torch.randn(20, 5, generator=g, dtype=torch.float64))
+    y = torch.randint(0, 2, (20,), generator=g)
+    theta = torch.randn(6, generator=g, dtype=torch.float64)
+    got = taylor_grad(_RightOperandOnly(theta), X, y)
+    torch.testing.assert_close(got.value, taylor_grad(theta, X, y), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "X_shape,y_shape,w_shape,match",
+    [
+        ((4, 3), (5,), (3,), r"taylor_grad expects X \(n, d\) and y \(n,\), got \(4, 3\) and \(5,\)"),
+        ((4,), (4,), (3,), r"taylor_grad expects X \(n, d\) and y \(n,\)"),
+        ((4, 3), (4, 1), (3,), r"taylor_grad expects X \(n, d\) and y \(n,\)"),
+        ((4, 3), (4,), (4,), r"taylor_grad expects weight of shape \(3,\), got \(4,\)"),
+        ((0, 3), (0,), (3,), r"taylor_grad needs at least one row"),
+    ],
+)
+def test_taylor_grad_shape_errors(X_shape, y_shape, w_shape, match):
+    with pytest.raises(ValueError, match=match):
+        taylor_grad(torch.zeros(w_shape), torch.zeros(X_shape), torch.zeros(y_shape))
+
+
+def test_add_bias_column():
+    X = torch.arange(6, dtype=torch.float32).reshape(3, 2)
+    Xb = add_bias_column(X)
+    assert Xb.shape == (3, 3) and Xb.dtype == torch.float32
+    assert torch.equal(Xb[:, :2], X) and torch.equal(Xb[:, 2], torch.ones(3))
+    with pytest.raises(ValueError, match=r"add_bias_column expects X of shape \(n, d\), got \(3,\)"):
+        add_bias_column(torch.zeros(3))
+
+
+def test_add_bias_column_matches_model_forward():
+    torch.manual_seed(3)
+    model = LogisticRegression(5, dtype=torch.float64)
+    X = torch.randn(7, 5, dtype=torch.float64)
+    torch.testing.assert_close(add_bias_column(X) @ model.get_flat(), model(X).detach())
+
+
+def test_taylor_loss_errors():
+    with pytest.raises(ValueError, match=r"target size \(\(3, 1\)\) that is different to the input size \(\(3,\)\)"):
+        taylor_loss(torch.zeros(3), torch.zeros(3, 1))
+    with pytest.raises(ValueError, match="'avg' is not a valid value for reduction|avg is not a valid value"):
+        taylor_loss(torch.zeros(3), torch.zeros(3), reduction="avg")
+    with pytest.raises(TypeError, match="taylor_loss expects floating-point logits, got torch.int64"):
+        taylor_loss(torch.zeros(3, dtype=torch.long), torch.zeros(3))
