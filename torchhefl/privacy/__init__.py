@@ -1,0 +1,20 @@
+"""Differential privacy for local training: per-sample clipping, Gaussian noise, accounting.
+
+A site trains with :func:`private_step` on batches from :func:`poisson_batches`, with the noise
+multiplier from :func:`calibrate_noise` (or a :class:`DPConfig`), and tracks what it has spent
+with a :class:`PrivacyAccountant`. Accounting is Opacus'; nothing here bounds epsilon by hand.
+"""
+
+from torchhefl.privacy.accountant import ACCOUNTANTS, PrivacyAccountant, calibrate_noise
+from torchhefl.privacy.config import DPConfig
+from torchhefl.privacy.dp_sgd import private_step
+from torchhefl.privacy.sampling import poisson_batches
+
+__all__ = [
+    "ACCOUNTANTS",
+    "DPConfig",
+    "PrivacyAccountant",
+    "calibrate_noise",
+    "poisson_batches",
+    "private_step",
+]

@@ -1,0 +1,171 @@
+"""Privacy accounting for DP-SGD with Poisson subsampling, delegated to Opacus' accountants.
+
+Nothing here computes a privacy bound by hand: :func:`calibrate_noise` calls
+``opacus.accountants.utils.get_noise_multiplier`` and :class:`PrivacyAccountant` keeps an Opacus
+accountant (picked by name from Opacus' registry) and asks it for epsilon.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+
+from torchhefl.exceptions import ConfigError
+from torchhefl.privacy._checks import (
+    _check_delta,
+    _check_epsilon,
+    _check_noise_multiplier,
+    _check_sample_rate,
+    _check_steps,
+)
+
+__all__ = ["ACCOUNTANTS", "PrivacyAccountant", "calibrate_noise"]
+
+#: Accountants that give an upper bound on epsilon, by their Opacus name. Opacus' ``"gdp"``
+#: (Gaussian DP via the central limit theorem) is an approximation, not a bound, and is left out.
+ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp")
+
+_ACCOUNTANT_TITLES = {"prv": "PRV", "rdp": "RDP"}
+
+
+def _check_accountant(accountant: str) -> None:
+    if accountant not in ACCOUNTANTS:
+        raise ConfigError(
+            f"unknown accountant {accountant!r}; choose one of {', '.join(map(repr, ACCOUNTANTS))}"
+        )
+
+
+def calibrate_noise(
+    *,
+    target_epsilon: float,
+    target_delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: str = "rdp",
+    epsilon_tolerance: float = 0.01,
+) -> float:
+    """The smallest noise multiplier (up to ``epsilon_tolerance``) that keeps DP-SGD within budget.
+
+    After ``steps`` steps of the Poisson-subsampled Gaussian mechanism at ``sample_rate`` with the
+    returned noise multiplier, the named Opacus accountant reports an epsilon of at most
+    ``target_epsilon`` (and at least ``target_epsilon - epsilon_tolerance``) at ``target_delta``.
+
+    Args:
+        target_epsilon: the privacy budget's epsilon, > 0.
+        target_delta: the privacy budget's delta, in (0, 1).
+        sample_rate: probability that a record is in a step's batch, in (0, 1].
+        steps: number of noisy steps that touch the data over the whole run, >= 1.
+        accountant: ``"rdp"`` or ``"prv"`` (Opacus' names). Default: ``"rdp"``.
+        epsilon_tolerance: precision of Opacus' binary search, in epsilon units. Default: ``0.01``.
+
+    Returns:
+        The noise multiplier sigma: the noise std divided by the clipping norm.
+    """
+    _check_epsilon(target_epsilon)
+    _check_delta(target_delta)
+    _check_sample_rate(sample_rate)
+    _check_steps(steps)
+    _check_accountant(accountant)
+    if steps == 0:
+        raise ConfigError("steps must be >= 1 to calibrate noise, got 0")
+    try:
+        with warnings.catch_warnings():
+            # Opacus' binary search visits large sigmas whose best RDP order is the largest one it
+            # tries; the bound there is loose but valid, and the warning says nothing about the result.
+            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            sigma = get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=target_delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=accountant,
+                epsilon_tolerance=epsilon_tolerance,
+            )
+        return float(sigma)
+    except ValueError as e:  # opacus: "The privacy budget is too low."
+        raise ConfigError(
+            f"no noise multiplier reaches epsilon {target_epsilon} at delta {target_delta} "
+            f"with sample_rate {sample_rate} over {steps} steps ({e})"
+        ) from e
+
+
+class PrivacyAccountant:
+    """Tracks the (epsilon, delta) spent by DP-SGD steps of one party, with an Opacus accountant.
+
+    One accountant per site: every step that used a Poisson-subsampled batch of the site's rows
+    with Gaussian noise of multiplier ``noise_multiplier`` is recorded with :meth:`step`.
+
+    Args:
+        noise_multiplier: noise std divided by the clipping norm, >= 0.
+        sample_rate: Poisson sampling rate of each step, in (0, 1].
+        accountant: ``"rdp"`` or ``"prv"`` (Opacus' names). Default: ``"rdp"``.
+
+    Example::
+
+        >>> acc = PrivacyAccountant(noise_multiplier=1.1, sample_rate=0.01)
+        >>> acc.step(num_steps=1000)
+        >>> acc.steps, round(acc.epsilon(1e-5), 2)
+        (1000, 1.71)
+    """
+
+    def __init__(self, *, noise_multiplier: float, sample_rate: float, accountant: str = "rdp") -> None:
+        _check_noise_multiplier(noise_multiplier)
+        _check_sample_rate(sample_rate)
+        _check_accountant(accountant)
+        self.noise_multiplier = float(noise_multiplier)
+        self.sample_rate = float(sample_rate)
+        self.mechanism = accountant
+        self._accountant = create_accountant(mechanism=accountant)
+
+    def step(self, num_steps: int = 1) -> None:
+        """Record ``num_steps`` DP-SGD steps at this accountant's noise multiplier and sample rate."""
+        _check_steps(num_steps, "num_steps")
+        for _ in range(num_steps):
+            self._accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
+
+    @property
+    def steps(self) -> int:
+        """Number of steps recorded so far."""
+        return sum(int(n) for _, _, n in self._accountant.history)
+
+    def epsilon(self, delta: float) -> float:
+        """Epsilon spent so far at ``delta`` (an upper bound; 0.0 before any step)."""
+        _check_delta(delta)
+        if not self._accountant.history:
+            return 0.0
+        return float(self._accountant.get_epsilon(delta=delta))
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state: the accountant's name and its history of ``[sigma, q, steps]``."""
+        return {
+            "accountant": self.mechanism,
+            "history": [[float(s), float(q), int(n)] for s, q, n in self._accountant.history],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the history saved by :meth:`state_dict` (the accountant names must match)."""
+        if not isinstance(state_dict, dict) or "history" not in state_dict or "accountant" not in state_dict:
+            raise ConfigError("accountant state must be a dict with 'accountant' and 'history'")
+        if state_dict["accountant"] != self.mechanism:
+            raise ConfigError(
+                f"accountant state is for {state_dict['accountant']!r}, this accountant is {self.mechanism!r}"
+            )
+        history = []
+        for entry in state_dict["history"]:
+            if not (isinstance(entry, (list, tuple)) and len(entry) == 3):
+                raise ConfigError(f"accountant history entries must be [sigma, q, steps], got {entry!r}")
+            sigma, q, n = entry
+            _check_noise_multiplier(sigma)
+            _check_sample_rate(q)
+            _check_steps(n, "history steps")
+            history.append((float(sigma), float(q), int(n)))
+        self._accountant.history = history
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(noise_multiplier={self.noise_multiplier}, sample_rate={self.sample_rate}, "
+            f"accountant={self.mechanism!r}, steps={self.steps})"
+        )

@@ -1,0 +1,39 @@
+"""Poisson subsampling of a site's rows, the batch sampling that DP-SGD's accounting assumes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from torchhefl.privacy._checks import _check_sample_rate, _check_steps
+
+__all__ = ["poisson_batches"]
+
+
+def poisson_batches(
+    n: int, *, sample_rate: float, steps: int, generator: torch.Generator | None = None
+) -> Iterator[Tensor]:
+    """Yield ``steps`` batches of row indices, each row drawn independently with ``sample_rate``.
+
+    Batch sizes vary (their mean is ``sample_rate * n``) and a batch may be empty: this is the
+    sampling under which the accountants of :mod:`torchhefl.privacy.accountant` are valid.
+    Shuffled fixed-size batches are not.
+
+    Args:
+        n: number of rows of the site's data, >= 0.
+        sample_rate: probability that a row is in a batch, in (0, 1].
+        steps: number of batches, >= 0.
+        generator: the random source; a seeded ``torch.Generator`` makes the batches reproducible.
+            Default: ``None`` (torch's global generator).
+
+    Yields:
+        int64 tensors of shape ``(batch_size,)``, increasing indices into ``range(n)``.
+    """
+    _check_sample_rate(sample_rate)
+    _check_steps(steps)
+    _check_steps(n, "n")
+    for _ in range(steps):
+        mask = torch.rand(n, generator=generator) < sample_rate
+        yield mask.nonzero(as_tuple=True)[0]
