@@ -1,0 +1,178 @@
+"""A federated client: one site's data, local training, and the client side of the protocol."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from torchhefl.data import Moments, Standardizer, local_moments
+from torchhefl.exceptions import MalformedMessageError, ProtocolError
+from torchhefl.federated.evaluation import evaluation_counts
+from torchhefl.federated.exchange import ClientExchange
+from torchhefl.federated.messages import decode_request, encode_request, encode_state, payload_of
+
+__all__ = ["Client", "local_batches", "round_generator"]
+
+LossFactory = Callable[[str], nn.Module]
+
+
+def round_generator(seed: int, client_index: int, server_round: int) -> torch.Generator:
+    """The RNG of one client in one round: a pure function of its inputs, so runs resume exactly."""
+    state = np.random.SeedSequence([seed, client_index, server_round]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def local_batches(num_examples: int, batch_size: int, epochs: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Index batches for local training: a fresh permutation per epoch, the last batch may be short."""
+    for _ in range(epochs):
+        perm = torch.randperm(num_examples, generator=generator)
+        yield from perm.split(batch_size)
+
+
+class Client:
+    """One site. It keeps its rows, trains the model it is sent, and answers the server in bytes.
+
+    Args:
+        cid: the client's name on the wire.
+        index: the client's position (seeds its randomness).
+        X: training features, shape ``(n, d)``, raw (standardised once the federated statistics arrive).
+        y: training labels in {0, 1}, shape ``(n,)``.
+        model: the module to train; the client keeps its own copy.
+        loss_fn: a loss taking ``(logits, targets)`` with ``reduction`` "mean" (training) and a
+            sum-reduced twin for evaluation, e.g. ``TaylorLoss()``.
+        exchange: how payloads are read and written in this mode.
+        lr, batch_size, local_epochs: local SGD settings.
+        clip_norm: ``clip_grad_norm_`` bound, or ``None`` for no clipping.
+        seed: the run's seed.
+        X_test, y_test: this client's share of the held-out set, for federated evaluation.
+        privacy: optional differentially private trainer (see :mod:`torchhefl.privacy`).
+    """
+
+    def __init__(
+        self,
+        cid: str,
+        index: int,
+        X: np.ndarray,
+        y: np.ndarray,
+        *,
+        model: nn.Module,
+        loss_fn: nn.Module,
+        exchange: ClientExchange,
+        lr: float,
+        batch_size: int,
+        local_epochs: int = 1,
+        clip_norm: float | None = None,
+        seed: int = 0,
+        X_test: np.ndarray | None = None,
+        y_test: np.ndarray | None = None,
+        privacy=None,
+    ) -> None:
+        self.cid, self.index = cid, index
+        self._X_raw = np.asarray(X, dtype=np.float64)
+        self._X_test_raw = None if X_test is None else np.asarray(X_test, dtype=np.float64)
+        self.dtype = next(model.parameters()).dtype
+        self.X = torch.as_tensor(self._X_raw, dtype=self.dtype)
+        self.y = torch.as_tensor(np.asarray(y), dtype=self.dtype)
+        self.X_test = None if X_test is None else torch.as_tensor(self._X_test_raw, dtype=self.dtype)
+        self.y_test = None if y_test is None else torch.as_tensor(np.asarray(y_test), dtype=self.dtype)
+        self.model = copy.deepcopy(model)
+        self.loss_fn = loss_fn
+        self.eval_loss_fn = copy.deepcopy(loss_fn)
+        self.eval_loss_fn.reduction = "sum"
+        self.exchange = exchange
+        self.lr, self.batch_size, self.local_epochs = lr, batch_size, local_epochs
+        self.clip_norm, self.seed = clip_norm, seed
+        self.privacy = privacy
+        self.standardizer: Standardizer | None = None
+        self.last_round = 0
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.y)
+
+    # -- protocol -------------------------------------------------------------------------------
+
+    def handle(self, request: bytes) -> bytes:
+        """Answer one request from the server; both are wire-format bytes."""
+        msg = decode_request(request, kind=("stats_ins", "standardize_ins", "fit_ins", "evaluate_ins"))
+        handler = getattr(self, "_on_" + msg.kind.removesuffix("_ins"))
+        return handler(msg)
+
+    def _on_stats(self, msg) -> bytes:
+        m = local_moments(self._X_raw)
+        stats = {"count": np.array([float(m.count)]), "sum": m.sum, "sumsq": m.sumsq}
+        return encode_request("stats_res", {"cid": self.cid}, self.exchange.write_statistics(stats))
+
+    def _on_standardize(self, msg) -> bytes:
+        stats = self.exchange.read_statistics(payload_of(msg))
+        moments = Moments(count=int(round(float(stats["count"][0]))), sum=stats["sum"], sumsq=stats["sumsq"])
+        self.standardizer = Standardizer.from_moments(moments)
+        self.X = torch.as_tensor(self.standardizer.transform(self._X_raw), dtype=self.dtype)
+        if self._X_test_raw is not None:
+            self.X_test = torch.as_tensor(self.standardizer.transform(self._X_test_raw), dtype=self.dtype)
+        return encode_request("standardize_res", {"cid": self.cid})
+
+    def _on_fit(self, msg) -> bytes:
+        server_round = msg.meta.get("round")
+        if not isinstance(server_round, int) or server_round <= self.last_round:
+            raise MalformedMessageError(f"fit request for stale or invalid round {server_round!r}")
+        config = msg.meta.get("config", {})
+        with self.exchange.timer.phase("decrypt"):
+            state = self.exchange.read_global(payload_of(msg))
+        self.model.load_state_dict(state, strict=True)
+        with self.exchange.timer.phase("train"):
+            train_loss = self.fit(server_round, proximal_mu=float(config.get("proximal_mu", 0.0)))
+        with self.exchange.timer.phase("encrypt"):
+            payload = self.exchange.write_update(self.model.state_dict(), self.num_examples)
+        self.last_round = server_round
+        meta = {"cid": self.cid, "round": server_round, "train_loss": train_loss, "seconds": self.exchange.timer.take()}
+        if self.privacy is not None:
+            meta["epsilon"] = self.privacy.epsilon()
+        return encode_request("fit_res", meta, payload)
+
+    def _on_evaluate(self, msg) -> bytes:
+        if self.X_test is None:
+            raise ProtocolError(f"client {self.cid} holds no test rows to evaluate on")
+        self.model.load_state_dict(self.exchange.read_global(payload_of(msg)), strict=True)
+        self.model.eval()
+        with torch.no_grad():
+            counts = evaluation_counts(self.model(self.X_test), self.y_test, self.eval_loss_fn)
+        return encode_request("evaluate_res", {"cid": self.cid}, encode_state(counts))
+
+    # -- local training -----------------------------------------------------------------------
+
+    def fit(self, server_round: int, *, proximal_mu: float = 0.0) -> float:
+        """Run local SGD on this client's rows from the current model; return the mean batch loss."""
+        if self.standardizer is None:
+            raise ProtocolError(f"client {self.cid} was asked to train before standardisation")
+        model = self.model
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        anchor = [p.detach().clone() for p in params]
+        optimizer = torch.optim.SGD(params, lr=self.lr)
+        generator = round_generator(self.seed, self.index, server_round)
+        if self.privacy is not None:
+            batches = self.privacy.batches(self.num_examples, generator)
+        else:
+            batches = local_batches(self.num_examples, self.batch_size, self.local_epochs, generator)
+        losses = []
+        for idx in batches:
+            optimizer.zero_grad(set_to_none=True)
+            xb, yb = self.X[idx], self.y[idx]
+            if self.privacy is not None:
+                loss = self.privacy.step(model, self.loss_fn, xb, yb, generator)
+            else:
+                loss = self.loss_fn(model(xb), yb)
+                loss.backward()
+            if proximal_mu > 0:
+                for p, a in zip(params, anchor):
+                    p.grad.add_(p.detach() - a, alpha=proximal_mu)
+            if self.clip_norm is not None and self.privacy is None:
+                nn.utils.clip_grad_norm_(params, self.clip_norm)
+            optimizer.step()
+            losses.append(float(loss))
+        return float(np.mean(losses)) if losses else float("nan")

@@ -1,0 +1,106 @@
+"""The configuration of one federated training run."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from torchhefl.exceptions import ConfigError
+
+__all__ = ["MODES", "KEY_HOLDERS", "LOSSES", "PARTITIONS", "TrainConfig"]
+
+MODES = ("plain", "he")
+KEY_HOLDERS = ("clients", "server")
+LOSSES = ("taylor", "bce")
+PARTITIONS = ("iid", "dirichlet")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run; ``config.json`` is this, as JSON.
+
+    The defaults are the ones ``python -m train.federated`` uses (see the README for why).
+    """
+
+    mode: str = "he"
+    key_holder: str = "clients"
+    key_bits: int = 2048
+    rounds: int = 30
+    clients: int = 3
+    fraction: float = 1.0
+    min_clients: int = 1
+    lr: float = 0.1
+    batch_size: int = 32
+    local_epochs: int = 1
+    clip_norm: float | None = 5.0
+    aggregator: str = "fedavg"
+    mu: float = 0.01
+    partition: str = "iid"
+    alpha: float = 0.5
+    seed: int = 0
+    loss: str = "taylor"
+    test_size: float = 0.2
+    epsilon: float | None = None
+    delta: float = 1e-5
+    data: str | None = None
+    label: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> "TrainConfig":
+        """Check every field; raise :class:`ConfigError` naming the first bad one."""
+        _choice("mode", self.mode, MODES)
+        _choice("key_holder", self.key_holder, KEY_HOLDERS)
+        _choice("loss", self.loss, LOSSES)
+        _choice("partition", self.partition, PARTITIONS)
+        if self.rounds < 1:
+            raise ConfigError(f"--rounds must be at least 1, got {self.rounds}")
+        if self.clients < 1:
+            raise ConfigError(f"--clients must be at least 1, got {self.clients}")
+        if not 0.0 < self.fraction <= 1.0:
+            raise ConfigError(f"--fraction must be in (0, 1], got {self.fraction}")
+        if self.min_clients < 1:
+            raise ConfigError(f"--min-clients must be at least 1, got {self.min_clients}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.local_epochs < 1:
+            raise ConfigError(f"--local-epochs must be at least 1, got {self.local_epochs}")
+        if self.clip_norm is not None and not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
+            raise ConfigError(f"--clip-norm must be a positive number or 'none', got {self.clip_norm}")
+        if not (math.isfinite(self.mu) and self.mu >= 0):
+            raise ConfigError(f"--mu must be a non-negative number, got {self.mu}")
+        if not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise ConfigError(f"--alpha must be a positive number, got {self.alpha}")
+        if not 0.0 < self.test_size < 1.0:
+            raise ConfigError(f"--test-size must be in (0, 1), got {self.test_size}")
+        if self.epsilon is not None and not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            raise ConfigError(f"--epsilon must be a positive number, got {self.epsilon}")
+        if not 0.0 < self.delta < 1.0:
+            raise ConfigError(f"--delta must be in (0, 1), got {self.delta}")
+        if (self.data is None) != (self.label is None):
+            raise ConfigError("--data and --label go together: give both, or neither for WDBC")
+        return self
+
+    @property
+    def fedprox_mu(self) -> float:
+        """The proximal coefficient the clients use: ``mu`` with FedProx, 0 with FedAvg."""
+        return self.mu if self.aggregator == "fedprox" else 0.0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown configuration fields: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        flag = "--" + name.replace("_", "-")
+        raise ConfigError(f"{flag} must be one of {', '.join(allowed)}; got {value!r}")

@@ -1,0 +1,100 @@
+"""The messages of the federated protocol, as bytes in the torchhefl wire format.
+
+Every request the server sends and every reply a client returns is one wire message
+(:mod:`torchhefl.secure.wire`): a kind, a small JSON ``meta`` and named arrays. Parameter payloads
+are themselves wire messages, carried as one opaque ``u1`` array named ``payload``, so that a
+plaintext payload and an encrypted one travel the same way.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from torchhefl.exceptions import MalformedMessageError
+from torchhefl.secure import wire
+
+__all__ = [
+    "PLAIN_STATE",
+    "decode_request",
+    "decode_state",
+    "encode_request",
+    "encode_state",
+    "payload_of",
+]
+
+PLAIN_STATE = "plain_state"
+_FLOAT_DTYPES = {"float16", "float32", "float64", "bfloat16"}
+
+
+def encode_state(state: Mapping[str, torch.Tensor | np.ndarray], meta: Mapping | None = None) -> bytes:
+    """A plaintext state_dict (or dict of arrays) as a ``plain_state`` wire message."""
+    arrays, dtypes = {}, {}
+    for name, value in state.items():
+        t = torch.as_tensor(value).detach().cpu()
+        dtypes[name] = str(t.dtype).removeprefix("torch.")
+        arrays[name] = (t.to(torch.float64) if t.dtype == torch.bfloat16 else t).numpy()
+    return wire.encode(PLAIN_STATE, {"dtypes": dtypes, **dict(meta or {})}, arrays)
+
+
+def decode_state(blob: bytes, *, expected: Mapping[str, torch.Tensor] | None = None) -> tuple[OrderedDict, dict]:
+    """Parse a ``plain_state`` message into ``(state_dict, meta)``.
+
+    With ``expected`` (a reference state_dict), names and shapes must match it exactly and every
+    value must be finite, else :class:`MalformedMessageError`.
+    """
+    msg = wire.decode(blob, kind=PLAIN_STATE)
+    dtypes = msg.meta.get("dtypes")
+    if not isinstance(dtypes, dict) or set(dtypes) != set(msg.arrays):
+        raise MalformedMessageError("plain_state message: dtypes do not match its arrays")
+    if expected is not None:
+        if list(msg.arrays) != list(expected):
+            raise MalformedMessageError(
+                f"parameter names {list(msg.arrays)} do not match the model's {list(expected)}"
+            )
+        for name, ref in expected.items():
+            if tuple(msg.arrays[name].shape) != tuple(ref.shape):
+                raise MalformedMessageError(
+                    f"parameter {name!r} has shape {tuple(msg.arrays[name].shape)}, expected {tuple(ref.shape)}"
+                )
+    state = OrderedDict()
+    for name, arr in msg.arrays.items():
+        dtype = dtypes[name]
+        if not isinstance(dtype, str) or not hasattr(torch, dtype) or not isinstance(getattr(torch, dtype), torch.dtype):
+            raise MalformedMessageError(f"parameter {name!r}: unknown dtype {dtype!r}")
+        t = torch.from_numpy(arr.copy())
+        if dtype in _FLOAT_DTYPES and not torch.isfinite(t).all():
+            raise MalformedMessageError(f"parameter {name!r} holds NaN or infinite values")
+        state[name] = t.to(getattr(torch, dtype))
+    meta = {k: v for k, v in msg.meta.items() if k != "dtypes"}
+    return state, meta
+
+
+def encode_request(kind: str, meta: Mapping | None = None, payload: bytes | None = None) -> bytes:
+    """A protocol message: ``kind``, ``meta`` and an optional opaque payload (itself a wire message)."""
+    arrays = {} if payload is None else {"payload": np.frombuffer(payload, dtype=np.uint8)}
+    return wire.encode(kind, meta, arrays)
+
+
+def decode_request(blob: bytes, *, kind: str | tuple[str, ...] | None = None, max_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES) -> wire.Message:
+    """Parse a protocol message; ``kind`` may name one kind or several acceptable ones."""
+    msg = wire.decode(blob, max_bytes=max_bytes)
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if kinds is not None and msg.kind not in kinds:
+        raise MalformedMessageError(f"expected a {' or '.join(repr(k) for k in kinds)} message, got {msg.kind!r}")
+    if set(msg.arrays) - {"payload"}:
+        raise MalformedMessageError(f"{msg.kind} message carries unexpected arrays {sorted(set(msg.arrays) - {'payload'})}")
+    return msg
+
+
+def payload_of(msg: wire.Message) -> bytes:
+    """The opaque payload bytes of a protocol message."""
+    if "payload" not in msg.arrays:
+        raise MalformedMessageError(f"{msg.kind} message has no payload")
+    arr = msg.arrays["payload"]
+    if arr.dtype != np.uint8 or arr.ndim != 1:
+        raise MalformedMessageError(f"{msg.kind} message payload must be a flat byte array")
+    return arr.tobytes()
