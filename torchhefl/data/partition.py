@@ -54,8 +54,8 @@ def partition_dirichlet(
         num_clients: number of clients, at least 1 and at most ``n``.
         alpha: concentration, > 0.
         seed: seed of the draws.
-        min_size: fewest rows any client may get. Default: ``None``, meaning
-            ``min(10, n // num_clients)``.
+        min_size: fewest rows any client may get. Default: ``None``, meaning 10, or half an even
+            share ``max(1, n // (2 * num_clients))`` when that is smaller.
 
     Returns:
         ``num_clients`` int64 arrays of row indices in shuffled order; together they cover every
@@ -74,7 +74,7 @@ def partition_dirichlet(
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not np.isfinite(alpha) or alpha <= 0:
         raise ConfigError(f"alpha must be a positive number, got {alpha!r}")
     if min_size is None:
-        min_size = min(_DEFAULT_MIN_SIZE, n // num_clients)
+        min_size = min(_DEFAULT_MIN_SIZE, max(1, n // (2 * num_clients)))
     if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 0:
         raise ConfigError(f"min_size must be a non-negative integer, got {min_size!r}")
     if min_size * num_clients > n:
@@ -94,7 +94,7 @@ def partition_dirichlet(
         if min(sizes) >= min_size:
             return [rng.permutation(np.concatenate(chunks)).astype(np.int64) for chunks in parts]
     raise DataError(
-        f"no Dirichlet(alpha={alpha}) draw gave each of {num_clients} clients at least {min_size} rows "
+        f"no Dirichlet(alpha={alpha}) draw gave each of {num_clients} clients at least {min_size} row{'s' * (min_size != 1)} "
         f"in {_MAX_DRAWS} attempts; lower min_size or raise alpha"
     )
 

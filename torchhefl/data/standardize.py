@@ -74,7 +74,7 @@ class Moments:
         d = (vector.shape[0] - 1) // 2
         count = float(np.rint(vector[0]))
         if not np.isfinite(vector[0]) or abs(vector[0] - count) > 1e-6 * max(1.0, abs(count)) or count < 0:
-            raise DataError(f"a moments vector must start with a non-negative row count, got {vector[0]!r}")
+            raise DataError(f"a moments vector must start with a non-negative row count, got {float(vector[0])!r}")
         return cls(int(count), vector[1 : d + 1], vector[d + 1 :])
 
 
