@@ -37,8 +37,9 @@ def test_reductions(shape):
     torch.testing.assert_close(total, mean * none.numel())
 
 
-def test_default_reduction_is_mean_and_repr():
+def test_default_reduction_is_mean_and_bad_reduction_rejected():
     assert TaylorLoss().reduction == "mean"
+    assert repr(TaylorLoss(reduction="sum")) == "TaylorLoss()"  # as BCEWithLogitsLoss, reduction not shown
     with pytest.raises(ValueError, match="elementwise_mean is not a valid value for reduction"):
         TaylorLoss(reduction="elementwise_mean")
 
