@@ -1,0 +1,113 @@
+"""Fixed-point encoding of real tensors as integers: ``value = m / 2^scale``.
+
+* Encrypted tensors use an absolute scale (:data:`DEFAULT_SCALE` bits after the binary point).
+* Plaintext operands of ``*`` and ``@`` are quantised with :data:`DEFAULT_PLAIN_BITS` significant
+  bits relative to the operand's largest magnitude (like a block floating point), or at the
+  smallest scale that represents them exactly (integers get scale 0, ``0.25`` gets scale 2).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+import torch
+
+__all__ = ["DEFAULT_PLAIN_BITS", "DEFAULT_SCALE", "as_plain_tensor", "dequantize", "plain_scale", "quantize"]
+
+DEFAULT_SCALE = 32
+"""Bits after the binary point when a tensor is encrypted (resolution 2^-32, about 2.3e-10)."""
+
+DEFAULT_PLAIN_BITS = 24
+"""Significant bits kept of a plaintext operand of ``*``, ``/`` and ``@`` (relative error <= 2^-24)."""
+
+
+def as_plain_tensor(x) -> torch.Tensor | None:
+    """``x`` as a CPU tensor if it is a plaintext number, tensor or array, else ``None``."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+    elif isinstance(x, (bool, numbers.Integral)):
+        t = torch.tensor(int(x), dtype=torch.int64) if -(2**63) <= int(x) < 2**63 else None
+        if t is None:
+            raise OverflowError("plaintext integer operand does not fit in 64 bits")
+    elif isinstance(x, numbers.Real):
+        t = torch.tensor(float(x), dtype=torch.float64)
+    elif isinstance(x, (np.ndarray, np.generic)):
+        if x.dtype.kind not in "biuf":
+            return None
+        t = torch.from_numpy(np.array(x, dtype=np.float64 if x.dtype.kind == "f" else np.int64))
+    else:
+        return None
+    if t.is_complex():
+        raise TypeError("complex plaintext operands are not supported")
+    return t.cpu()
+
+
+def _is_integral_dtype(t: torch.Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex())
+
+
+def _check_finite(t: torch.Tensor) -> None:
+    if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+        raise ValueError("cannot encode NaN or infinite values")
+
+
+def quantize(t: torch.Tensor, scale: int) -> list[int]:
+    """``[round(v * 2^scale) for v in t.flatten()]`` exactly (half to even), as Python ints."""
+    if _is_integral_dtype(t):
+        ints = [int(v) for v in t.reshape(-1).to(torch.int64).tolist()]
+        return ints if scale == 0 else [v << scale for v in ints]
+    t = t.to(torch.float64).reshape(-1)
+    _check_finite(t)
+    if t.numel() == 0:
+        return []
+    scaled = torch.ldexp(t, torch.tensor(float(scale), dtype=torch.float64)) if scale < 1000 else None
+    if scaled is not None and bool(torch.isfinite(scaled).all()) and float(scaled.abs().max()) < 2.0**62:
+        return [int(v) for v in torch.round(scaled).to(torch.int64).tolist()]
+    return [int(round(math.ldexp(v, scale))) if abs(v) < 2.0**1000 else _exact_round(v, scale) for v in t.tolist()]
+
+
+def _exact_round(v: float, scale: int) -> int:
+    num, den = v.as_integer_ratio()
+    x = num << scale
+    q, r = divmod(x, den)
+    if 2 * r > den or (2 * r == den and q % 2):
+        q += 1
+    return q
+
+
+def plain_scale(t: torch.Tensor, plain_bits: int = DEFAULT_PLAIN_BITS) -> int:
+    """Scale for a plaintext operand: the smallest exact one, else ``plain_bits`` significant bits.
+
+    Never negative; integers always get scale 0.
+    """
+    if plain_bits < 1:
+        raise ValueError("plain_bits must be at least 1")
+    if _is_integral_dtype(t) or t.numel() == 0:
+        return 0
+    t = t.to(torch.float64)
+    _check_finite(t)
+    amax = float(t.abs().max())
+    if amax == 0.0:
+        return 0
+    _, e = math.frexp(amax)  # amax < 2^e
+    target = max(0, plain_bits - e)
+    for s in range(0, target):
+        if bool((torch.ldexp(t, torch.tensor(float(s), dtype=torch.float64)).frac() == 0).all()):
+            return s
+    return target
+
+
+def dequantize(ints: list[int], scale: int) -> torch.Tensor:
+    """Flat float64 tensor of ``m / 2^scale`` for each integer ``m`` (correctly rounded to ~60 bits)."""
+    out = []
+    for m in ints:
+        m = int(m)
+        b = abs(m).bit_length()
+        if b > 60:
+            shift = b - 60
+            out.append(math.ldexp(float(m >> shift if m >= 0 else -((-m) >> shift)), shift - scale))
+        else:
+            out.append(math.ldexp(float(m), -scale))
+    return torch.tensor(out, dtype=torch.float64)

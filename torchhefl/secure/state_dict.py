@@ -1,0 +1,394 @@
+"""SecureStateDict: a model's ``state_dict`` encrypted in the packed encoding, for exchange and FedAvg.
+
+Floating tensors are packed at 2^-24 resolution (|v| < 8192), integer and bool buffers (such as
+BatchNorm's ``num_batches_tracked``) exactly (|v| < 2^37); both share the slots (see
+:mod:`torchhefl.secure.packing`). Each SecureStateDict also carries an encrypted *weight* (1 unless
+given) that every aggregation scales and sums with the values; :meth:`decrypt` divides by the
+decrypted total weight, so
+
+* ``SecureStateDict.weighted_average(encs, weights=[n1, n2, n3]).decrypt(sk)`` is FedAvg, the
+  server choosing the weights, and
+* ``SecureStateDict.encrypt(state, pk, weight=n_i)`` on each client followed by
+  ``weighted_average(encs)`` (plain sum) is FedAvg with the sample counts hidden from the server.
+
+Integer buffers are averaged with the same weights and rounded to the nearest integer (half up).
+The total weight must stay at most :data:`~torchhefl.secure.packing.MAX_TOTAL_WEIGHT` (2^24 - 1);
+it is checked against public per-message bounds before any arithmetic.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+
+import gmpy2
+import numpy as np
+import torch
+from gmpy2 import mpz
+
+from torchhefl.exceptions import KeyMismatchError, MalformedMessageError
+from torchhefl.secure import _parallel, packing, wire
+from torchhefl.secure.keys import PrivateKey, PublicKey
+from torchhefl.secure.tensor import _check_key, _is_int, array_to_cts, check_fingerprint, cts_to_array
+
+__all__ = ["SecureStateDict"]
+
+_WIRE_KIND = "torchhefl.SecureStateDict"
+_FORMAT = 1
+_META_KEYS = {"format", "fingerprint", "key_bits", "encoding", "weight_bound", "entries"}
+_DTYPES = {
+    str(d).removeprefix("torch."): d
+    for d in (
+        torch.float16, torch.bfloat16, torch.float32, torch.float64,
+        torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool,
+    )
+}
+_POWMOD_SECONDS_2048 = 6e-5
+_OFFSET = 1 << packing.MAG_BITS
+
+
+def _encoding(public_key: PublicKey) -> dict:
+    return {
+        "name": "packed-fixed-point",
+        "scale": packing.SCALE,
+        "mag_bits": packing.MAG_BITS,
+        "weight_bits": packing.WEIGHT_BITS,
+        "slot_bits": packing.SLOT_BITS,
+        "slots": packing.slots_per_plaintext(public_key.bits),
+    }
+
+
+def _check_weight(w, what: str) -> int:
+    if isinstance(w, torch.Tensor) and w.numel() == 1 and not w.is_floating_point():
+        w = int(w.item())
+    if isinstance(w, np.integer):
+        w = int(w)
+    if not _is_int(w):
+        raise TypeError(f"{what} must be a non-negative integer such as a sample count, got {w!r}")
+    if w < 0:
+        raise ValueError(f"{what} must be non-negative, got {w}")
+    return w
+
+
+class SecureStateDict:
+    """An encrypted, packed ``state_dict`` bound to one public key.
+
+    Build with :meth:`encrypt` or :meth:`from_bytes`; combine with :meth:`weighted_average`
+    (no private key needed); read with :meth:`decrypt`.
+    """
+
+    def __init__(self, public_key, entries, ciphertexts, weight_ct, weight_bound):
+        # private: use encrypt / from_bytes / weighted_average
+        self._pk: PublicKey = public_key
+        self._entries: list[tuple[str, tuple[int, ...], str]] = entries
+        self._cts: list[mpz] = ciphertexts
+        self._weight_ct: mpz = weight_ct
+        self._weight_bound: int = weight_bound
+
+    # -- properties -----------------------------------------------------------------------------
+    @property
+    def public_key(self) -> PublicKey:
+        return self._pk
+
+    @property
+    def weight_bound(self) -> int:
+        """Public upper bound on the (encrypted) total weight."""
+        return self._weight_bound
+
+    @property
+    def num_values(self) -> int:
+        """Number of scalar values (parameters and buffers) held."""
+        return sum(_numel(shape) for _, shape, _ in self._entries)
+
+    @property
+    def num_ciphertexts(self) -> int:
+        """Ciphertexts holding the values (the weight's one ciphertext not counted)."""
+        return len(self._cts)
+
+    def keys(self) -> list[str]:
+        """The state dict's keys, in order."""
+        return [name for name, _, _ in self._entries]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return (
+            f"SecureStateDict(entries={len(self._entries)}, values={self.num_values}, "
+            f"ciphertexts={len(self._cts)}, key={self._pk.fingerprint[:16]})"
+        )
+
+    # -- encrypt --------------------------------------------------------------------------------
+    @classmethod
+    def encrypt(
+        cls,
+        state_dict: Mapping[str, torch.Tensor],
+        public_key: PublicKey,
+        *,
+        weight: int = 1,
+        weight_bound: int | None = None,
+    ) -> SecureStateDict:
+        """Encrypt a ``state_dict`` (packed), each value pre-multiplied by the integer ``weight``.
+
+        Args:
+            state_dict: name -> tensor; floating tensors need ``|v| < 8192``, integer ones ``|v| < 2^37``.
+            public_key: key to encrypt under.
+            weight: integer weight (e.g. this client's sample count), default 1; it is encrypted too.
+            weight_bound: public upper bound on ``weight`` used for overflow checks (default:
+                ``weight`` itself). Pass a public cap (e.g. the largest possible sample count) to keep
+                the weight hidden.
+        """
+        _check_key(public_key)
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"expected a state_dict (a mapping of names to tensors), got {type(state_dict).__name__}")
+        weight = _check_weight(weight, "weight")
+        if weight == 0:
+            raise ValueError("weight must be at least 1")
+        weight_bound = weight if weight_bound is None else _check_weight(weight_bound, "weight_bound")
+        if not weight <= weight_bound <= packing.MAX_TOTAL_WEIGHT:
+            raise OverflowError(
+                f"need weight <= weight_bound <= {packing.MAX_TOTAL_WEIGHT}, got weight={weight}, "
+                f"weight_bound={weight_bound}"
+            )
+        entries, chunks = [], []
+        for name, t in state_dict.items():
+            if not isinstance(name, str):
+                raise TypeError(f"state_dict keys must be strings, got {name!r}")
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"state_dict[{name!r}] is a {type(t).__name__}, not a tensor")
+            dtype = str(t.dtype).removeprefix("torch.")
+            if dtype not in _DTYPES:
+                raise TypeError(f"state_dict[{name!r}] has dtype {t.dtype}, which cannot be encrypted")
+            entries.append((name, tuple(t.shape), dtype))
+            chunks.append(_quantize_entry(name, t.detach().cpu()))
+        m = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
+        u = (m + _OFFSET).astype(np.uint64) * np.uint64(weight)
+        slots = packing.slots_per_plaintext(public_key.bits)
+        cts = public_key.encrypt_ints(packing.pack(u, slots))
+        return cls(public_key, entries, cts, public_key.encrypt_int(weight), weight_bound)
+
+    # -- aggregate ------------------------------------------------------------------------------
+    @classmethod
+    def weighted_average(
+        cls, items: Sequence[SecureStateDict], weights: Sequence[int] | None = None
+    ) -> SecureStateDict:
+        """Combine encrypted state dicts: ``sum_i weights[i] * items[i]`` (values and weights alike).
+
+        Needs no private key. Decrypting the result divides by the total weight, giving FedAvg.
+
+        Args:
+            items: state dicts encrypted under one key, with the same keys, shapes and dtypes.
+            weights: non-negative integers (e.g. sample counts), or ``None`` for a plain sum.
+
+        Raises:
+            KeyMismatchError: items under different keys.
+            ValueError: items with different layouts, or a wrong number of weights.
+            OverflowError: the total weight bound would exceed ``MAX_TOTAL_WEIGHT``.
+        """
+        items = list(items)
+        if not items:
+            raise ValueError("weighted_average needs at least one SecureStateDict")
+        for it in items:
+            if not isinstance(it, SecureStateDict):
+                raise TypeError(f"expected SecureStateDict items, got {type(it).__name__}")
+        first = items[0]
+        for it in items[1:]:
+            if it._pk != first._pk:
+                raise KeyMismatchError("SecureStateDicts under different public keys cannot be combined")
+            if it._entries != first._entries:
+                raise ValueError("SecureStateDicts with different keys, shapes or dtypes cannot be combined")
+        if weights is None:
+            ws = [1] * len(items)
+        else:
+            ws = [_check_weight(w, "each weight") for w in weights]
+            if len(ws) != len(items):
+                raise ValueError(f"got {len(ws)} weights for {len(items)} state dicts")
+            if not any(ws):
+                raise ValueError("at least one weight must be positive")
+        bound = sum(w * it._weight_bound for w, it in zip(ws, items))
+        if bound > packing.MAX_TOTAL_WEIGHT:
+            raise OverflowError(
+                f"total weight could reach {bound}, beyond the packed encoding's limit of "
+                f"{packing.MAX_TOTAL_WEIGHT} (2^{packing.WEIGHT_BITS} - 1); use smaller integer weights"
+            )
+        pairs = [(it, w) for it, w in zip(items, ws) if w]
+        n2 = first._pk.nsquare
+
+        def combine(columns: Sequence[Sequence[mpz]]) -> list[mpz]:
+            out = []
+            for col in columns:
+                acc = None
+                for c, (_, w) in zip(col, pairs):
+                    x = c if w == 1 else gmpy2.powmod(c, w, n2)
+                    acc = x if acc is None else acc * x % n2
+                out.append(acc)
+            return out
+
+        columns = list(zip(*[it._cts for it, _ in pairs])) if first._cts else []
+        per_item = len(pairs) * _POWMOD_SECONDS_2048 * (first._pk.bits / 2048.0) ** 2
+        cts = _parallel.map_chunks(combine, columns, seconds_per_item=per_item)
+        weight_ct = combine([[it._weight_ct for it, _ in pairs]])[0]
+        return cls(first._pk, list(first._entries), cts, weight_ct, bound)
+
+    def rerandomize(self) -> SecureStateDict:
+        """The same values and weight under fresh randomness."""
+        cts = self._pk.rerandomize_ints(self._cts)
+        return SecureStateDict(
+            self._pk, list(self._entries), cts, self._pk.rerandomize_int(self._weight_ct), self._weight_bound
+        )
+
+    # -- decrypt --------------------------------------------------------------------------------
+    def decrypt_weight(self, private_key: PrivateKey) -> int:
+        """The total weight (e.g. the sum of the clients' sample counts)."""
+        self._check_private(private_key)
+        w = private_key.decrypt_raw(self._weight_ct)
+        if not 1 <= w <= self._weight_bound:
+            raise OverflowError(
+                f"decrypted total weight is outside [1, {self._weight_bound}]: corrupt ciphertext or metadata"
+            )
+        return int(w)
+
+    def decrypt(self, private_key: PrivateKey, *, average: bool = True) -> OrderedDict[str, torch.Tensor]:
+        """Decrypt to an ``OrderedDict`` with the original keys, order, shapes and dtypes.
+
+        Args:
+            private_key: the key pair's private half.
+            average: divide by the total weight (default), giving the (weighted) mean; with
+                ``False`` return the weighted sum.
+
+        Raises:
+            KeyMismatchError: ``private_key`` does not match.
+            OverflowError: a slot holds a value no valid aggregate can hold (corruption or overflow).
+        """
+        W = self.decrypt_weight(private_key)
+        slots = packing.slots_per_plaintext(self._pk.bits)
+        count = self.num_values
+        u = packing.unpack(private_key.decrypt_raw_many(self._cts), slots, count)
+        if (u >= np.uint64(1 << 62)).any():
+            raise OverflowError("a packed slot is out of range: corrupt ciphertext or metadata")
+        off = W * _OFFSET
+        s = u.astype(np.int64) - np.int64(off)
+        if count and (np.abs(s) >= off).any():
+            raise OverflowError("a packed value exceeds its range after aggregation: corrupt ciphertext or metadata")
+        out: OrderedDict[str, torch.Tensor] = OrderedDict()
+        pos = 0
+        for name, shape, dtype_name in self._entries:
+            k = _numel(shape)
+            seg = s[pos : pos + k]
+            pos += k
+            dtype = _DTYPES[dtype_name]
+            if dtype.is_floating_point:
+                denom = float(W) * 2.0**packing.SCALE if average else 2.0**packing.SCALE
+                vals = torch.from_numpy(seg.astype(np.float64) / denom)
+            else:
+                vals = torch.from_numpy(np.floor_divide(2 * seg + W, 2 * W) if average else seg.copy())
+                if dtype == torch.bool:
+                    vals = vals != 0
+            out[name] = vals.to(dtype).reshape(shape)
+        return out
+
+    def _check_private(self, private_key) -> None:
+        if not isinstance(private_key, PrivateKey):
+            raise TypeError(f"decrypt needs a torchhefl PrivateKey, not {type(private_key).__name__}")
+        if private_key.public_key != self._pk:
+            raise KeyMismatchError("this private key does not match the state dict's public key")
+
+    # -- wire -----------------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """Serialise to the torchhefl wire format."""
+        meta = {
+            "format": _FORMAT,
+            "fingerprint": self._pk.fingerprint,
+            "key_bits": self._pk.bits,
+            "encoding": _encoding(self._pk),
+            "weight_bound": self._weight_bound,
+            "entries": [{"name": n, "shape": list(s), "dtype": d} for n, s, d in self._entries],
+        }
+        arrays = {"ciphertexts": cts_to_array(self._cts, self._pk), "weight": cts_to_array([self._weight_ct], self._pk)}
+        return wire.encode(_WIRE_KIND, meta, arrays)
+
+    @classmethod
+    def from_bytes(
+        cls, blob: bytes, *, public_key: PublicKey, max_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES
+    ) -> SecureStateDict:
+        """Parse and check bytes from :meth:`to_bytes`; they must name ``public_key``.
+
+        Raises:
+            MalformedMessageError: anything malformed (truncated, corrupted, out of range, bad version).
+            KeyMismatchError: the message is bound to another key.
+        """
+        _check_key(public_key)
+        try:
+            msg = wire.decode(blob, kind=_WIRE_KIND, max_bytes=max_bytes)
+            meta = msg.meta
+            if set(meta) != _META_KEYS:
+                raise MalformedMessageError(f"SecureStateDict header fields {sorted(meta)} != {sorted(_META_KEYS)}")
+            if meta["format"] != _FORMAT:
+                raise MalformedMessageError(f"unsupported SecureStateDict format {meta['format']!r}")
+            check_fingerprint(meta, public_key)
+            if meta["encoding"] != _encoding(public_key):
+                raise MalformedMessageError(f"unsupported encoding parameters {meta['encoding']!r}")
+            wb = meta["weight_bound"]
+            if not _is_int(wb) or not 1 <= wb <= packing.MAX_TOTAL_WEIGHT:
+                raise MalformedMessageError(f"weight_bound {wb!r} is out of range [1, {packing.MAX_TOTAL_WEIGHT}]")
+            entries = _parse_entries(meta["entries"])
+            if set(msg.arrays) != {"ciphertexts", "weight"}:
+                raise MalformedMessageError("a SecureStateDict message holds exactly the arrays 'ciphertexts' and 'weight'")
+            total = sum(_numel(s) for _, s, _ in entries)
+            slots = packing.slots_per_plaintext(public_key.bits)
+            cts = array_to_cts(msg.arrays["ciphertexts"], public_key, -(-total // slots))
+            (weight_ct,) = array_to_cts(msg.arrays["weight"], public_key, 1)
+            return cls(public_key, entries, cts, weight_ct, wb)
+        except (MalformedMessageError, KeyMismatchError):
+            raise
+        except Exception as e:  # noqa: BLE001 - a malformed message must never leak another error type
+            raise MalformedMessageError(f"malformed SecureStateDict message: {e}") from None
+
+
+def _numel(shape: Sequence[int]) -> int:
+    out = 1
+    for d in shape:
+        out *= d
+    return out
+
+
+def _parse_entries(raw) -> list[tuple[str, tuple[int, ...], str]]:
+    if not isinstance(raw, list):
+        raise MalformedMessageError("'entries' must be a list")
+    entries, seen, total = [], set(), 0
+    for e in raw:
+        if not isinstance(e, dict) or set(e) != {"name", "shape", "dtype"}:
+            raise MalformedMessageError("each entry must hold exactly 'name', 'shape' and 'dtype'")
+        name, shape, dtype = e["name"], e["shape"], e["dtype"]
+        if not isinstance(name, str) or name in seen:
+            raise MalformedMessageError(f"entry name {name!r} is not a string or appears twice")
+        if not isinstance(shape, list) or len(shape) > 32 or not all(_is_int(d) and 0 <= d < 2**40 for d in shape):
+            raise MalformedMessageError(f"entry {name!r}: invalid shape {shape!r}")
+        if dtype not in _DTYPES:
+            raise MalformedMessageError(f"entry {name!r}: unsupported dtype {dtype!r}")
+        total += _numel(shape)
+        if total > 2**40:
+            raise MalformedMessageError("the entries hold implausibly many values")
+        seen.add(name)
+        entries.append((name, tuple(shape), dtype))
+    return entries
+
+
+def _quantize_entry(name: str, t: torch.Tensor) -> np.ndarray:
+    if t.is_complex():
+        raise TypeError(f"state_dict[{name!r}] is complex, which cannot be encrypted")
+    if t.is_floating_point():
+        v = t.to(torch.float64).reshape(-1)
+        if v.numel() and not bool(torch.isfinite(v).all()):
+            raise ValueError(f"state_dict[{name!r}] contains NaN or infinite values")
+        m = torch.round(v * 2.0**packing.SCALE)
+        if m.numel() and float(m.abs().max()) >= _OFFSET:
+            raise OverflowError(
+                f"state_dict[{name!r}] has a value of magnitude {float(v.abs().max()):.6g}; the packed encoding "
+                f"holds |v| < {packing.MAX_ABS_VALUE:g}"
+            )
+        return m.to(torch.int64).numpy()
+    m = t.to(torch.int64).reshape(-1).numpy()
+    if m.size and np.abs(m).max() >= _OFFSET:
+        raise OverflowError(f"state_dict[{name!r}] has an integer of magnitude >= 2^{packing.MAG_BITS}")
+    return m
