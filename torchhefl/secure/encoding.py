@@ -14,13 +14,17 @@ import numbers
 import numpy as np
 import torch
 
-__all__ = ["DEFAULT_PLAIN_BITS", "DEFAULT_SCALE", "as_plain_tensor", "dequantize", "plain_scale", "quantize"]
+__all__ = ["DEFAULT_PLAIN_BITS", "DEFAULT_SCALE", "MAX_PLAIN_SCALE", "as_plain_tensor", "dequantize", "plain_scale", "quantize"]
 
 DEFAULT_SCALE = 32
 """Bits after the binary point when a tensor is encrypted (resolution 2^-32, about 2.3e-10)."""
 
 DEFAULT_PLAIN_BITS = 24
 """Significant bits kept of a plaintext operand of ``*``, ``/`` and ``@`` (relative error <= 2^-24)."""
+
+MAX_PLAIN_SCALE = 64
+"""A plaintext operand never gets more than 64 bits after the binary point: operands smaller than
+``2^(DEFAULT_PLAIN_BITS - 64)`` keep an absolute resolution of 2^-64 instead of 24 significant bits."""
 
 
 def as_plain_tensor(x) -> torch.Tensor | None:
@@ -92,7 +96,7 @@ def plain_scale(t: torch.Tensor, plain_bits: int = DEFAULT_PLAIN_BITS) -> int:
     if amax == 0.0:
         return 0
     _, e = math.frexp(amax)  # amax < 2^e
-    target = max(0, plain_bits - e)
+    target = min(MAX_PLAIN_SCALE, max(0, plain_bits - e))
     for s in range(0, target):
         if bool((torch.ldexp(t, torch.tensor(float(s), dtype=torch.float64)).frac() == 0).all()):
             return s

@@ -50,6 +50,18 @@ def _bitlen(x: int) -> int:
     return int(abs(int(x))).bit_length()
 
 
+def _broadcast_shape(a: torch.Size, b: torch.Size) -> torch.Size:
+    """torch's broadcasting rule (without importing torch._refs, which is slow on first use)."""
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        x = a[-i] if i <= len(a) else 1
+        y = b[-i] if i <= len(b) else 1
+        if x != y and x != 1 and y != 1:
+            raise ValueError(f"shapes {tuple(a)} and {tuple(b)} cannot be broadcast together")
+        out.append(y if x == 1 else x)
+    return torch.Size(reversed(out))
+
+
 def _flat_index(shape: torch.Size, out_shape: torch.Size) -> list[int]:
     return torch.arange(_prod(shape), dtype=torch.int64).reshape(shape).expand(out_shape).reshape(-1).tolist()
 
@@ -236,7 +248,7 @@ class EncryptedTensor:
             raise TypeError(f"decrypt needs a torchhefl PrivateKey, not {type(private_key).__name__}")
         if private_key.public_key != self._pk:
             raise KeyMismatchError("this private key does not match the tensor's public key")
-        ints = private_key.decrypt_ints(self._cts)
+        ints = private_key.decrypt_ints(self._cts, bound_bits=self._bound)
         limit = 1 << self._bound
         if any(not -limit < m < limit for m in ints):
             raise OverflowError(
@@ -274,7 +286,7 @@ class EncryptedTensor:
     def __add__(self, other) -> EncryptedTensor:
         if isinstance(other, EncryptedTensor):
             self._same_key(other)
-            out_shape = torch.broadcast_shapes(self._shape, other._shape)
+            out_shape = _broadcast_shape(self._shape, other._shape)
             scale = max(self._scale, other._scale)
             a, ba = self._rescaled(scale)
             b, bb = other._rescaled(scale)
@@ -285,7 +297,7 @@ class EncryptedTensor:
         t = as_plain_tensor(other)
         if t is None:
             return NotImplemented
-        out_shape = torch.broadcast_shapes(self._shape, t.shape)
+        out_shape = _broadcast_shape(self._shape, t.shape)
         scale = max(self._scale, plain_scale(t))
         ms = quantize(t, scale)
         a, ba = self._rescaled(scale)
@@ -331,7 +343,7 @@ class EncryptedTensor:
         ks = quantize(t, ps)
         scale = self._checked(self._scale + ps, "the product's scale")
         bound = self._checked(self._bound + max([0] + [_bitlen(k) for k in ks]), "the product")
-        out_shape = torch.broadcast_shapes(self._shape, t.shape)
+        out_shape = _broadcast_shape(self._shape, t.shape)
         ia, ib = _flat_index(self._shape, out_shape), _flat_index(t.shape, out_shape)
         pk = self._pk
         if len(set(ks)) == 1:  # scalar: one exponent for every ciphertext

@@ -1,0 +1,216 @@
+"""Homomorphic-encryption benchmarks: ``python -m benchmarks.he [--only NAME] [--bits N]``.
+
+Prints one JSON object per line, one per bench, each with its baseline measured in the same run.
+Benches live in the ``BENCHES`` registry (name -> function taking a :class:`BenchContext`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import phe
+import torch
+from torch import nn
+
+from torchhefl.nn.functional import taylor_grad
+from torchhefl.secure import EncryptedTensor, PrivateKey, PublicKey, SecureStateDict, generate_keypair
+
+__all__ = ["BENCHES", "BenchContext", "main"]
+
+
+@dataclass
+class BenchContext:
+    """What every bench shares: one key pair (generated once per run) and a seed."""
+
+    public_key: PublicKey
+    private_key: PrivateKey
+    seed: int = 0
+
+
+def _lenet5() -> nn.Module:
+    # LeNet-5 for 32x32 greyscale inputs: 61,706 parameters
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 5 * 5, 120), nn.ReLU(),
+        nn.Linear(120, 84), nn.ReLU(),
+        nn.Linear(84, 10),
+    )
+
+
+def _timed(fn: Callable):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def bench_state_dict_roundtrip(ctx: BenchContext, *, clients: int = 3, phe_sample: int = 24) -> dict:
+    """LeNet-5 state dict: clients encrypt + serialise, server averages, clients decrypt."""
+    pk, sk = ctx.public_key, ctx.private_key
+    torch.manual_seed(ctx.seed)
+    states = []
+    for _ in range(clients):
+        states.append(OrderedDict((k, v.clone()) for k, v in _lenet5().state_dict().items()))
+    weights = [100 + 37 * i for i in range(clients)]
+    n_params = sum(v.numel() for v in states[0].values())
+
+    encs, t_enc = _timed(lambda: [SecureStateDict.encrypt(s, pk) for s in states])
+    blobs, t_ser = _timed(lambda: [e.to_bytes() for e in encs])
+    parsed, t_parse = _timed(lambda: [SecureStateDict.from_bytes(b, public_key=pk) for b in blobs])
+    avg, t_agg = _timed(lambda: SecureStateDict.weighted_average(parsed, weights=weights))
+    out, t_dec = _timed(lambda: avg.decrypt(sk))
+    total = t_enc + t_ser + t_parse + t_agg + t_dec
+
+    total_w = sum(weights)
+    err = 0.0
+    for k in states[0]:
+        ref = sum(w * s[k].to(torch.float64) for w, s in zip(weights, states)) / total_w
+        err = max(err, float((out[k].to(torch.float64) - ref).abs().max()))
+
+    # baseline: phe EncryptedNumber per value, on a random sample of values, scaled to all values
+    flat = [torch.cat([s[k].reshape(-1).to(torch.float64) for k in s]) for s in states]
+    rng = random.Random(ctx.seed)
+    idx = rng.sample(range(n_params), phe_sample)
+    ppk, psk = pk.phe, sk.phe
+    phe_err = 0.0
+    t0 = time.perf_counter()
+    for i in idx:
+        enc = [ppk.encrypt(float(f[i])) for f in flat]
+        agg = enc[0] * weights[0]
+        for e, w in zip(enc[1:], weights[1:]):
+            agg = agg + e * w
+        v = psk.decrypt(agg) / total_w
+        phe_err = max(phe_err, abs(v - sum(w * float(f[i]) for w, f in zip(weights, flat)) / total_w))
+    t_phe = (time.perf_counter() - t0) / phe_sample * n_params
+    bytes_up = len(blobs[0])
+    return {
+        "bench": "state_dict_roundtrip",
+        "key_bits": pk.bits,
+        "clients": clients,
+        "params": n_params,
+        "ciphertexts_per_client": encs[0].num_ciphertexts,
+        "seconds_encrypt": round(t_enc, 4),
+        "seconds_serialize": round(t_ser + t_parse, 4),
+        "seconds_aggregate": round(t_agg, 4),
+        "seconds_decrypt": round(t_dec, 4),
+        "seconds_total": round(total, 4),
+        "phe_seconds_estimated": round(t_phe, 2),
+        "phe_sample_values": phe_sample,
+        "speedup_vs_phe": round(t_phe / total, 1),
+        "bytes_per_client": bytes_up,
+        "bytes_per_param": round(bytes_up / n_params, 3),
+        "phe_bytes_per_param": pk.ciphertext_bytes,
+        "max_abs_error": err,
+        "phe_max_abs_error": phe_err,
+    }
+
+
+def _phe_taylor(enc_w: list, X: torch.Tensor, y_pm: torch.Tensor) -> list:
+    """``X^T (X w / 4 - y / 2) / n`` with phe EncryptedNumbers, as a naive implementation would."""
+    n, d = X.shape
+    Xl, yl = X.tolist(), y_pm.tolist()
+    z = []
+    for i in range(n):
+        acc = enc_w[0] * Xl[i][0]
+        for j in range(1, d):
+            acc = acc + enc_w[j] * Xl[i][j]
+        z.append(acc * 0.25 - yl[i] * 0.5)
+    grad = []
+    for j in range(d):
+        acc = z[0] * Xl[0][j]
+        for i in range(1, n):
+            acc = acc + z[i] * Xl[i][j]
+        grad.append(acc * (1.0 / n))
+    return grad
+
+
+def _phe_gram(enc_w: list, gram: torch.Tensor, offset: torch.Tensor) -> list:
+    """``gram @ w - offset`` with phe EncryptedNumbers (the same algorithm torchhefl uses)."""
+    G, o = gram.tolist(), offset.tolist()
+    out = []
+    for i, row in enumerate(G):
+        acc = enc_w[0] * row[0]
+        for j in range(1, len(row)):
+            acc = acc + enc_w[j] * row[j]
+        out.append(acc - o[i])
+    return out
+
+
+def bench_encrypted_taylor_batch(ctx: BenchContext, *, n: int = 64, d: int = 31) -> dict:
+    """The Taylor-loss gradient of a 64 x 31 batch on an encrypted 31-vector of weights."""
+    pk, sk = ctx.public_key, ctx.private_key
+    g = torch.Generator().manual_seed(ctx.seed)
+    X = torch.randn(n, d, generator=g, dtype=torch.float64)
+    X[:, -1] = 1.0  # bias column
+    y = (torch.rand(n, generator=g) < 0.5).to(torch.float64)
+    w = 0.5 * torch.randn(d, generator=g, dtype=torch.float64)
+    ref = taylor_grad(w, X, y)
+
+    enc_w, t_enc = _timed(lambda: EncryptedTensor.encrypt(w, pk))
+    grad, t_grad = _timed(lambda: taylor_grad(enc_w, X, y))
+    out, t_dec = _timed(lambda: grad.decrypt(sk))
+    err = float((out - ref).abs().max())
+
+    ppk, psk = pk.phe, sk.phe
+    pw, tp_enc = _timed(lambda: [ppk.encrypt(float(v)) for v in w])
+    y_pm = 2.0 * y - 1.0
+    pg, tp_grad = _timed(lambda: _phe_taylor(pw, X, y_pm))
+    pout, tp_dec = _timed(lambda: torch.tensor([psk.decrypt(v) for v in pg], dtype=torch.float64))
+    phe_err = float((pout - ref).abs().max())
+    gram = (X.T @ X) * (0.25 / n)
+    offset = (X.T @ y_pm) * (0.5 / n)
+    _, tp_gram = _timed(lambda: _phe_gram(pw, gram, offset))
+    return {
+        "bench": "encrypted_taylor_batch",
+        "key_bits": pk.bits,
+        "batch": [n, d],
+        "seconds_encrypt": round(t_enc, 4),
+        "seconds_grad": round(t_grad, 4),
+        "seconds_decrypt": round(t_dec, 4),
+        "phe_seconds_encrypt": round(tp_enc, 4),
+        "phe_seconds_grad": round(tp_grad, 4),
+        "phe_seconds_decrypt": round(tp_dec, 4),
+        "speedup_vs_phe": round(tp_grad / t_grad, 1),
+        "speedup_vs_phe_end_to_end": round((tp_enc + tp_grad + tp_dec) / (t_enc + t_grad + t_dec), 1),
+        "phe_seconds_grad_same_algorithm": round(tp_gram, 4),
+        "speedup_vs_phe_same_algorithm": round(tp_gram / t_grad, 1),
+        "max_abs_error": err,
+        "phe_max_abs_error": phe_err,
+        "scale_after": grad.scale,
+        "headroom_bits_after": grad.headroom_bits,
+    }
+
+
+BENCHES: dict[str, Callable[[BenchContext], dict]] = {
+    "state_dict_roundtrip": bench_state_dict_roundtrip,
+    "encrypted_taylor_batch": bench_encrypted_taylor_batch,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.he", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", choices=sorted(BENCHES), help="run only this bench (repeatable)")
+    parser.add_argument("--bits", type=int, default=2048, help="key size in bits (default 2048)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    names = args.only or list(BENCHES)
+    t0 = time.perf_counter()
+    pk, sk = generate_keypair(args.bits, allow_insecure=args.bits < 2048)
+    pk.obfuscator()  # build the randomness table once, outside the timed phases
+    ctx = BenchContext(pk, sk, args.seed)
+    print(json.dumps({"bench": "setup", "key_bits": args.bits, "seconds_keygen_and_tables": round(time.perf_counter() - t0, 3)}), flush=True)
+    for name in names:
+        print(json.dumps(BENCHES[name](ctx)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+import json
+import os
+import pickle
+import stat
+
+import gmpy2
+import pytest
+
+from torchhefl.secure import (
+    InsecureKeyWarning,
+    PrivateKey,
+    PublicKey,
+    generate_keypair,
+    load_private_key,
+    load_public_key,
+)
+from torchhefl.secure._parallel import map_chunks
+
+pytestmark = pytest.mark.filterwarnings("ignore::torchhefl.secure.keys.InsecureKeyWarning")
+
+
+def test_small_keys_need_explicit_opt_in():
+    with pytest.raises(ValueError, match="insecure.*allow_insecure=True"):
+        generate_keypair(512)
+    with pytest.warns(InsecureKeyWarning, match="insecure 512-bit"):
+        pk, sk = generate_keypair(512, allow_insecure=True)
+    assert pk.bits == 512 and sk.public_key == pk
+    with pytest.raises(ValueError, match="too small"):
+        generate_keypair(128, allow_insecure=True)
+
+
+def test_fingerprint_is_sha256_of_n_and_stable(keypair):
+    pk, _ = keypair
+    import hashlib
+
+    assert pk.fingerprint == hashlib.sha256(int(pk.n).to_bytes(64, "big")).hexdigest()
+    assert PublicKey(int(pk.n)).fingerprint == pk.fingerprint
+    assert pickle.loads(pickle.dumps(pk)) == pk
+
+
+def test_repr_never_shows_private_parts(keypair):
+    pk, sk = keypair
+    for text in (repr(pk), str(pk), repr(sk), str(sk)):
+        assert str(int(sk._p)) not in text and format(int(sk._p), "x") not in text
+    assert pk.fingerprint[:16] in repr(sk)
+
+
+def test_private_key_cannot_be_pickled(keypair):
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(keypair[1])
+
+
+def test_save_load_roundtrip_and_permissions(keypair, tmp_path):
+    pk, sk = keypair
+    pub, priv = tmp_path / "public.json", tmp_path / "private.json"
+    priv.write_text("old")
+    os.chmod(priv, 0o644)
+    pk.save(pub)
+    sk.save(priv)
+    assert stat.S_IMODE(os.stat(priv).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(pub).st_mode) == 0o644
+    d = json.loads(pub.read_text())
+    assert set(d) == {"kind", "version", "bits", "n"}
+    assert set(json.loads(priv.read_text())) == {"kind", "version", "bits", "n", "p", "q"}
+    with pytest.raises(ValueError, match="insecure"):
+        load_public_key(pub)
+    pk2 = load_public_key(pub, allow_insecure=True)
+    sk2 = load_private_key(priv, allow_insecure=True)
+    assert pk2 == pk and sk2.public_key == pk
+    c = pk.encrypt_int(-12345)
+    assert sk2.decrypt_int(c) == -12345
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.update(p=format(int(d["p"], 16) + 2, "x")), "p \\* q does not equal n"),
+        (lambda d: d.update(kind="something"), "unknown 'kind'"),
+        (lambda d: d.update(version=99), "unsupported key file version"),
+        (lambda d: d.update(bits=1024), "'bits' does not match"),
+        (lambda d: d.update(n="zz"), "not valid hexadecimal"),
+        (lambda d: d.pop("q"), "'q' must be a hexadecimal string"),
+    ],
+)
+def test_load_private_key_rejects_bad_files(keypair, tmp_path, mutate, message):
+    path = tmp_path / "private.json"
+    keypair[1].save(path)
+    d = json.loads(path.read_text())
+    mutate(d)
+    path.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=message):
+        load_private_key(path, allow_insecure=True)
+
+
+def test_load_rejects_wrong_kind_and_garbage(keypair, tmp_path):
+    pk, sk = keypair
+    sk.save(tmp_path / "priv.json")
+    pk.save(tmp_path / "pub.json")
+    with pytest.raises(ValueError, match="this is a private key file"):
+        load_public_key(tmp_path / "priv.json", allow_insecure=True)
+    with pytest.raises(ValueError, match="this is a public key file"):
+        load_private_key(tmp_path / "pub.json", allow_insecure=True)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="invalid JSON"):
+        load_public_key(tmp_path / "bad.json")
+
+
+def test_raw_layer_matches_plaintext_and_phe(keypair):
+    pk, sk = keypair
+    a, b = 123456789, -987654321
+    ca, cb = pk.encrypt_int(a), pk.encrypt_int(b)
+    assert ca != pk.encrypt_int(a)  # randomised
+    assert sk.decrypt_int(pk.raw_add(ca, cb)) == a + b
+    assert sk.decrypt_int(pk.raw_mul(ca, -7)) == -7 * a
+    assert sk.decrypt_int(pk.raw_mul(ca, 0)) == 0
+    assert sk.decrypt_int(pk.raw_add_plain(ca, -5)) == a - 5
+    assert sk.decrypt_int(pk.rerandomize_int(cb)) == b
+    # interoperable with phe's private key (same g = n + 1)
+    assert sk.phe.raw_decrypt(int(ca)) == a
+    assert sk.decrypt_raw(pk.phe.raw_encrypt(42)) == 42
+
+
+def test_guard_band_raises_overflow(keypair):
+    pk, sk = keypair
+    big = 1 << pk.max_bits
+    assert sk.decrypt_int(pk.encrypt_int(big - 1)) == big - 1
+    assert sk.decrypt_int(pk.encrypt_int(-(big - 1))) == -(big - 1)
+    with pytest.raises(OverflowError, match="outside the safe range"):
+        sk.decrypt_int(pk.encrypt_int(big))
+    with pytest.raises(OverflowError, match="outside the safe range"):
+        sk.decrypt_int(pk.encrypt_int(int(pk.n) // 2))
+
+
+def test_private_key_checks_factors(keypair):
+    pk, sk = keypair
+    with pytest.raises(ValueError, match="product is the public key's n"):
+        PrivateKey(pk, sk._p, sk._p)
+
+
+def test_bulk_operations_in_worker_processes_match_serial(keypair):
+    pk, sk = keypair
+    ms = list(range(-50, 50))
+    cts = map_chunks(lambda chunk: [pk.encrypt_int(m) for m in chunk], ms, seconds_per_item=1.0)
+    assert len(set(cts)) == len(cts)  # workers draw independent randomness
+    dec = map_chunks(lambda chunk: [sk.decrypt_int(c) for c in chunk], cts, seconds_per_item=1.0)
+    assert dec == ms
+    assert all(isinstance(c, gmpy2.mpz().__class__) for c in cts)
