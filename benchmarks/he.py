@@ -46,10 +46,14 @@ def _lenet5() -> nn.Module:
     )
 
 
-def _timed(fn: Callable):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
+def _timed(fn: Callable, repeats: int = 1):
+    """``(result, best wall-clock seconds over repeats)``."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return out, best
 
 
 def bench_state_dict_roundtrip(ctx: BenchContext, *, clients: int = 3, phe_sample: int = 24) -> dict:
@@ -155,22 +159,23 @@ def bench_encrypted_taylor_batch(ctx: BenchContext, *, n: int = 64, d: int = 31)
     ref = taylor_grad(w, X, y)
 
     enc_w, t_enc = _timed(lambda: EncryptedTensor.encrypt(w, pk))
-    grad, t_grad = _timed(lambda: taylor_grad(enc_w, X, y))
+    grad, t_grad = _timed(lambda: taylor_grad(enc_w, X, y), repeats=3)
     out, t_dec = _timed(lambda: grad.decrypt(sk))
     err = float((out - ref).abs().max())
 
     ppk, psk = pk.phe, sk.phe
     pw, tp_enc = _timed(lambda: [ppk.encrypt(float(v)) for v in w])
     y_pm = 2.0 * y - 1.0
-    pg, tp_grad = _timed(lambda: _phe_taylor(pw, X, y_pm))
+    pg, tp_grad = _timed(lambda: _phe_taylor(pw, X, y_pm), repeats=3)
     pout, tp_dec = _timed(lambda: torch.tensor([psk.decrypt(v) for v in pg], dtype=torch.float64))
     phe_err = float((pout - ref).abs().max())
     gram = (X.T @ X) * (0.25 / n)
     offset = (X.T @ y_pm) * (0.5 / n)
-    _, tp_gram = _timed(lambda: _phe_gram(pw, gram, offset))
+    _, tp_gram = _timed(lambda: _phe_gram(pw, gram, offset), repeats=3)
     return {
         "bench": "encrypted_taylor_batch",
         "key_bits": pk.bits,
+        "timing": "best of 3 for the gradient, both sides",
         "batch": [n, d],
         "seconds_encrypt": round(t_enc, 4),
         "seconds_grad": round(t_grad, 4),
@@ -201,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bits", type=int, default=2048, help="key size in bits (default 2048)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    # the HE work runs in this process (plus forked workers); BLAS threads on these tiny matrices
+    # only contend with them for the cores
+    torch.set_num_threads(1)
     names = args.only or list(BENCHES)
     t0 = time.perf_counter()
     pk, sk = generate_keypair(args.bits, allow_insecure=args.bits < 2048)

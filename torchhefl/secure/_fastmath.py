@@ -4,9 +4,9 @@
   ``base^(d * 2^(w*i))``; one exponentiation costs one modular multiplication per window. Used for
   DJN short-exponent randomness (``h_s^a`` with a ~2*security-bit ``a``).
 * :func:`multi_exp_rows`: ``prod_j bases[j] ** rows[i][j]`` for every row ``i`` (signed exponents)
-  by Straus' interleaved windows: the squarings are shared by all bases of a row and each base gets a
-  small table of odd/even powers (and of its inverse, for negative exponents) built once and reused
-  by every row. This is ``plain_matrix @ encrypted_vector``.
+  by Straus' interleaved exponentiation over window-NAF digits: the squarings are shared by all
+  bases of a row and each base gets a small table of odd powers (and of its inverse, for negative
+  digits) built once and reused by every row. This is ``plain_matrix @ encrypted_vector``.
 """
 
 from __future__ import annotations
@@ -51,18 +51,36 @@ class FixedBaseTable:
 
 
 def _best_window(n_rows: int, max_bits: int) -> int:
-    best, best_cost = 1, None
-    for w in range(1, 9):
-        cost = n_rows * (-(-max_bits // w)) + (1 << w)
-        if best_cost is None or cost < best_cost:
-            best, best_cost = w, cost
-    return best
+    # per base: n_rows * max_bits / (w + 1) multiplications for the wNAF digits, plus tables of
+    # 2^(w-2) odd powers for each sign
+    return min(range(2, 9), key=lambda w: n_rows * max_bits / (w + 1) + 2 * (1 << (w - 2)))
+
+
+def _wnaf(k: int, w: int) -> list[tuple[int, int]]:
+    """Signed window-NAF of ``k``: ``[(position, odd digit)]`` with ``sum(d << pos) == k`` and |d| < 2^(w-1)."""
+    out = []
+    pos = 0
+    full, half = 1 << w, 1 << (w - 1)
+    while k:
+        tz = (k & -k).bit_length() - 1
+        k >>= tz
+        pos += tz
+        d = k & (full - 1)
+        if d >= half:
+            d -= full
+        out.append((pos, d))
+        k = (k - d) >> w
+        pos += w
+    return out
 
 
 def multi_exp_rows(bases: Sequence[mpz], rows: Sequence[Sequence[int]], modulus: mpz) -> list[mpz]:
     """``[prod_j bases[j] ** row[j] mod modulus for row in rows]`` with signed integer exponents.
 
-    Every base must be invertible modulo ``modulus`` when a negative exponent meets it.
+    Straus' interleaved exponentiation over signed window-NAF digits: one shared squaring per bit
+    and row, about ``bits / (w + 1)`` multiplications per exponent, odd-power tables of each base
+    (and of its inverse, for negative digits) built once and reused by every row. Every base must be
+    invertible modulo ``modulus`` when a negative exponent meets it.
     """
     d = len(bases)
     max_bits = 0
@@ -76,43 +94,38 @@ def multi_exp_rows(bases: Sequence[mpz], rows: Sequence[Sequence[int]], modulus:
     if max_bits == 0:
         return [ONE for _ in rows]
     w = _best_window(len(rows), max_bits)
-    mask = (1 << w) - 1
-    n_win = -(-max_bits // w)
     m = modulus
-    tables: dict[tuple[int, bool], list[mpz]] = {}
+    n_odd = 1 << (w - 2)
+    tables: dict[int, list[mpz]] = {}  # key j for base j, ~j for its inverse: [g, g^3, g^5, ...]
 
-    def table(j: int, neg: bool) -> list[mpz]:
-        t = tables.get((j, neg))
+    def table(key: int) -> list[mpz]:
+        t = tables.get(key)
         if t is None:
-            g = gmpy2.invert(bases[j], m) if neg else mpz(bases[j]) % m
-            t = [ONE, g]
-            for _ in range(2, mask + 1):
-                t.append(t[-1] * g % m)
-            tables[(j, neg)] = t
+            g = gmpy2.invert(bases[~key], m) if key < 0 else mpz(bases[key]) % m
+            g2 = g * g % m
+            t = [g]
+            for _ in range(n_odd - 1):
+                t.append(t[-1] * g2 % m)
+            tables[key] = t
         return t
 
     out = []
+    n_pos = max_bits + 2
     for row in rows:
-        # per window (most significant first): the (table, digit) pairs to multiply in
-        plan: list[list[tuple[list[mpz], int]]] = [[] for _ in range(n_win)]
+        plan: list[list[mpz]] = [[] for _ in range(n_pos)]
         for j, k in enumerate(row):
             if not k:
                 continue
-            t = table(j, k < 0)
-            a = k if k >= 0 else -k
-            i = n_win - 1
-            while a:
-                digit = a & mask
-                if digit:
-                    plan[i].append((t, digit))
-                a >>= w
-                i -= 1
+            for pos, digit in _wnaf(k, w):
+                if digit > 0:
+                    plan[pos].append(table(j)[digit >> 1])
+                else:
+                    plan[pos].append(table(~j)[(-digit) >> 1])
         acc = None
-        for steps in plan:
+        for pos in range(n_pos - 1, -1, -1):
             if acc is not None:
-                for _ in range(w):
-                    acc = acc * acc % m
-            for t, digit in steps:
-                acc = t[digit] if acc is None else acc * t[digit] % m
+                acc = acc * acc % m
+            for x in plan[pos]:
+                acc = x if acc is None else acc * x % m
         out.append(ONE if acc is None else acc)
     return out
