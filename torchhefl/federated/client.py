@@ -174,5 +174,5 @@ class Client:
             if self.clip_norm is not None and self.privacy is None:
                 nn.utils.clip_grad_norm_(params, self.clip_norm)
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         return float(np.mean(losses)) if losses else float("nan")

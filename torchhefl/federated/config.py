@@ -31,8 +31,8 @@ class TrainConfig:
     fraction: float = 1.0
     min_clients: int = 1
     lr: float = 0.1
-    batch_size: int = 32
-    local_epochs: int = 1
+    batch_size: int = 16
+    local_epochs: int = 2
     clip_norm: float | None = 5.0
     aggregator: str = "fedavg"
     mu: float = 0.01
