@@ -88,7 +88,7 @@ class Client:
         self.clip_norm, self.seed = clip_norm, seed
         self.privacy = privacy
         self.standardizer: Standardizer | None = None
-        self.last_round = 0
+        self.last_round: tuple[int, int] = (0, 0)
 
     @property
     def num_examples(self) -> int:
@@ -117,10 +117,7 @@ class Client:
         return encode_request("standardize_res", {"cid": self.cid})
 
     def _on_fit(self, msg) -> bytes:
-        server_round = msg.meta.get("round")
-        if not isinstance(server_round, int) or server_round <= self.last_round:
-            raise MalformedMessageError(f"fit request for stale or invalid round {server_round!r}")
-        config = msg.meta.get("config", {})
+        server_round, config = self._check_fit(msg)
         with self.exchange.timer.phase("decrypt"):
             state = self.exchange.read_global(payload_of(msg))
         self.model.load_state_dict(state, strict=True)
@@ -128,11 +125,21 @@ class Client:
             train_loss = self.fit(server_round, proximal_mu=float(config.get("proximal_mu", 0.0)))
         with self.exchange.timer.phase("encrypt"):
             payload = self.exchange.write_update(self.model.state_dict(), self.num_examples)
-        self.last_round = server_round
         meta = {"cid": self.cid, "round": server_round, "train_loss": train_loss, "seconds": self.exchange.timer.take()}
         if self.privacy is not None:
             meta["epsilon"] = self.privacy.epsilon()
         return encode_request("fit_res", meta, payload)
+
+    def _check_fit(self, msg) -> tuple[int, dict]:
+        """The round and config of a fit request; rejects stale or replayed requests."""
+        server_round, attempt = msg.meta.get("round"), msg.meta.get("attempt", 1)
+        config = msg.meta.get("config", {})
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (server_round, attempt)) or not isinstance(config, dict):
+            raise MalformedMessageError("fit request with an invalid round, attempt or config")
+        if (server_round, attempt) <= self.last_round:
+            raise MalformedMessageError(f"fit request for stale round {server_round} (attempt {attempt})")
+        self.last_round = (server_round, attempt)
+        return server_round, config
 
     def _on_evaluate(self, msg) -> bytes:
         if self.X_test is None:

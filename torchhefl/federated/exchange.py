@@ -51,8 +51,9 @@ class _Phase:
 class ServerExchange:
     """Server side of an exchange. Subclasses implement the hooks below."""
 
-    #: whether the server can read the aggregated model (and so evaluate it itself)
-    server_reads_model: bool = True
+    #: whether a round must be re-run when a selected client does not answer (masked aggregation,
+    #: where the survivors' masks do not cancel without every participant)
+    needs_every_participant: bool = False
 
     def __init__(self) -> None:
         self.timer = Timer()

@@ -102,20 +102,34 @@ class Server:
         start = time.perf_counter()
         up0, down0 = self.transport.bytes_up, self.transport.bytes_down
         selected = self.select(server_round)
-        request = encode_request(
-            "fit_ins",
-            {"round": server_round, "config": self.strategy.configure_fit(server_round)},
-            self.exchange.global_payload(),
-        )
-        replies = self._broadcast(selected, request, "fit_res", server_round=server_round)
-        if len(replies) < self.min_clients:
-            raise ProtocolError(
-                f"round {server_round}: only {len(replies)} of {len(selected)} clients answered "
-                f"(at least {self.min_clients} needed)"
+        dropped: list[str] = []
+        for attempt in range(1, len(selected) + 1):
+            request = encode_request(
+                "fit_ins",
+                {
+                    "round": server_round,
+                    "attempt": attempt,
+                    "participants": selected,
+                    "config": self.strategy.configure_fit(server_round),
+                },
+                self.exchange.global_payload(),
             )
+            replies = self._broadcast(selected, request, "fit_res", server_round=server_round)
+            if len(replies) < self.min_clients:
+                raise ProtocolError(
+                    f"round {server_round}: only {len(replies)} of {len(selected)} clients answered "
+                    f"(at least {self.min_clients} needed)"
+                )
+            missing = [cid for cid in selected if cid not in replies]
+            dropped += missing
+            if missing and self.exchange.needs_every_participant:
+                log.warning("round %d: %s dropped out; re-running the round without them", server_round, ", ".join(missing))
+                selected = [cid for cid in selected if cid in replies]
+                continue
+            break
         self.exchange.aggregate([payload_of(m) for m in replies.values()], self.strategy)
         self.round = server_round
-        result: RoundResult = {"round": server_round, "clients": list(replies), "dropped": sorted(set(selected) - set(replies))}
+        result: RoundResult = {"round": server_round, "clients": list(replies), "dropped": sorted(dropped)}
         result["train_loss"] = {cid: float(m.meta.get("train_loss", float("nan"))) for cid, m in replies.items()}
         seconds: dict[str, float] = {}
         for m in replies.values():
