@@ -52,6 +52,9 @@ class Client:
         privacy: optional differentially private trainer (see :mod:`torchhefl.privacy`).
     """
 
+    #: the requests this client answers; each ``X_ins`` is handled by ``_on_X``
+    REQUEST_KINDS: tuple[str, ...] = ("stats_ins", "standardize_ins", "fit_ins", "evaluate_ins")
+
     def __init__(
         self,
         cid: str,
@@ -98,7 +101,7 @@ class Client:
 
     def handle(self, request: bytes) -> bytes:
         """Answer one request from the server; both are wire-format bytes."""
-        msg = decode_request(request, kind=("stats_ins", "standardize_ins", "fit_ins", "evaluate_ins"))
+        msg = decode_request(request, kind=self.REQUEST_KINDS)
         handler = getattr(self, "_on_" + msg.kind.removesuffix("_ins"))
         return handler(msg)
 
@@ -125,7 +128,7 @@ class Client:
             train_loss = self.fit(server_round, proximal_mu=float(config.get("proximal_mu", 0.0)))
         with self.exchange.timer.phase("encrypt"):
             payload = self.exchange.write_update(self.model.state_dict(), self.num_examples)
-        meta = {"cid": self.cid, "round": server_round, "train_loss": train_loss, "seconds": self.exchange.timer.take()}
+        meta = {"cid": self.cid, "round": server_round, "train_loss": train_loss, "seconds": _fixed_width(self.exchange.timer.take())}
         if self.privacy is not None:
             meta["epsilon"] = self.privacy.epsilon()
         return encode_request("fit_res", meta, payload)
@@ -183,3 +186,8 @@ class Client:
             optimizer.step()
             losses.append(float(loss.detach()))
         return float(np.mean(losses)) if losses else float("nan")
+
+
+def _fixed_width(seconds: dict[str, float]) -> dict[str, str]:
+    """Timings as fixed-width strings, so a reply's size does not depend on how long it took."""
+    return {k: f"{min(v, 99999.0):012.6f}" for k, v in seconds.items()}

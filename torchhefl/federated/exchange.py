@@ -58,6 +58,9 @@ class ServerExchange:
     def __init__(self) -> None:
         self.timer = Timer()
 
+    def setup(self, server) -> None:
+        """Once before standardisation; ``server.broadcast`` reaches the clients. Default: nothing."""
+
     def global_payload(self) -> bytes:
         """The bytes sent to clients at the start of a round (and for evaluation)."""
         raise NotImplementedError

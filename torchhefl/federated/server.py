@@ -70,6 +70,15 @@ class Server:
 
     # -- set-up ---------------------------------------------------------------------------------
 
+    def setup(self) -> None:
+        """Before the first round: the exchange's own set-up (e.g. key agreement), then standardisation."""
+        self.exchange.setup(self)
+        self.standardize()
+
+    def broadcast(self, ids: list[str], request: bytes, reply_kind: str) -> dict:
+        """Send ``request`` to ``ids``; the parsed replies of those that answered (failures are logged)."""
+        return self._broadcast(ids, request, reply_kind)
+
     def standardize(self) -> None:
         """Fit the feature standardisation from the clients' summed moments (no rows leave a site)."""
         ids = self.transport.client_ids

@@ -21,14 +21,14 @@ from torchhefl.data import Dataset, load_csv, load_wdbc, partition_dirichlet, pa
 from torchhefl.exceptions import ConfigError, DataError
 from torchhefl.federated.client import Client
 from torchhefl.federated.config import TrainConfig
-from torchhefl.federated.exchange import PlainClientExchange, PlainServerExchange
+from torchhefl.federated.exchange import ClientExchange, PlainClientExchange, PlainServerExchange, ServerExchange
 from torchhefl.federated.recorder import RunRecorder
 from torchhefl.federated.server import Server
 from torchhefl.federated.strategies import get_strategy
 from torchhefl.federated.transport import InProcessTransport
 from torchhefl.nn import LogisticRegression, TaylorLoss
 
-__all__ = ["Simulation", "build", "load_dataset", "make_loss", "run"]
+__all__ = ["ModeParts", "Simulation", "build", "load_dataset", "make_loss", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,9 @@ def build(config: TrainConfig, *, dataset: Dataset | None = None) -> Simulation:
     model = LogisticRegression(data.num_features, dtype=torch.float64)
     initial = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
 
-    server_exchange, client_exchanges, server_holds_test = _exchanges(config, initial)
-    test_parts = None if server_holds_test else partition_iid(len(test), config.clients, seed=config.seed + 1)
+    parts_of_mode = _mode_parts(config, initial)
+    server_exchange = parts_of_mode.server_exchange
+    test_parts = None if parts_of_mode.server_holds_test else partition_iid(len(test), config.clients, seed=config.seed + 1)
 
     clients = []
     for i, idx in enumerate(parts):
@@ -99,14 +100,14 @@ def build(config: TrainConfig, *, dataset: Dataset | None = None) -> Simulation:
         if test_parts is not None:
             X_test, y_test = test.X[test_parts[i]], test.y[test_parts[i]]
         clients.append(
-            Client(
+            parts_of_mode.client_class(
                 cid,
                 i,
                 train.X[idx],
                 train.y[idx],
                 model=model,
                 loss_fn=make_loss(config.loss),
-                exchange=client_exchanges[i],
+                exchange=parts_of_mode.client_exchanges[i],
                 lr=config.lr,
                 batch_size=config.batch_size,
                 local_epochs=config.local_epochs,
@@ -115,6 +116,7 @@ def build(config: TrainConfig, *, dataset: Dataset | None = None) -> Simulation:
                 X_test=X_test,
                 y_test=y_test,
                 privacy=_privacy(config, len(idx)),
+                **parts_of_mode.client_kwargs,
             )
         )
     transport = InProcessTransport({c.cid: c for c in clients})
@@ -124,19 +126,38 @@ def build(config: TrainConfig, *, dataset: Dataset | None = None) -> Simulation:
         transport=transport,
         exchange=server_exchange,
         loss_fn=make_loss(config.loss, reduction="sum"),
-        X_test=test.X if server_holds_test else None,
-        y_test=test.y if server_holds_test else None,
+        X_test=test.X if parts_of_mode.server_holds_test else None,
+        y_test=test.y if parts_of_mode.server_holds_test else None,
         fraction=config.fraction,
         min_clients=config.min_clients,
         seed=config.seed,
     )
-    return Simulation(config, data, server, clients, transport)
+    parts_of_mode.connect(server, clients)
+    return Simulation(config, data, server, clients, transport, extras=parts_of_mode.extras)
 
 
-def _exchanges(config: TrainConfig, initial: OrderedDict):
-    """The server's and each client's exchange for ``config.mode``; and whether the server keeps the test set."""
+@dataclass
+class ModeParts:
+    """What a mode contributes to a run: the exchanges, the client class, where the test set lives."""
+
+    server_exchange: ServerExchange
+    client_exchanges: list[ClientExchange]
+    client_class: type[Client] = Client
+    client_kwargs: dict = field(default_factory=dict)
+    server_holds_test: bool = True
+    extras: dict = field(default_factory=dict)
+    #: called once the server and clients exist (e.g. to wire a back channel)
+    connect: Callable[[Server, list[Client]], None] = lambda server, clients: None
+
+
+def _mode_parts(config: TrainConfig, initial: OrderedDict) -> ModeParts:
+    """The parts of ``config.mode`` (and ``config.key_holder`` in HE mode)."""
     if config.mode == "plain":
-        return PlainServerExchange(initial), [PlainClientExchange() for _ in range(config.clients)], True
+        return ModeParts(PlainServerExchange(initial), [PlainClientExchange() for _ in range(config.clients)])
+    if config.key_holder == "server":
+        from torchhefl.federated.hem import hem_parts
+
+        return hem_parts(config, initial)
     raise ConfigError(f"--mode {config.mode} with --key-holder {config.key_holder} is not available in this build")
 
 
@@ -158,7 +179,7 @@ def run(
     sim = build(config, dataset=dataset)
     recorder = RunRecorder(run_dir, config.to_dict(), [c.cid for c in sim.clients])
     recorder.start()
-    sim.server.standardize()
+    sim.server.setup()
     rounds = range(1, config.rounds + 1)
     bar = None
     if progress:
