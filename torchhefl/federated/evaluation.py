@@ -15,7 +15,7 @@ import torch
 
 __all__ = ["AUC_BINS", "add_counts", "evaluation_counts", "metrics_from_counts"]
 
-AUC_BINS = 4096
+AUC_BINS = 1024
 
 
 @torch.no_grad()
@@ -41,8 +41,8 @@ def evaluation_counts(
         "fp": np.array([float(((pred == 1) & (y == 0)).sum())]),
         "fn": np.array([float(((pred == 0) & (y == 1)).sum())]),
         "loss_sum": np.array([float(loss_fn(logits, y))]),
-        "pos_hist": np.bincount(bins[yb], minlength=AUC_BINS).astype(np.float64),
-        "neg_hist": np.bincount(bins[~yb], minlength=AUC_BINS).astype(np.float64),
+        "pos_hist": np.bincount(bins[yb], minlength=AUC_BINS).astype(np.int32),
+        "neg_hist": np.bincount(bins[~yb], minlength=AUC_BINS).astype(np.int32),
     }
 
 

@@ -158,7 +158,9 @@ def _mode_parts(config: TrainConfig, initial: OrderedDict) -> ModeParts:
         from torchhefl.federated.hem import hem_parts
 
         return hem_parts(config, initial)
-    raise ConfigError(f"--mode {config.mode} with --key-holder {config.key_holder} is not available in this build")
+    from torchhefl.federated.clients_key import clients_key_parts
+
+    return clients_key_parts(config, initial)
 
 
 def _privacy(config: TrainConfig, num_examples: int):

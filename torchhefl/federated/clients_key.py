@@ -1,0 +1,132 @@
+"""``--mode he --key-holder clients``: the sites share the key pair, the server relays ciphertexts.
+
+Each site sends ``Enc(n_i * w_i)`` packed in a :class:`SecureStateDict` together with ``Enc(n_i)``;
+the server adds ciphertexts (it never holds the private key) and sends the encrypted sum back; sites
+decrypt and divide by the decrypted total count. The server learns neither a weight nor a count.
+The federated standardisation statistics take the same path as :class:`EncryptedTensor` sums.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from torchhefl.exceptions import MalformedMessageError
+from torchhefl.federated.config import TrainConfig
+from torchhefl.federated.exchange import ClientExchange, ServerExchange
+from torchhefl.federated.keyring import run_keypair
+from torchhefl.federated.strategies import Strategy
+from torchhefl.secure import MAX_TOTAL_WEIGHT, EncryptedTensor, PrivateKey, PublicKey, SecureStateDict
+
+__all__ = ["ClientKeyClientExchange", "ClientKeyServerExchange", "clients_key_parts"]
+
+_STAT_FIELDS = ("count", "sum", "sumsq")
+#: fixed-point bits after the binary point for the standardisation statistics
+_STAT_SCALE = 40
+
+
+class ClientKeyServerExchange(ServerExchange):
+    """Server side: holds the public key and the encrypted global model; only adds ciphertexts.
+
+    Args:
+        public_key: the sites' public key.
+        initial_state: the initial global model (public: it is drawn before any data is seen).
+    """
+
+    def __init__(self, public_key: PublicKey, initial_state: Mapping[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.public_key = public_key
+        with self.timer.phase("encrypt"):
+            self._global = SecureStateDict.encrypt(initial_state, public_key).to_bytes()
+        self._layout = SecureStateDict.from_bytes(self._global, public_key=public_key).keys()
+
+    def global_payload(self) -> bytes:
+        return self._global
+
+    def aggregate(self, payloads: Sequence[bytes], strategy: Strategy) -> None:
+        if not strategy.weighs_by_samples:
+            raise MalformedMessageError(f"{strategy!r} is not sample-weighted; the encrypted path is")
+        updates = [self.read_update(blob) for blob in payloads]
+        with self.timer.phase("aggregate"):
+            self._global = SecureStateDict.weighted_average(updates).to_bytes()
+
+    def read_update(self, blob: bytes) -> SecureStateDict:
+        """Parse one client's update; it must be under our key with the model's layout."""
+        update = SecureStateDict.from_bytes(blob, public_key=self.public_key)
+        if update.keys() != self._layout:
+            raise MalformedMessageError(f"update names {update.keys()} do not match the model's {self._layout}")
+        return update
+
+    def sum_statistics(self, payloads: Sequence[bytes]) -> bytes:
+        parts = [EncryptedTensor.from_bytes(b, public_key=self.public_key) for b in payloads]
+        if not parts:
+            raise MalformedMessageError("no statistics to sum")
+        total = parts[0]
+        for p in parts[1:]:
+            if p.shape != total.shape:
+                raise MalformedMessageError(f"statistics of shape {tuple(p.shape)}, expected {tuple(total.shape)}")
+            total = total + p
+        return total.to_bytes()
+
+
+class ClientKeyClientExchange(ClientExchange):
+    """Client side: encrypts its weighted update, decrypts the aggregate.
+
+    Args:
+        private_key: the sites' shared key pair.
+        weight_bound: the public cap on a site's sample count; it keeps the count itself hidden.
+    """
+
+    def __init__(self, private_key: PrivateKey, *, weight_bound: int) -> None:
+        super().__init__()
+        self.private_key = private_key
+        self.public_key = private_key.public_key
+        self.weight_bound = weight_bound
+        self._d: int | None = None
+        self._last: tuple[bytes, OrderedDict] | None = None
+
+    def read_global(self, payload: bytes) -> OrderedDict:
+        # the aggregate is sent twice, for evaluation and for the next round: decrypt it once
+        if self._last is None or self._last[0] != payload:
+            state = SecureStateDict.from_bytes(payload, public_key=self.public_key).decrypt(self.private_key)
+            self._last = (payload, state)
+        return OrderedDict((k, v.clone()) for k, v in self._last[1].items())
+
+    def write_update(self, state: Mapping[str, torch.Tensor], num_examples: int) -> bytes:
+        if num_examples > self.weight_bound:
+            raise OverflowError(f"{num_examples} examples exceed the public cap of {self.weight_bound} per site")
+        enc = SecureStateDict.encrypt(state, self.public_key, weight=num_examples, weight_bound=self.weight_bound)
+        return enc.to_bytes()
+
+    def write_statistics(self, stats: Mapping[str, np.ndarray]) -> bytes:
+        vector = np.concatenate([np.asarray(stats[k], dtype=np.float64).reshape(-1) for k in _STAT_FIELDS])
+        self._d = (len(vector) - 1) // 2
+        return EncryptedTensor.encrypt(torch.from_numpy(vector), self.public_key, scale=_STAT_SCALE).to_bytes()
+
+    def read_statistics(self, payload: bytes) -> dict[str, np.ndarray]:
+        vector = EncryptedTensor.from_bytes(payload, public_key=self.public_key).decrypt(self.private_key).numpy()
+        d = (len(vector) - 1) // 2
+        if len(vector) != 2 * d + 1 or (self._d is not None and d != self._d):
+            raise MalformedMessageError(f"statistics vector of length {len(vector)} does not fit {self._d} features")
+        return {"count": vector[:1], "sum": vector[1 : 1 + d], "sumsq": vector[1 + d :]}
+
+
+def clients_key_parts(config: TrainConfig, initial: OrderedDict):
+    """The mode's parts for :func:`torchhefl.federated.simulation.build`.
+
+    In simulation the key pair is made on the sites' side and handed to every site; the server
+    object receives the public key only.
+    """
+    from torchhefl.federated.simulation import ModeParts
+
+    public_key, private_key = run_keypair(config)
+    weight_bound = MAX_TOTAL_WEIGHT // config.clients
+    return ModeParts(
+        server_exchange=ClientKeyServerExchange(public_key, initial),
+        client_exchanges=[ClientKeyClientExchange(private_key, weight_bound=weight_bound) for _ in range(config.clients)],
+        server_holds_test=False,
+        extras={"public_key": public_key},
+    )
