@@ -49,7 +49,9 @@ def encode(kind: str, meta: Mapping | None = None, arrays: Mapping[str, np.ndarr
     arrays = dict(arrays or {})
     manifest, chunks = [], []
     for name, arr in arrays.items():
-        arr = np.ascontiguousarray(arr)
+        arr = np.asarray(arr)
+        if not arr.flags.c_contiguous:  # np.ascontiguousarray would turn a 0-d array into 1-d
+            arr = arr.copy(order="C")
         dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
         arr = arr.astype(dt, copy=False)
         if dt.str not in _DTYPES:
