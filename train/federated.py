@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
+    print(summary["data"])
     line = (
         f"done: {summary['rounds']} rounds, test accuracy {summary['test_accuracy']:.4f}, "
         f"AUC {summary['test_auc']:.4f}, F1 {summary['test_f1']:.4f}; "

@@ -28,7 +28,7 @@ from torchhefl.federated.strategies import get_strategy
 from torchhefl.federated.transport import InProcessTransport
 from torchhefl.nn import LogisticRegression, TaylorLoss
 
-__all__ = ["ModeParts", "Simulation", "build", "load_dataset", "make_loss", "run"]
+__all__ = ["ModeParts", "Simulation", "build", "describe_dataset", "load_dataset", "make_loss", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +212,7 @@ def run(
         bar.close()
     final_state = sim.final_state()
     summary = {
+        "data": describe_dataset(sim.dataset, config),
         "rounds": config.rounds,
         "test_accuracy": last["test_accuracy"],
         "test_auc": last["test_auc"],
@@ -224,6 +225,13 @@ def run(
     recorder.finish(final_state, summary)
     summary["run_dir"] = str(run_dir)
     return summary
+
+
+def describe_dataset(data: Dataset, config: TrainConfig) -> str:
+    """One line naming the data, its size and how the label was mapped to {0, 1}."""
+    source = "WDBC (scikit-learn)" if config.data is None else config.data
+    mapping = ", ".join(f"{c} -> {i}" for i, c in enumerate(data.classes))
+    return f"data: {source}, {len(data)} rows, {data.num_features} features; label {data.label_name!r}: {mapping}"
 
 
 def _kib(n: int) -> str:

@@ -1,0 +1,97 @@
+"""python -m train.federated: bad input gets one line naming the problem and exit code 2."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from train.federated import main
+
+
+@pytest.fixture
+def csv_dir(tmp_path):
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.normal(size=(40, 3)), columns=["a", "b", "c"])
+    df["label"] = ["yes", "no"] * 20
+    df.to_csv(tmp_path / "good.csv", index=False)
+    bad = df.copy()
+    bad["b"] = ["x"] * 40
+    bad.to_csv(tmp_path / "text.csv", index=False)
+    nan = df.copy()
+    nan.loc[3, "a"] = np.nan
+    nan.to_csv(tmp_path / "nan.csv", index=False)
+    inf = df.copy()
+    inf.loc[5, "c"] = np.inf
+    inf.to_csv(tmp_path / "inf.csv", index=False)
+    one = df.copy()
+    one["label"] = "yes"
+    one.to_csv(tmp_path / "one.csv", index=False)
+    three = df.copy()
+    three["label"] = ["a", "b", "c", "d"] * 10
+    three.to_csv(tmp_path / "three.csv", index=False)
+    return tmp_path
+
+
+def _err(capsys, argv):
+    with pytest.raises(SystemExit) as exc:
+        code = main(argv)
+        raise SystemExit(code)
+    err = capsys.readouterr().err.strip()
+    return exc.value.code, err
+
+
+BASE = ["--mode", "plain", "--rounds", "1", "--no-progress", "--quiet"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "{d}/missing.csv", "--label", "label"], "missing.csv"),
+        (["--data", "{d}/text.csv", "--label", "label"], "'b'"),
+        (["--data", "{d}/nan.csv", "--label", "label"], "NaN"),
+        (["--data", "{d}/inf.csv", "--label", "label"], "infinite"),
+        (["--data", "{d}/one.csv", "--label", "label"], "exactly 2 distinct values, got 1"),
+        (["--data", "{d}/three.csv", "--label", "label"], "exactly 2 distinct values, got 4"),
+        (["--data", "{d}/good.csv", "--label", "outcome"], "outcome"),
+        (["--data", "{d}/good.csv", "--label", "label", "--clients", "40"], "more than the 32 training rows"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--lr", "0"], "--lr must be a positive number"),
+        (["--lr", "-0.1"], "--lr must be a positive number"),
+        (["--rounds", "0"], "--rounds must be at least 1"),
+        (["--aggregator", "fedsgd"], "unknown aggregator 'fedsgd'"),
+        (["--clip-norm", "-1"], "--clip-norm"),
+        (["--data", "{d}/good.csv"], "--data and --label go together"),
+        (["--lr", "abc"], "--lr"),
+    ],
+)
+def test_bad_input_one_line_exit_2(capsys, csv_dir, tmp_path, args, message):
+    argv = BASE + ["--logdir", str(tmp_path / "runs")] + [a.format(d=csv_dir) for a in args]
+    code, err = _err(capsys, argv)
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_user_csv_trains_and_reports_label_mapping(capsys, csv_dir, tmp_path):
+    code = main(BASE + ["--data", str(csv_dir / "good.csv"), "--label", "label", "--logdir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "label 'label': no -> 0, yes -> 1" in out
+
+
+def test_insecure_key_needs_explicit_flag(capsys, tmp_path):
+    code, err = _err(capsys, ["--key-bits", "512", "--rounds", "1", "--logdir", str(tmp_path)])
+    assert code == 2 and "insecure" in err
+
+
+def test_no_traceback_from_the_real_command(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "train.federated", "--mode", "plain", "--data", str(tmp_path / "nope.csv"), "--label", "y"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "nope.csv" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
