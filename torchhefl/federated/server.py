@@ -6,6 +6,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -182,9 +183,11 @@ class Server:
 
     def _broadcast(self, ids: list[str], request: bytes, reply_kind: str, server_round: int | None = None) -> dict:
         replies = {}
-        for cid in ids:
+        for cid, answer in self._deliver(ids, request):
             try:
-                msg = decode_request(self.transport.send(cid, request), kind=reply_kind)
+                if isinstance(answer, Exception):
+                    raise answer
+                msg = decode_request(answer, kind=reply_kind)
                 if server_round is not None and msg.meta.get("round") != server_round:
                     raise MalformedMessageError(f"reply for round {msg.meta.get('round')!r}, expected {server_round}")
             except _CLIENT_FAULTS as e:
@@ -192,3 +195,22 @@ class Server:
                 continue
             replies[cid] = msg
         return replies
+
+    def _deliver(self, ids: list[str], request: bytes) -> Iterator[tuple[str, bytes | Exception]]:
+        """Each client's reply to ``request``, or the client fault it raised.
+
+        A transport with ``send_all(ids, request)`` (a network one) gets every request out at once
+        and returns ``{cid: reply bytes or exception}``; otherwise clients are asked one by one.
+        """
+        send_all = getattr(self.transport, "send_all", None)
+        if send_all is not None:
+            answers = send_all(list(ids), request)
+            for cid in ids:
+                yield cid, answers[cid]
+            return
+        for cid in ids:
+            try:
+                answer: bytes | Exception = self.transport.send(cid, request)
+            except _CLIENT_FAULTS as e:
+                answer = e
+            yield cid, answer
