@@ -77,13 +77,7 @@ def build(config: TrainConfig, *, dataset: Dataset | None = None) -> Simulation:
             "--epsilon needs plaintext local gradients; with --key-holder server clients train on "
             "ciphertexts, so no gradient can be clipped or noised"
         )
-    train, test = train_test_split(data, test_size=config.test_size, seed=config.seed)
-    if config.clients > len(train):
-        raise DataError(f"--clients {config.clients} is more than the {len(train)} training rows")
-    if config.partition == "iid":
-        parts = partition_iid(len(train), config.clients, seed=config.seed)
-    else:
-        parts = partition_dirichlet(train.y, config.clients, alpha=config.alpha, seed=config.seed)
+    train, test, parts = _split(config, data)
 
     torch.manual_seed(config.seed)
     model = LogisticRegression(data.num_features, dtype=torch.float64)
@@ -91,7 +85,7 @@ def build(config: TrainConfig, *, dataset: Dataset | None = None) -> Simulation:
 
     parts_of_mode = _mode_parts(config, initial)
     server_exchange = parts_of_mode.server_exchange
-    test_parts = None if parts_of_mode.server_holds_test else partition_iid(len(test), config.clients, seed=config.seed + 1)
+    test_parts = None if parts_of_mode.server_holds_test else _test_parts(config, test)
 
     clients = []
     for i, idx in enumerate(parts):
@@ -134,6 +128,39 @@ def build(config: TrainConfig, *, dataset: Dataset | None = None) -> Simulation:
     )
     parts_of_mode.connect(server, clients)
     return Simulation(config, data, server, clients, transport, extras=parts_of_mode.extras)
+
+
+def site_data(config: TrainConfig, index: int, *, dataset: Dataset | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Site ``index``'s rows exactly as :func:`build` places them: ``(X, y, X_test, y_test)``.
+
+    ``X`` has shape ``(n, d)`` (raw features), ``y`` shape ``(n,)`` in {0, 1}; the test pair is the
+    site's share of the held-out set, the share it evaluates on when clients evaluate. For a
+    deployment (one process per site) that reproduces the simulation's split.
+    """
+    config.validate()
+    if not 0 <= index < config.clients:
+        raise ConfigError(f"site index {index} is outside 0..{config.clients - 1}")
+    data = dataset if dataset is not None else load_dataset(config)
+    train, test, parts = _split(config, data)
+    idx, test_idx = parts[index], _test_parts(config, test)[index]
+    return train.X[idx], train.y[idx], test.X[test_idx], test.y[test_idx]
+
+
+def _split(config: TrainConfig, data: Dataset):
+    """The seeded train/test split and the training rows of each site."""
+    train, test = train_test_split(data, test_size=config.test_size, seed=config.seed)
+    if config.clients > len(train):
+        raise DataError(f"--clients {config.clients} is more than the {len(train)} training rows")
+    if config.partition == "iid":
+        parts = partition_iid(len(train), config.clients, seed=config.seed)
+    else:
+        parts = partition_dirichlet(train.y, config.clients, alpha=config.alpha, seed=config.seed)
+    return train, test, parts
+
+
+def _test_parts(config: TrainConfig, test: Dataset) -> list:
+    """Each site's share of the held-out rows (used where clients evaluate)."""
+    return partition_iid(len(test), config.clients, seed=config.seed + 1)
 
 
 @dataclass
