@@ -55,8 +55,8 @@ def test_wrong_version(keypair, blobs, kind):
     bad = blob[:8] + struct.pack("<H", 99) + blob[10:]
     with pytest.raises(MalformedMessageError, match="unsupported wire format version 99"):
         cls.from_bytes(bad, public_key=keypair[0])
-    bad = rewrite(blob, lambda m: m.update(format=2))
-    with pytest.raises(MalformedMessageError, match="unsupported .* format 2"):
+    bad = rewrite(blob, lambda m: m.update(format=99))
+    with pytest.raises(MalformedMessageError, match="unsupported .* format 99"):
         cls.from_bytes(bad, public_key=keypair[0])
 
 

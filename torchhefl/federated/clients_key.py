@@ -3,7 +3,7 @@
 Each site sends ``Enc(n_i * w_i)`` packed in a :class:`SecureStateDict` together with ``Enc(n_i)``;
 the server adds ciphertexts (it never holds the private key) and sends the encrypted sum back; sites
 decrypt and divide by the decrypted total count. The server learns neither a weight nor a count.
-The federated standardisation statistics take the same path as :class:`EncryptedTensor` sums.
+The federated standardisation statistics take the same path, as :class:`PackedSum` vectors.
 """
 
 from __future__ import annotations
@@ -19,13 +19,12 @@ from torchhefl.federated.config import TrainConfig
 from torchhefl.federated.exchange import ClientExchange, ServerExchange
 from torchhefl.federated.keyring import run_keypair
 from torchhefl.federated.strategies import Strategy
-from torchhefl.secure import MAX_TOTAL_WEIGHT, EncryptedTensor, PrivateKey, PublicKey, SecureStateDict
+from torchhefl.secure import MAX_TOTAL_WEIGHT, PackedSum, PrivateKey, PublicKey, SecureStateDict
+from torchhefl.secure.packed_sum import sum_packed
 
 __all__ = ["ClientKeyClientExchange", "ClientKeyServerExchange", "clients_key_parts"]
 
 _STAT_FIELDS = ("count", "sum", "sumsq")
-#: fixed-point bits after the binary point for the standardisation statistics
-_STAT_SCALE = 40
 
 
 class ClientKeyServerExchange(ServerExchange):
@@ -61,15 +60,12 @@ class ClientKeyServerExchange(ServerExchange):
         return update
 
     def sum_statistics(self, payloads: Sequence[bytes]) -> bytes:
-        parts = [EncryptedTensor.from_bytes(b, public_key=self.public_key) for b in payloads]
+        parts = [PackedSum.from_bytes(b, public_key=self.public_key) for b in payloads]
         if not parts:
             raise MalformedMessageError("no statistics to sum")
-        total = parts[0]
-        for p in parts[1:]:
-            if p.shape != total.shape:
-                raise MalformedMessageError(f"statistics of shape {tuple(p.shape)}, expected {tuple(total.shape)}")
-            total = total + p
-        return total.to_bytes()
+        if len({len(p) for p in parts}) != 1:
+            raise MalformedMessageError(f"statistics of different lengths {sorted({len(p) for p in parts})}")
+        return sum_packed(parts).to_bytes()
 
 
 class ClientKeyClientExchange(ClientExchange):
@@ -104,10 +100,10 @@ class ClientKeyClientExchange(ClientExchange):
     def write_statistics(self, stats: Mapping[str, np.ndarray]) -> bytes:
         vector = np.concatenate([np.asarray(stats[k], dtype=np.float64).reshape(-1) for k in _STAT_FIELDS])
         self._d = (len(vector) - 1) // 2
-        return EncryptedTensor.encrypt(torch.from_numpy(vector), self.public_key, scale=_STAT_SCALE).to_bytes()
+        return PackedSum.encrypt(vector, self.public_key).to_bytes()
 
     def read_statistics(self, payload: bytes) -> dict[str, np.ndarray]:
-        vector = EncryptedTensor.from_bytes(payload, public_key=self.public_key).decrypt(self.private_key).numpy()
+        vector = PackedSum.from_bytes(payload, public_key=self.public_key).decrypt(self.private_key)
         d = (len(vector) - 1) // 2
         if len(vector) != 2 * d + 1 or (self._d is not None and d != self._d):
             raise MalformedMessageError(f"statistics vector of length {len(vector)} does not fit {self._d} features")

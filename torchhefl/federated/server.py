@@ -150,6 +150,9 @@ class Server:
         epsilons = [float(m.meta["epsilon"]) for m in replies.values() if "epsilon" in m.meta]
         if epsilons:
             result["epsilon"] = max(epsilons)
+        refreshes = [int(m.meta["refreshes"]) for m in replies.values() if "refreshes" in m.meta]
+        if refreshes:
+            result["refreshes"] = sum(refreshes)
         result.update({f"test_{k}": v for k, v in self.evaluate().items()})
         result["seconds"] = seconds
         result["bytes_up"] = self.transport.bytes_up - up0

@@ -11,6 +11,7 @@ from torchhefl.secure.keys import (
     load_private_key,
     load_public_key,
 )
+from torchhefl.secure.packed_sum import PackedSum
 from torchhefl.secure.packing import MAX_TOTAL_WEIGHT
 from torchhefl.secure.state_dict import SecureStateDict
 from torchhefl.secure.tensor import EncryptedTensor
@@ -22,6 +23,7 @@ __all__ = [
     "MAX_TOTAL_WEIGHT",
     "EncryptedTensor",
     "InsecureKeyWarning",
+    "PackedSum",
     "PrivateKey",
     "PublicKey",
     "SecureStateDict",

@@ -3,7 +3,8 @@
 Floating tensors are packed at 2^-24 resolution (|v| < 8192), integer and bool buffers (such as
 BatchNorm's ``num_batches_tracked``) exactly (|v| < 2^37); both share the slots (see
 :mod:`torchhefl.secure.packing`). Each SecureStateDict also carries an encrypted *weight* (1 unless
-given) that every aggregation scales and sums with the values; :meth:`decrypt` divides by the
+given) in the slot after the last value, so that every aggregation scales and sums it with the
+values at no extra cost; :meth:`decrypt` divides by the
 decrypted total weight, so
 
 * ``SecureStateDict.weighted_average(encs, weights=[n1, n2, n3]).decrypt(sk)`` is FedAvg, the
@@ -34,7 +35,7 @@ from torchhefl.secure.tensor import _check_key, _is_int, array_to_cts, check_fin
 __all__ = ["SecureStateDict"]
 
 _WIRE_KIND = "torchhefl.SecureStateDict"
-_FORMAT = 1
+_FORMAT = 2
 _META_KEYS = {"format", "fingerprint", "key_bits", "encoding", "weight_bound", "entries"}
 _DTYPES = {
     str(d).removeprefix("torch."): d
@@ -77,12 +78,11 @@ class SecureStateDict:
     (no private key needed); read with :meth:`decrypt`.
     """
 
-    def __init__(self, public_key, entries, ciphertexts, weight_ct, weight_bound):
-        # private: use encrypt / from_bytes / weighted_average
+    def __init__(self, public_key, entries, ciphertexts, weight_bound):
+        # private: use encrypt / from_bytes / weighted_average. The last slot holds the weight.
         self._pk: PublicKey = public_key
         self._entries: list[tuple[str, tuple[int, ...], str]] = entries
         self._cts: list[mpz] = ciphertexts
-        self._weight_ct: mpz = weight_ct
         self._weight_bound: int = weight_bound
 
     # -- properties -----------------------------------------------------------------------------
@@ -102,7 +102,7 @@ class SecureStateDict:
 
     @property
     def num_ciphertexts(self) -> int:
-        """Ciphertexts holding the values (the weight's one ciphertext not counted)."""
+        """Ciphertexts holding the values and, in the slot after them, the weight."""
         return len(self._cts)
 
     def keys(self) -> list[str]:
@@ -163,9 +163,10 @@ class SecureStateDict:
             chunks.append(_quantize_entry(name, t.detach().cpu()))
         m = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
         u = (m + _OFFSET).astype(np.uint64) * np.uint64(weight)
+        u = np.append(u, np.uint64(weight))
         slots = packing.slots_per_plaintext(public_key.bits)
         cts = public_key.encrypt_ints(packing.pack(u, slots))
-        return cls(public_key, entries, cts, public_key.encrypt_int(weight), weight_bound)
+        return cls(public_key, entries, cts, weight_bound)
 
     # -- aggregate ------------------------------------------------------------------------------
     @classmethod
@@ -227,21 +228,26 @@ class SecureStateDict:
         columns = list(zip(*[it._cts for it, _ in pairs])) if first._cts else []
         per_item = len(pairs) * _POWMOD_SECONDS_2048 * (first._pk.bits / 2048.0) ** 2
         cts = _parallel.map_chunks(combine, columns, seconds_per_item=per_item)
-        weight_ct = combine([[it._weight_ct for it, _ in pairs]])[0]
-        return cls(first._pk, list(first._entries), cts, weight_ct, bound)
+        return cls(first._pk, list(first._entries), cts, bound)
 
     def rerandomize(self) -> SecureStateDict:
         """The same values and weight under fresh randomness."""
         cts = self._pk.rerandomize_ints(self._cts)
         return SecureStateDict(
-            self._pk, list(self._entries), cts, self._pk.rerandomize_int(self._weight_ct), self._weight_bound
+            self._pk, list(self._entries), cts, self._weight_bound
         )
 
     # -- decrypt --------------------------------------------------------------------------------
     def decrypt_weight(self, private_key: PrivateKey) -> int:
         """The total weight (e.g. the sum of the clients' sample counts)."""
         self._check_private(private_key)
-        w = private_key.decrypt_raw(self._weight_ct)
+        slots = packing.slots_per_plaintext(self._pk.bits)
+        first_slot = (len(self._cts) - 1) * slots
+        last = packing.unpack(private_key.decrypt_raw_many(self._cts[-1:]), slots, self.num_values + 1 - first_slot)
+        return self._checked_weight(last[-1])
+
+    def _checked_weight(self, w) -> int:
+        w = int(w)
         if not 1 <= w <= self._weight_bound:
             raise OverflowError(
                 f"decrypted total weight is outside [1, {self._weight_bound}]: corrupt ciphertext or metadata"
@@ -260,10 +266,12 @@ class SecureStateDict:
             KeyMismatchError: ``private_key`` does not match.
             OverflowError: a slot holds a value no valid aggregate can hold (corruption or overflow).
         """
-        W = self.decrypt_weight(private_key)
+        self._check_private(private_key)
         slots = packing.slots_per_plaintext(self._pk.bits)
         count = self.num_values
-        u = packing.unpack(private_key.decrypt_raw_many(self._cts), slots, count)
+        u = packing.unpack(private_key.decrypt_raw_many(self._cts), slots, count + 1)
+        W = self._checked_weight(u[-1])
+        u = u[:-1]
         if (u >= np.uint64(1 << 62)).any():
             raise OverflowError("a packed slot is out of range: corrupt ciphertext or metadata")
         off = W * _OFFSET
@@ -304,7 +312,7 @@ class SecureStateDict:
             "weight_bound": self._weight_bound,
             "entries": [{"name": n, "shape": list(s), "dtype": d} for n, s, d in self._entries],
         }
-        arrays = {"ciphertexts": cts_to_array(self._cts, self._pk), "weight": cts_to_array([self._weight_ct], self._pk)}
+        arrays = {"ciphertexts": cts_to_array(self._cts, self._pk)}
         return wire.encode(_WIRE_KIND, meta, arrays)
 
     @classmethod
@@ -332,13 +340,12 @@ class SecureStateDict:
             if not _is_int(wb) or not 1 <= wb <= packing.MAX_TOTAL_WEIGHT:
                 raise MalformedMessageError(f"weight_bound {wb!r} is out of range [1, {packing.MAX_TOTAL_WEIGHT}]")
             entries = _parse_entries(meta["entries"])
-            if set(msg.arrays) != {"ciphertexts", "weight"}:
-                raise MalformedMessageError("a SecureStateDict message holds exactly the arrays 'ciphertexts' and 'weight'")
+            if set(msg.arrays) != {"ciphertexts"}:
+                raise MalformedMessageError("a SecureStateDict message holds exactly one array, 'ciphertexts'")
             total = sum(_numel(s) for _, s, _ in entries)
             slots = packing.slots_per_plaintext(public_key.bits)
-            cts = array_to_cts(msg.arrays["ciphertexts"], public_key, -(-total // slots))
-            (weight_ct,) = array_to_cts(msg.arrays["weight"], public_key, 1)
-            return cls(public_key, entries, cts, weight_ct, wb)
+            cts = array_to_cts(msg.arrays["ciphertexts"], public_key, -(-(total + 1) // slots))
+            return cls(public_key, entries, cts, wb)
         except (MalformedMessageError, KeyMismatchError):
             raise
         except Exception as e:  # noqa: BLE001 - a malformed message must never leak another error type

@@ -1,0 +1,134 @@
+"""Blinded re-encryption (the paper's section 4.3.3): lower a ciphertext's scale through the key holder.
+
+Every plaintext product deepens an :class:`~torchhefl.secure.EncryptedTensor`'s fixed-point scale;
+only the key holder can bring it back down. The client adds a fresh encrypted mask ``R``, uniform
+over ``mask_bits`` (at least 40) more bits than the public bound on the value, and sends the masked
+tensor; the server decrypts ``V = m + R``, rounds ``V / 2^k`` to the target scale and re-encrypts it;
+the client subtracts ``round(R / 2^k)``. What the server decrypts is within statistical distance
+``2^-mask_bits`` of uniform, whatever the value: it learns nothing about the client's weights.
+The result is off by at most one unit in the last place of the target scale.
+
+All sizes on the wire are public: the scale, and a bound derived from the scale and the public
+``value_bits`` (never the data-dependent bound a product leaves behind).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+
+from torchhefl.exceptions import MalformedMessageError
+from torchhefl.federated.messages import decode_request, encode_request, payload_of
+from torchhefl.secure import EncryptedTensor, PrivateKey, PublicKey
+
+__all__ = ["MIN_MASK_BITS", "RefreshClient", "serve_refresh"]
+
+MIN_MASK_BITS = 40
+"""Statistical hiding of a refreshed value: the mask spans at least this many bits beyond it."""
+
+REFRESH_REQUEST = "refresh_ins"
+REFRESH_REPLY = "refresh_res"
+
+
+def _round_shift(v: int, k: int) -> int:
+    """``round(v / 2^k)`` (ties up) for an integer ``v``."""
+    return v if k == 0 else (v + (1 << (k - 1))) >> k
+
+
+class RefreshClient:
+    """The client side: blinds a tensor, sends it through ``channel`` and unblinds the reply.
+
+    Args:
+        channel: sends request bytes to the key holder and returns its reply bytes.
+        public_key: the key holder's public key.
+        value_bits: public bound on the values: ``|v| < 2^value_bits``.
+        mask_bits: mask width beyond the value's bound. Default: :data:`MIN_MASK_BITS`.
+
+    Attributes:
+        count: refreshes done so far.
+    """
+
+    def __init__(
+        self,
+        channel: Callable[[bytes], bytes],
+        public_key: PublicKey,
+        *,
+        value_bits: int,
+        mask_bits: int = MIN_MASK_BITS,
+    ) -> None:
+        if mask_bits < MIN_MASK_BITS:
+            raise ValueError(f"mask_bits must be at least {MIN_MASK_BITS} for statistical hiding, got {mask_bits}")
+        self.channel, self.public_key = channel, public_key
+        self.value_bits, self.mask_bits = int(value_bits), int(mask_bits)
+        self.count = 0
+
+    def masked_bits(self, scale: int) -> int:
+        """The public bound (bits) of a blinded tensor at ``scale``."""
+        return scale + self.value_bits + self.mask_bits + 1
+
+    def can_refresh(self, scale: int) -> bool:
+        """Whether a tensor at ``scale`` still has room for the blinding mask."""
+        return self.masked_bits(scale) <= self.public_key.max_bits
+
+    def __call__(self, tensor: EncryptedTensor, target_scale: int) -> EncryptedTensor:
+        """``tensor`` re-encrypted at ``target_scale`` (<= its scale) by the key holder, blinded."""
+        pk = self.public_key
+        scale = tensor.scale
+        if not 0 <= target_scale <= scale:
+            raise ValueError(f"target scale {target_scale} must lie in [0, {scale}]")
+        if tensor.public_key != pk:
+            raise ValueError("the tensor is not under the key holder's public key")
+        bound = self.masked_bits(scale)
+        if bound > pk.max_bits:
+            raise OverflowError(
+                f"a tensor at scale {scale} has no room left for a {self.mask_bits}-bit blinding mask "
+                f"({bound} > {pk.max_bits} bits): refresh earlier"
+            )
+        mask_width = scale + self.value_bits + self.mask_bits
+        masks = [secrets.randbits(mask_width) for _ in range(tensor.numel())]
+        enc_masks = pk.encrypt_ints(masks)  # fresh randomness: the sum is a fresh-looking ciphertext
+        n2 = pk.nsquare
+        blinded = EncryptedTensor.from_ciphertexts(
+            pk, [c * r % n2 for c, r in zip(tensor.ciphertexts, enc_masks)], tensor.shape, scale=scale, bound_bits=bound
+        )
+        request = encode_request(REFRESH_REQUEST, {"target_scale": int(target_scale)}, blinded.to_bytes())
+        msg = decode_request(self.channel(request), kind=REFRESH_REPLY)
+        reply = EncryptedTensor.from_bytes(payload_of(msg), public_key=pk)
+        if reply.shape != tensor.shape or reply.scale != target_scale:
+            raise MalformedMessageError(
+                f"refresh reply of shape {tuple(reply.shape)} at scale {reply.scale}, expected "
+                f"{tuple(tensor.shape)} at scale {target_scale}"
+            )
+        k = scale - target_scale
+        cts = [pk.raw_add_plain(c, -_round_shift(r, k)) for c, r in zip(reply.ciphertexts, masks)]
+        self.count += 1
+        return EncryptedTensor.from_ciphertexts(
+            pk, cts, tensor.shape, scale=target_scale, bound_bits=target_scale + self.value_bits
+        )
+
+
+def serve_refresh(request: bytes, private_key: PrivateKey) -> tuple[bytes, list[int]]:
+    """The key holder's side: decrypt a blinded tensor, rescale it, re-encrypt it.
+
+    Returns ``(reply bytes, the decrypted blinded integers)``; the integers are returned so the
+    caller can account for what it saw (they are masked, and mean nothing without the mask).
+
+    Raises:
+        MalformedMessageError: a malformed request, or a target scale above the tensor's.
+    """
+    msg = decode_request(request, kind=REFRESH_REQUEST)
+    pk = private_key.public_key
+    blinded = EncryptedTensor.from_bytes(payload_of(msg), public_key=pk)
+    target = msg.meta.get("target_scale")
+    if not isinstance(target, int) or isinstance(target, bool) or not 0 <= target <= blinded.scale:
+        raise MalformedMessageError(f"refresh target scale {target!r} must be an int in [0, {blinded.scale}]")
+    try:
+        seen = blinded.decrypt_ints(private_key)
+    except OverflowError as e:
+        raise MalformedMessageError(f"refresh request holds a value beyond its declared bound: {e}") from None
+    k = blinded.scale - target
+    bound = max(1, blinded.bound_bits - k + 1)
+    fresh = EncryptedTensor.encrypt_ints(
+        [_round_shift(v, k) for v in seen], blinded.shape, pk, scale=target, bound_bits=bound
+    )
+    return encode_request(REFRESH_REPLY, {}, fresh.to_bytes()), seen

@@ -1,0 +1,143 @@
+"""PackedSum: a float64 vector encrypted in wide packed slots, for sums of large statistics.
+
+:class:`~torchhefl.secure.SecureStateDict` packs model parameters tightly (|v| < 8192 at 2^-24).
+Statistics such as a feature's sum of squares can be far larger, so a PackedSum uses wide slots:
+each value is stored as ``round(v * 2^SCALE)`` plus an offset in a :data:`SLOT_BITS`-bit slot,
+several slots per plaintext, with one extra slot counting the summed vectors so the offsets can be
+removed after decryption. Up to :data:`MAX_TERMS` vectors can be summed without a private key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from gmpy2 import mpz
+
+from torchhefl.exceptions import KeyMismatchError, MalformedMessageError
+from torchhefl.secure import wire
+from torchhefl.secure.keys import PrivateKey, PublicKey
+from torchhefl.secure.tensor import _check_key, _is_int, array_to_cts, check_fingerprint, cts_to_array
+
+__all__ = ["MAX_ABS_VALUE", "MAX_TERMS", "PackedSum"]
+
+SCALE = 56
+SLOT_BITS = 160
+_MAG_BITS = 148
+_OFFSET = 1 << _MAG_BITS
+MAX_TERMS = 1 << 10
+#: largest magnitude a value may have
+MAX_ABS_VALUE = float(2 ** (_MAG_BITS - SCALE))
+_KIND = "torchhefl.PackedSum"
+_META_KEYS = {"format", "fingerprint", "key_bits", "length", "terms"}
+
+
+def _slots(public_key: PublicKey) -> int:
+    return (public_key.max_bits - 1) // SLOT_BITS
+
+
+class PackedSum:
+    """An encrypted float64 vector that supports ``+`` with others of its kind under the same key."""
+
+    def __init__(self, public_key: PublicKey, ciphertexts: list[mpz], length: int, terms: int) -> None:
+        self._pk, self._cts, self._length, self._terms = public_key, ciphertexts, length, terms
+
+    @property
+    def public_key(self) -> PublicKey:
+        return self._pk
+
+    def __len__(self) -> int:
+        return self._length
+
+    @classmethod
+    def encrypt(cls, vector, public_key: PublicKey) -> PackedSum:
+        """Encrypt a 1-D float vector (|v| < :data:`MAX_ABS_VALUE`, resolution 2^-56)."""
+        _check_key(public_key)
+        v = np.asarray(vector, dtype=np.float64).reshape(-1)
+        if not np.isfinite(v).all():
+            raise ValueError("PackedSum values must be finite")
+        if v.size and np.abs(v).max() >= MAX_ABS_VALUE:
+            raise OverflowError(f"PackedSum holds |v| < {MAX_ABS_VALUE:g}, got {np.abs(v).max():g}")
+        ints = [1] + [int(round(float(x) * 2.0**SCALE)) + _OFFSET for x in v]
+        k = _slots(public_key)
+        plaintexts = [
+            sum(m << (SLOT_BITS * j) for j, m in enumerate(ints[i : i + k])) for i in range(0, len(ints), k)
+        ]
+        return cls(public_key, public_key.encrypt_ints(plaintexts), len(v), 1)
+
+    def __add__(self, other: PackedSum) -> PackedSum:
+        if not isinstance(other, PackedSum):
+            return NotImplemented
+        if other._pk != self._pk:
+            raise KeyMismatchError("PackedSums under different public keys cannot be added")
+        if other._length != self._length:
+            raise ValueError(f"cannot add PackedSums of lengths {self._length} and {other._length}")
+        terms = self._terms + other._terms
+        if terms > MAX_TERMS:
+            raise OverflowError(f"a PackedSum adds at most {MAX_TERMS} vectors")
+        cts = [self._pk.raw_add(a, b) for a, b in zip(self._cts, other._cts)]
+        return PackedSum(self._pk, cts, self._length, terms)
+
+    def decrypt(self, private_key: PrivateKey) -> np.ndarray:
+        """The summed vector, float64."""
+        if not isinstance(private_key, PrivateKey):
+            raise TypeError(f"decrypt needs a torchhefl PrivateKey, not {type(private_key).__name__}")
+        if private_key.public_key != self._pk:
+            raise KeyMismatchError("this private key does not match the PackedSum's public key")
+        mask, k = (1 << SLOT_BITS) - 1, _slots(self._pk)
+        slots = []
+        for pt in private_key.decrypt_raw_many(self._cts):
+            pt = int(pt)
+            if pt >> (SLOT_BITS * k):
+                raise OverflowError("a PackedSum plaintext is out of range: corrupt ciphertext")
+            slots += [(pt >> (SLOT_BITS * j)) & mask for j in range(k)]
+        terms = slots[0]
+        if terms != self._terms:
+            raise OverflowError(f"PackedSum decrypted to {terms} terms, expected {self._terms}: corrupt ciphertext")
+        values = np.array([s - terms * _OFFSET for s in slots[1 : 1 + self._length]], dtype=object)
+        if any(abs(x) >= terms * _OFFSET for x in values):
+            raise OverflowError("a PackedSum slot is out of range: corrupt ciphertext")
+        return np.array([float(x) / 2.0**SCALE for x in values], dtype=np.float64)
+
+    def to_bytes(self) -> bytes:
+        meta = {
+            "format": 1,
+            "fingerprint": self._pk.fingerprint,
+            "key_bits": self._pk.bits,
+            "length": self._length,
+            "terms": self._terms,
+        }
+        return wire.encode(_KIND, meta, {"ciphertexts": cts_to_array(self._cts, self._pk)})
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, *, public_key: PublicKey) -> PackedSum:
+        """Parse bytes from :meth:`to_bytes`; raises ``MalformedMessageError`` or ``KeyMismatchError``."""
+        _check_key(public_key)
+        try:
+            msg = wire.decode(blob, kind=_KIND)
+            meta = msg.meta
+            if set(meta) != _META_KEYS or meta["format"] != 1:
+                raise MalformedMessageError("PackedSum header fields or format are not recognised")
+            check_fingerprint(meta, public_key)
+            length, terms = meta["length"], meta["terms"]
+            if not (_is_int(length) and 0 <= length < 2**24 and _is_int(terms) and 1 <= terms <= MAX_TERMS):
+                raise MalformedMessageError(f"PackedSum length {length!r} or terms {terms!r} out of range")
+            if set(msg.arrays) != {"ciphertexts"}:
+                raise MalformedMessageError("a PackedSum message holds exactly one array, 'ciphertexts'")
+            count = -(-(length + 1) // _slots(public_key))
+            return cls(public_key, array_to_cts(msg.arrays["ciphertexts"], public_key, count), length, terms)
+        except (MalformedMessageError, KeyMismatchError):
+            raise
+        except Exception as e:  # noqa: BLE001 - a malformed message must never leak another error type
+            raise MalformedMessageError(f"malformed PackedSum message: {e}") from None
+
+
+def sum_packed(items: Sequence[PackedSum]) -> PackedSum:
+    """The sum of one or more PackedSums."""
+    items = list(items)
+    if not items:
+        raise ValueError("nothing to sum")
+    total = items[0]
+    for it in items[1:]:
+        total = total + it
+    return total
