@@ -16,6 +16,8 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from torchhefl.exceptions import ConfigError
 from torchhefl.experiments.sweeps import Sweep
 from torchhefl.federated.config import TrainConfig
@@ -159,8 +161,9 @@ def _collect(jobs: list[Job], results: Iterator, progress: Callable[[Job], None]
             progress(jobs[i])
 
 
-def estimate_seconds(jobs: list[Job], *, workers: int = 1, rounds_probe: int = 1) -> float:
-    """Wall-clock estimate for ``jobs``: one short probe run per mode, scaled by rounds and local epochs."""
+def estimate_seconds(jobs: list[Job], *, workers: int = 1, rounds_probe: int = 3) -> float:
+    """Wall-clock estimate for ``jobs``: one short probe run per mode (median round time, so the
+    first round's warm-up does not count), scaled by rounds and local epochs."""
     per_mode: dict[str, tuple[float, float]] = {}
     for job in jobs:
         mode = job.config["mode"]
@@ -168,7 +171,7 @@ def estimate_seconds(jobs: list[Job], *, workers: int = 1, rounds_probe: int = 1
             continue
         probe = {**job.config, "rounds": rounds_probe, "local_epochs": 1}
         curve, setup = run_job(probe)
-        per_mode[mode] = (setup, sum(r["seconds"] for r in curve) / rounds_probe)
+        per_mode[mode] = (setup, float(np.median([r["seconds"] for r in curve])))
     total = 0.0
     for job in jobs:
         setup, per_round = per_mode[job.config["mode"]]
