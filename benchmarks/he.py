@@ -194,9 +194,12 @@ def bench_encrypted_taylor_batch(ctx: BenchContext, *, n: int = 64, d: int = 31)
     }
 
 
+from benchmarks.federated import bench_federated_round_overhead  # noqa: E402
+
 BENCHES: dict[str, Callable[[BenchContext], dict]] = {
     "state_dict_roundtrip": bench_state_dict_roundtrip,
     "encrypted_taylor_batch": bench_encrypted_taylor_batch,
+    "federated_round_overhead": bench_federated_round_overhead,
 }
 
 
