@@ -1,0 +1,36 @@
+"""The Flower ClientApp of a site: ``torchhefl.flower.client_app:app``.
+
+Each message carries one torchhefl request; the site's :class:`~torchhefl.federated.Client`
+answers it with :meth:`~torchhefl.federated.Client.handle`. The private key is read from the
+SuperNode's own node config (``key-dir``), never from the app bundle Flower ships to every node.
+"""
+
+from __future__ import annotations
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from torchhefl.flower.deployment import DeploymentSettings, Site
+from torchhefl.flower.records import pack, unpack
+
+__all__ = ["app"]
+
+app = ClientApp()
+
+
+def _site(context: Context) -> Site:
+    config = DeploymentSettings.from_run_config(context.run_config).config
+    return Site(config, context.node_config, context.state)
+
+
+@app.query("hello")
+def hello(msg: Message, context: Context) -> Message:
+    """Say which site this SuperNode runs, how many features it has, and the sites' public key."""
+    return Message(_site(context).hello(), reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Answer one torchhefl request."""
+    reply = _site(context).handle(unpack(msg.content))
+    return Message(pack(reply), reply_to=msg)

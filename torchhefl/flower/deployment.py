@@ -1,0 +1,337 @@
+"""From Flower's run and node configs to torchhefl's Server and Client objects.
+
+Flower gives the ServerApp a *run config* (the ``[tool.flwr.app.config]`` table of the app's
+``pyproject.toml``, overridden by ``flwr run --run-config``) and each ClientApp that and its
+SuperNode's *node config* (``flower-supernode --node-config``). This module turns them into the
+same :class:`~torchhefl.federated.TrainConfig`, :class:`~torchhefl.federated.Server` and
+:class:`~torchhefl.federated.Client` the in-process simulation uses; nothing here trains or
+aggregates.
+
+Run config keys (hyphenated :class:`TrainConfig` fields): ``mode``, ``key-holder``, ``rounds``,
+``clients``, ``fraction``, ``min-clients``, ``lr``, ``batch-size``, ``local-epochs``,
+``clip-norm`` (0 turns clipping off), ``aggregator``, ``mu``, ``partition``, ``alpha``, ``seed``,
+``loss``, ``test-size``; and ``reply-timeout`` (seconds a request may wait for a site),
+``node-timeout`` (seconds to wait for every site's SuperNode), ``run-dir`` (where the ServerApp
+records metrics; empty for none).
+
+Node config keys (one SuperNode per site): ``partition-id`` (this site's index), ``num-partitions``
+(must equal ``clients``), ``key-dir`` (the directory of the sites' ``private.json``; HE mode),
+``data`` and ``label`` (the site's own CSV table; without them the site takes its share of WDBC
+exactly as the simulation splits it), ``model-out`` (where to save the latest global model the
+site has decrypted, as a plain state_dict).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, RecordDict
+
+from torchhefl.data import load_csv, train_test_split
+from torchhefl.exceptions import ConfigError, MalformedMessageError, ProtocolError
+from torchhefl.federated.client import Client
+from torchhefl.federated.clients_key import ClientKeyClientExchange, ClientKeyServerExchange
+from torchhefl.federated.config import TrainConfig
+from torchhefl.federated.exchange import PlainClientExchange, PlainServerExchange
+from torchhefl.federated.keyring import run_keypair
+from torchhefl.federated.messages import decode_request
+from torchhefl.federated.server import Server
+from torchhefl.federated.simulation import make_loss, site_data
+from torchhefl.federated.strategies import get_strategy
+from torchhefl.nn import LogisticRegression
+from torchhefl.secure import MAX_TOTAL_WEIGHT, PublicKey
+
+__all__ = [
+    "DeploymentSettings",
+    "HELLO_TYPE",
+    "Hellos",
+    "RUN_CONFIG_DEFAULTS",
+    "Site",
+    "build_server",
+    "initial_model",
+    "read_hellos",
+]
+
+#: the run config keys of a torchhefl Flower app, with their defaults (TrainConfig's)
+RUN_CONFIG_DEFAULTS: dict[str, bool | int | float | str] = {
+    "mode": "he",
+    "key-holder": "clients",
+    "rounds": 30,
+    "clients": 3,
+    "fraction": 1.0,
+    "min-clients": 1,
+    "lr": 0.1,
+    "batch-size": 16,
+    "local-epochs": 2,
+    "clip-norm": 5.0,
+    "aggregator": "fedavg",
+    "mu": 0.01,
+    "partition": "iid",
+    "alpha": 0.5,
+    "seed": 0,
+    "loss": "taylor",
+    "test-size": 0.2,
+    "reply-timeout": 600.0,
+    "node-timeout": 300.0,
+    "run-dir": "",
+}
+_DEPLOYMENT_KEYS = ("reply-timeout", "node-timeout", "run-dir")
+_NODE_KEYS = ("partition-id", "num-partitions", "key-dir", "data", "label", "model-out")
+
+#: Flower message type of the first exchange, in which each SuperNode says which site it runs
+HELLO_TYPE = "query.hello"
+#: the ConfigRecord of a hello reply, and of a site's state between messages
+_HELLO_RECORD = "torchhefl.hello"
+_STATE_RECORD = "torchhefl.site"
+#: requests whose effect a site keeps for the rest of the run; replayed when the client is rebuilt
+_REPLAYED_KINDS = ("standardize_ins",)
+
+
+@dataclass
+class DeploymentSettings:
+    """A run config, read: the training configuration and the deployment's own settings."""
+
+    config: TrainConfig
+    reply_timeout: float = 600.0
+    node_timeout: float = 300.0
+    run_dir: str = ""
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, object]) -> "DeploymentSettings":
+        """Read Flower's run config; unknown keys and bad values raise :class:`ConfigError`."""
+        unknown = sorted(set(run_config) - set(RUN_CONFIG_DEFAULTS))
+        if unknown:
+            raise ConfigError(f"unknown run config keys: {', '.join(unknown)} (known: {', '.join(RUN_CONFIG_DEFAULTS)})")
+        values = {**RUN_CONFIG_DEFAULTS, **run_config}
+        fields = {k.replace("-", "_"): v for k, v in values.items() if k not in _DEPLOYMENT_KEYS}
+        fields["clip_norm"] = float(fields["clip_norm"]) or None
+        for name in ("rounds", "clients", "min_clients", "batch_size", "local_epochs", "seed"):
+            fields[name] = _integer(name, fields[name])
+        for name in ("fraction", "lr", "mu", "alpha", "test_size"):
+            fields[name] = float(fields[name])
+        config = TrainConfig(**fields)
+        config.validate()
+        if config.mode == "he" and config.key_holder == "server":
+            raise ConfigError("--key-holder server is not available over Flower yet; use --key-holder clients or --mode plain")
+        reply_timeout, node_timeout = float(values["reply-timeout"]), float(values["node-timeout"])
+        if reply_timeout <= 0 or node_timeout <= 0:
+            raise ConfigError("reply-timeout and node-timeout must be positive numbers of seconds")
+        return cls(config, reply_timeout, node_timeout, str(values["run-dir"]))
+
+
+def _integer(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise ConfigError(f"run config {name.replace('_', '-')} must be an integer, got {value!r}")
+    return int(value)
+
+
+def initial_model(config: TrainConfig, num_features: int) -> LogisticRegression:
+    """The run's initial model, drawn from ``config.seed`` exactly as the simulation draws it."""
+    torch.manual_seed(config.seed)
+    return LogisticRegression(num_features, dtype=torch.float64)
+
+
+# -- the site side ------------------------------------------------------------------------------
+
+
+class Site:
+    """This SuperNode's site: its :class:`Client`, rebuilt for each Flower message.
+
+    Flower runs a fresh ClientApp process for every message, so the client object cannot live
+    across rounds in memory. What it must keep is kept in Flower's per-run node state
+    (``context.state``): the set-up requests it answered (replayed into the rebuilt client, which
+    re-derives the same standardisation from them) and the last round it trained (replay
+    protection). Everything else a client holds is either rebuilt identically from the node
+    config (rows, key) or sent again by the server (the global model).
+
+    Args:
+        config: the run's training configuration.
+        node_config: this SuperNode's node config (see the module docstring).
+        state: Flower's ``context.state`` of this run on this node (updated in place).
+    """
+
+    def __init__(self, config: TrainConfig, node_config: Mapping[str, object], state: RecordDict | None = None) -> None:
+        unknown = sorted(set(node_config) - set(_NODE_KEYS))
+        if unknown:
+            raise ConfigError(f"unknown node config keys: {', '.join(unknown)} (known: {', '.join(_NODE_KEYS)})")
+        self.config = config
+        self.node_config = dict(node_config)
+        self.index = _node_int(node_config, "partition-id")
+        partitions = _node_int(node_config, "num-partitions")
+        if partitions != config.clients:
+            raise ConfigError(f"node config num-partitions={partitions}, but the run has clients={config.clients}")
+        if not 0 <= self.index < partitions:
+            raise ConfigError(f"node config partition-id={self.index} is outside 0..{partitions - 1}")
+        self.state = state if state is not None else RecordDict()
+        self.client = self._build_client()
+        self._restore()
+
+    def _build_client(self) -> Client:
+        config = self.config
+        X, y, X_test, y_test = self._rows()
+        if config.mode == "plain":
+            exchange = PlainClientExchange()
+        else:
+            key_dir = self.node_config.get("key-dir")
+            if not key_dir:
+                raise ConfigError('--mode he needs the site\'s key: node config key-dir="/path/to/keys"')
+            _, private_key = run_keypair(dataclasses.replace(config, extra={"key_dir": str(key_dir)}))
+            exchange = ClientKeyClientExchange(private_key, weight_bound=MAX_TOTAL_WEIGHT // config.clients)
+        return Client(
+            f"site{self.index}",
+            self.index,
+            X,
+            y,
+            model=initial_model(config, X.shape[1]),
+            loss_fn=make_loss(config.loss),
+            exchange=exchange,
+            lr=config.lr,
+            batch_size=config.batch_size,
+            local_epochs=config.local_epochs,
+            clip_norm=config.clip_norm,
+            seed=config.seed,
+            X_test=X_test,
+            y_test=y_test,
+        )
+
+    def _rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        data, label = self.node_config.get("data"), self.node_config.get("label")
+        if not data:
+            if label:
+                raise ConfigError("node config label is given without data")
+            return site_data(self.config, self.index)
+        if not label:
+            raise ConfigError(f'node config data="{data}" needs label="<column>" too')
+        table = load_csv(str(data), str(label))
+        train, test = train_test_split(table, test_size=self.config.test_size, seed=self.config.seed)
+        return train.X, train.y, test.X, test.y
+
+    def hello(self) -> RecordDict:
+        """What the server learns before the run: which site this is, the feature count, the public key."""
+        exchange = self.client.exchange
+        public_key = getattr(exchange, "public_key", None)
+        record = ConfigRecord(
+            {
+                "partition-id": self.index,
+                "num-partitions": self.config.clients,
+                "num-features": int(self.client.X.shape[1]),
+                "public-key": "" if public_key is None else format(int(public_key.n), "x"),
+            }
+        )
+        return RecordDict({_HELLO_RECORD: record})
+
+    def handle(self, request: bytes) -> bytes:
+        """Answer one server request (wire-format bytes in and out) and keep what must outlive it."""
+        kind = decode_request(request).kind
+        reply = self.client.handle(request)
+        record = self._record()
+        if kind in _REPLAYED_KINDS:
+            record["setup"] = [*record.get("setup", []), bytes(request)]
+        record["last-round"] = list(self.client.last_round)
+        self.state[_STATE_RECORD] = record
+        if kind == "evaluate_ins" and self.node_config.get("model-out"):
+            _save_state(self.client.model.state_dict(), Path(str(self.node_config["model-out"])))
+        return reply
+
+    def _record(self) -> ConfigRecord:
+        record = self.state.config_records.get(_STATE_RECORD)
+        return ConfigRecord(dict(record)) if record is not None else ConfigRecord()
+
+    def _restore(self) -> None:
+        record = self.state.config_records.get(_STATE_RECORD)
+        if record is None:
+            return
+        for request in record.get("setup", []):
+            self.client.handle(bytes(request))
+        last = record.get("last-round", [0, 0])
+        self.client.last_round = (int(last[0]), int(last[1]))
+
+
+def _node_int(node_config: Mapping[str, object], key: str) -> int:
+    value = node_config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"node config {key} must be an integer (e.g. --node-config '{key}=0'), got {value!r}")
+    return value
+
+
+def _save_state(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    torch.save(OrderedDict((k, v.detach().clone()) for k, v in state.items()), tmp)
+    os.replace(tmp, path)
+
+
+# -- the server side ----------------------------------------------------------------------------
+
+
+@dataclass
+class Hellos:
+    """What the SuperNodes said about themselves: the site of each node, and what they agree on."""
+
+    nodes: dict[str, int]
+    num_features: int
+    public_key: PublicKey | None
+
+
+def read_hellos(config: TrainConfig, replies: Mapping[int, RecordDict]) -> Hellos:
+    """Check the hello replies ``{node id: content}``: one node per site, one feature count, one key."""
+    nodes: dict[str, int] = {}
+    features, keys = set(), set()
+    for node_id, content in replies.items():
+        record = content.config_records.get(_HELLO_RECORD)
+        if record is None:
+            raise MalformedMessageError(f"SuperNode {node_id} answered the hello without a {_HELLO_RECORD!r} record")
+        index, partitions = record.get("partition-id"), record.get("num-partitions")
+        if partitions != config.clients:
+            raise ConfigError(f"SuperNode {node_id} has num-partitions={partitions}, the run has clients={config.clients}")
+        cid = f"site{index}"
+        if cid in nodes:
+            raise ConfigError(f"SuperNodes {nodes[cid]} and {node_id} both claim partition-id={index}")
+        nodes[cid] = node_id
+        features.add(int(record.get("num-features", -1)))
+        keys.add(str(record.get("public-key", "")))
+    missing = [f"site{i}" for i in range(config.clients) if f"site{i}" not in nodes]
+    if missing:
+        raise ProtocolError(f"no SuperNode answered for {', '.join(missing)}")
+    if len(features) != 1:
+        raise ConfigError(f"the sites disagree on the number of features: {sorted(features)}")
+    if len(keys) != 1:
+        raise ConfigError("the sites hold different key pairs; every site needs the same private.json")
+    key = keys.pop()
+    if config.mode == "he" and not key:
+        raise ConfigError("--mode he, but the sites sent no public key")
+    ordered = {f"site{i}": nodes[f"site{i}"] for i in range(config.clients)}
+    return Hellos(ordered, features.pop(), PublicKey(int(key, 16)) if key else None)
+
+
+def build_server(config: TrainConfig, transport, hellos: Hellos) -> Server:
+    """The run's :class:`Server` over ``transport``; in HE mode it gets the sites' public key only.
+
+    The server holds no data in a deployment: the sites evaluate the model on their shares of the
+    held-out set and the server adds up their counts (in plain mode too).
+    """
+    model = initial_model(config, hellos.num_features)
+    initial = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
+    if config.mode == "plain":
+        exchange = PlainServerExchange(initial)
+    else:
+        exchange = ClientKeyServerExchange(hellos.public_key, initial)
+    return Server(
+        model=model,
+        strategy=get_strategy(config.aggregator, mu=config.mu),
+        transport=transport,
+        exchange=exchange,
+        loss_fn=make_loss(config.loss, reduction="sum"),
+        fraction=config.fraction,
+        min_clients=config.min_clients,
+        seed=config.seed,
+    )

@@ -1,0 +1,83 @@
+"""The Flower ServerApp: ``torchhefl.flower.server_app:app``.
+
+It waits for one SuperNode per site, learns which node runs which site, and drives the same
+:class:`~torchhefl.federated.Server` the simulation uses over a :class:`FlowerTransport`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from logging import INFO
+
+from flwr.app import Context, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+from torchhefl.exceptions import ProtocolError
+from torchhefl.federated.recorder import RunRecorder
+from torchhefl.flower.deployment import HELLO_TYPE, DeploymentSettings, build_server, read_hellos
+from torchhefl.flower.transport import DEFAULT_POLL_INTERVAL, FlowerTransport, exchange
+
+__all__ = ["app", "serve", "wait_for_nodes"]
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    serve(grid, DeploymentSettings.from_run_config(context.run_config))
+
+
+def wait_for_nodes(grid: Grid, count: int, *, timeout: float, poll_interval: float = 1.0) -> list[int]:
+    """The ids of the connected SuperNodes once there are ``count`` of them (``ProtocolError`` after ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= count:
+            return nodes
+        if time.monotonic() >= deadline:
+            raise ProtocolError(f"only {len(nodes)} of {count} SuperNodes connected within {timeout:g}s")
+        time.sleep(poll_interval)
+
+
+def serve(grid: Grid, settings: DeploymentSettings, *, echo: Callable[[str], None] | None = None) -> dict:
+    """Run ``settings.config`` over ``grid``; returns the last round's metrics with byte totals."""
+    echo = echo or (lambda line: log(INFO, line))
+    config = settings.config
+    nodes = wait_for_nodes(grid, config.clients, timeout=settings.node_timeout)
+    replies = exchange(
+        grid, {str(n): (n, HELLO_TYPE, RecordDict()) for n in nodes}, timeout=settings.reply_timeout, poll_interval=DEFAULT_POLL_INTERVAL
+    )
+    failed = [name for name, reply in replies.items() if reply.has_error()]
+    if failed:
+        echo(f"SuperNodes {', '.join(failed)} failed the hello: {replies[failed[0]].error.reason}")
+    hellos = read_hellos(config, {int(name): r.content for name, r in replies.items() if not r.has_error()})
+    echo("sites: " + ", ".join(f"{cid} on node {node}" for cid, node in hellos.nodes.items()))
+    transport = FlowerTransport(grid, hellos.nodes, timeout=settings.reply_timeout)
+    server = build_server(config, transport, hellos)
+    recorder = RunRecorder(settings.run_dir, config.to_dict(), list(hellos.nodes)) if settings.run_dir else None
+    if recorder is not None:
+        recorder.start()
+    server.setup()
+    last: dict = {}
+    totals = {"bytes_up": 0, "bytes_down": 0, "seconds": 0.0}
+    for rnd in range(1, config.rounds + 1):
+        last = server.run_round(rnd)
+        if recorder is not None:
+            recorder.record(last)
+        totals["bytes_up"] += last["bytes_up"]
+        totals["bytes_down"] += last["bytes_down"]
+        totals["seconds"] += last["time"]
+        line = (
+            f"round {rnd}/{config.rounds}  acc {last['test_accuracy']:.4f}  auc {last['test_auc']:.4f}  "
+            f"loss {last['test_loss']:.4f}  up {last['bytes_up']} B  down {last['bytes_down']} B  {last['time']:.1f}s"
+        )
+        if last["dropped"]:
+            line += f"  dropped {','.join(last['dropped'])}"
+        echo(line)
+    summary = {k: last[k] for k in ("test_accuracy", "test_auc", "test_f1", "test_loss")}
+    summary.update(rounds=config.rounds, **totals)
+    if recorder is not None:
+        recorder.finish(server.global_state(), summary)
+    return summary
