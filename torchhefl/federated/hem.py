@@ -369,12 +369,19 @@ class HEMClient(Client):
         """
         if self.standardizer is None:
             raise ProtocolError(f"client {self.cid} was asked to train before standardisation")
+        anchor0 = theta if proximal_mu > 0 else None
+        generator = round_generator(self.seed, self.index, server_round)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the plaintext matrices are tiny: BLAS threads would only contend
+        try:
+            return self._encrypted_steps(theta, generator, proximal_mu, anchor0)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _encrypted_steps(self, theta, generator, proximal_mu, anchor0) -> EncryptedTensor:
         ex = self.exchange
         refresher = ex.refresher
-        base = theta.scale
-        anchor0 = theta if proximal_mu > 0 else None
-        anchor = anchor0
-        generator = round_generator(self.seed, self.index, server_round)
+        base, anchor = theta.scale, anchor0
         for idx in local_batches(self.num_examples, self.batch_size, self.local_epochs, generator):
             if not refresher.can_refresh(theta.scale + ex.step_bits):
                 theta, anchor = refresher(theta, base), anchor0
