@@ -31,7 +31,7 @@ def run_keypair(config: TrainConfig) -> tuple[PublicKey, PrivateKey]:
         if os.name == "posix" and path.stat().st_mode & 0o077:
             warnings.warn(f"{path} is readable by other users; chmod 600 it", stacklevel=2)
         try:
-            private_key = load_private_key(path)
+            private_key = load_private_key(path, allow_insecure=allow_insecure)
         except (OSError, ValueError) as e:
             raise ConfigError(f"--key-dir {key_dir}: {e}") from None
         bits = private_key.public_key.bits

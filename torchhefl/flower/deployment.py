@@ -18,7 +18,8 @@ Node config keys (one SuperNode per site): ``partition-id`` (this site's index),
 (must equal ``clients``), ``key-dir`` (the directory of the sites' ``private.json``; HE mode),
 ``data`` and ``label`` (the site's own CSV table; without them the site takes its share of WDBC
 exactly as the simulation splits it), ``model-out`` (where to save the latest global model the
-site has decrypted, as a plain state_dict).
+site has decrypted, as a plain state_dict), ``allow-insecure-keys`` (accept a key under 2048 bits;
+tests and demos only).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ RUN_CONFIG_DEFAULTS: dict[str, bool | int | float | str] = {
     "run-dir": "",
 }
 _DEPLOYMENT_KEYS = ("reply-timeout", "node-timeout", "run-dir")
-_NODE_KEYS = ("partition-id", "num-partitions", "key-dir", "data", "label", "model-out")
+_NODE_KEYS = ("partition-id", "num-partitions", "key-dir", "allow-insecure-keys", "data", "label", "model-out")
 
 #: Flower message type of the first exchange, in which each SuperNode says which site it runs
 HELLO_TYPE = "query.hello"
@@ -183,7 +184,8 @@ class Site:
             key_dir = self.node_config.get("key-dir")
             if not key_dir:
                 raise ConfigError('--mode he needs the site\'s key: node config key-dir="/path/to/keys"')
-            _, private_key = run_keypair(dataclasses.replace(config, extra={"key_dir": str(key_dir)}))
+            extra = {"key_dir": str(key_dir), "allow_insecure_keys": self.node_config.get("allow-insecure-keys") is True}
+            _, private_key = run_keypair(dataclasses.replace(config, extra=extra))
             exchange = ClientKeyClientExchange(private_key, weight_bound=MAX_TOTAL_WEIGHT // config.clients)
         return Client(
             f"site{self.index}",

@@ -1,0 +1,302 @@
+"""The Flower adapters without processes: records, configs, the app file, certificates, and whole
+runs over a grid that hands every message to a freshly built ClientApp, as a SuperNode does."""
+
+from __future__ import annotations
+
+import ipaddress
+import stat
+import warnings
+
+import pytest
+
+pytest.importorskip("flwr")
+
+import tomli  # noqa: E402  (comes with flwr)
+import torch  # noqa: E402
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from flwr.app import Context, Error, Message, RecordDict  # noqa: E402
+
+from torchhefl.exceptions import ConfigError, MalformedMessageError, ProtocolError  # noqa: E402
+from torchhefl.federated import ClientUnavailableError, TrainConfig, build  # noqa: E402
+from torchhefl.federated.messages import decode_request, encode_request, payload_of  # noqa: E402
+from torchhefl.flower import client_app  # noqa: E402
+from torchhefl.flower.app import write_app  # noqa: E402
+from torchhefl.flower.certificates import generate_certificates  # noqa: E402
+from torchhefl.flower.deployment import (  # noqa: E402
+    HELLO_TYPE,
+    RUN_CONFIG_DEFAULTS,
+    DeploymentSettings,
+    Site,
+    build_server,
+    read_hellos,
+)
+from torchhefl.flower.records import WIRE_DTYPE, WIRE_STYPE, pack, unpack  # noqa: E402
+from torchhefl.flower.server_app import serve  # noqa: E402
+from torchhefl.flower.transport import FlowerTransport, exchange  # noqa: E402
+from torchhefl.secure import InsecureKeyWarning, generate_keypair  # noqa: E402
+
+SITES = 3
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Flower messages take their run and sender from the process's task identity, as a ServerApp process has it."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
+@pytest.fixture(scope="module")
+def key_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("keys")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyWarning)
+        public_key, private_key = generate_keypair(512, allow_insecure=True)
+    public_key.save(path / "public.json")
+    private_key.save(path / "private.json")
+    return path
+
+
+class FakeGrid:
+    """A Grid whose SuperNodes answer at once: each message goes to the real ClientApp with a new
+    Context built from the node's config and its per-run state, as Flower's ClientApp processes get."""
+
+    def __init__(self, run_config: dict, node_configs: dict[int, dict], *, silent: tuple[int, ...] = ()) -> None:
+        self.run_config, self.node_configs, self.silent = run_config, node_configs, silent
+        self.states = {node: RecordDict() for node in node_configs}
+        self.replies: dict[str, Message] = {}
+        self.builds = 0
+        self._count = 0
+
+    def get_node_ids(self):
+        return list(self.node_configs)
+
+    def push_messages(self, messages):
+        ids = []
+        for msg in messages:
+            self._count += 1
+            mid = f"message-{self._count}"
+            msg.metadata.__dict__["_message_id"] = mid
+            ids.append(mid)
+            node = msg.metadata.dst_node_id
+            if node in self.silent:
+                continue
+            context = Context(run_id=1, node_id=node, node_config=self.node_configs[node], state=self.states[node], run_config=self.run_config)
+            self.builds += 1
+            try:
+                reply = client_app.app(message=msg, context=context)
+            except Exception as e:  # what flwr-clientapp does with an exception
+                reply = Message(Error(code=0, reason=f"{type(e).__name__}: {e}"), reply_to=msg)
+            self.replies[mid] = reply
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.replies.pop(mid) for mid in list(message_ids) if mid in self.replies]
+
+
+def _node_configs(key_dir, **extra) -> dict[int, dict]:
+    # node ids deliberately out of site order: the hello, not the id, says which site a node runs
+    ids = [907, 15, 4242]
+    return {
+        ids[i]: {"partition-id": i, "num-partitions": SITES, "key-dir": str(key_dir), "allow-insecure-keys": True, **extra}
+        for i in range(SITES)
+    }
+
+
+def _simulate(config: TrainConfig):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyWarning)
+        sim = build(config)
+        sim.server.setup()
+        results = [sim.server.run_round(r) for r in range(1, config.rounds + 1)]
+    return sim.final_state(), results
+
+
+# -- whole runs ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["plain", "he"])
+def test_run_over_fake_grid_equals_simulation(mode, key_dir, tmp_path):
+    run_config = {"mode": mode, "rounds": 2, "clients": SITES, "seed": 1, "node-timeout": 5.0, "reply-timeout": 5.0}
+    nodes = _node_configs(key_dir, **{"model-out": str(tmp_path / "model.pt")})
+    grid = FakeGrid(run_config, nodes)
+    lines = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyWarning)
+        summary = serve(grid, DeploymentSettings.from_run_config(run_config), echo=lines.append)
+
+    config = TrainConfig(mode=mode, rounds=2, clients=SITES, seed=1, extra={"key_dir": str(key_dir), "allow_insecure_keys": True})
+    expected, results = _simulate(config)
+    saved = torch.load(tmp_path / "model.pt")
+    for name, tensor in expected.items():
+        torch.testing.assert_close(saved[name], tensor, rtol=0, atol=1e-6)
+    assert lines[0] == "sites: site0 on node 907, site1 on node 15, site2 on node 4242"
+    assert lines[-1].startswith("round 2/2")
+    # one fresh ClientApp per message: hello, stats, standardize, then fit + evaluate per round
+    assert grid.builds == SITES * (3 + 2 * 2)
+    if mode == "he":  # the same messages cross the wire as in simulation, byte for byte in size
+        assert summary["bytes_up"] == sum(r["bytes_up"] for r in results)
+        assert summary["bytes_down"] == sum(r["bytes_down"] for r in results)
+    assert summary["test_accuracy"] == pytest.approx(results[-1]["test_accuracy"])
+
+
+def test_silent_node_is_left_out_of_the_round(key_dir):
+    run_config = {"mode": "plain", "rounds": 1, "clients": SITES, "seed": 0}
+    nodes = _node_configs(key_dir)
+    grid = FakeGrid(run_config, nodes)
+    settings = DeploymentSettings.from_run_config(run_config)
+    replies = {}
+    for name, reply in exchange(grid, {str(n): (n, HELLO_TYPE, RecordDict()) for n in nodes}, timeout=1.0).items():
+        replies[int(name)] = reply.content
+    hellos = read_hellos(settings.config, replies)
+    transport = FlowerTransport(grid, hellos.nodes, timeout=0.3, poll_interval=0.05)
+    server = build_server(settings.config, transport, hellos)
+    server.setup()
+    grid.silent = (hellos.nodes["site1"],)
+    result = server.run_round(1)
+    assert result["clients"] == ["site0", "site2"]
+    assert result["dropped"] == ["site1"]
+    with pytest.raises(ClientUnavailableError, match="site1 did not answer within 0.3s"):
+        transport.send("site1", encode_request("stats_ins", {}))
+
+
+def test_client_failure_comes_back_as_unavailable(key_dir):
+    run_config = {"mode": "plain", "rounds": 1, "clients": SITES}
+    grid = FakeGrid(run_config, _node_configs(key_dir))
+    transport = FlowerTransport(grid, {"site0": 907}, timeout=1.0)
+    # a fit request before standardisation: the client refuses, the transport reports why
+    request = encode_request("fit_ins", {"round": 1, "attempt": 1, "participants": ["site0"], "config": {}}, b"")
+    with pytest.raises(ClientUnavailableError, match="client site0 failed: .*"):
+        transport.send("site0", request)
+    with pytest.raises(ClientUnavailableError, match="has no SuperNode"):
+        transport.send("site7", request)
+    with pytest.raises(TypeError, match="bytes only"):
+        transport.send("site0", "text")
+
+
+def test_site_state_survives_rebuild_and_rejects_replays(key_dir):
+    config = DeploymentSettings.from_run_config({"mode": "plain", "clients": SITES}).config
+    node = _node_configs(key_dir)[907]
+    state = RecordDict()
+    sim = build(TrainConfig(mode="plain", clients=SITES))
+    stats = [Site(config, {**node, "partition-id": i}, RecordDict()).handle(encode_request("stats_ins", {})) for i in range(SITES)]
+    summed = sim.server.exchange.sum_statistics([payload_of(decode_request(s)) for s in stats])
+    Site(config, node, state).handle(encode_request("standardize_ins", {}, summed))
+    fit = encode_request("fit_ins", {"round": 1, "attempt": 1, "participants": ["site0"], "config": {}}, sim.server.exchange.global_payload())
+    rebuilt = Site(config, node, state)
+    assert rebuilt.client.standardizer is not None  # replayed from the node state
+    rebuilt.handle(fit)
+    with pytest.raises(MalformedMessageError, match="stale round 1"):
+        Site(config, node, state).handle(fit)
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+
+def test_run_config_defaults_are_train_config_defaults():
+    config = DeploymentSettings.from_run_config({}).config
+    assert config.to_dict() == TrainConfig().to_dict()
+
+
+def test_run_config_errors():
+    with pytest.raises(ConfigError, match="unknown run config keys: epochs"):
+        DeploymentSettings.from_run_config({"epochs": 3})
+    with pytest.raises(ConfigError, match="rounds must be an integer, got 2.5"):
+        DeploymentSettings.from_run_config({"rounds": 2.5})
+    with pytest.raises(ConfigError, match="--key-holder server is not available over Flower yet"):
+        DeploymentSettings.from_run_config({"key-holder": "server"})
+    with pytest.raises(ConfigError, match="--mode must be one of"):
+        DeploymentSettings.from_run_config({"mode": "fhe"})
+    assert DeploymentSettings.from_run_config({"clip-norm": 0.0}).config.clip_norm is None
+
+
+def test_node_config_errors(key_dir):
+    config = DeploymentSettings.from_run_config({"clients": SITES}).config
+    with pytest.raises(ConfigError, match="unknown node config keys: partition"):
+        Site(config, {"partition": 0})
+    with pytest.raises(ConfigError, match="partition-id must be an integer"):
+        Site(config, {"partition-id": "0", "num-partitions": SITES})
+    with pytest.raises(ConfigError, match="num-partitions=4, but the run has clients=3"):
+        Site(config, {"partition-id": 0, "num-partitions": 4})
+    with pytest.raises(ConfigError, match="partition-id=3 is outside 0..2"):
+        Site(config, {"partition-id": 3, "num-partitions": SITES})
+    with pytest.raises(ConfigError, match='needs the site\'s key: node config key-dir="/path/to/keys"'):
+        Site(config, {"partition-id": 0, "num-partitions": SITES})
+    with pytest.raises(ConfigError, match="a 512-bit key is insecure"):
+        Site(config, {"partition-id": 0, "num-partitions": SITES, "key-dir": str(key_dir)})
+
+
+def test_hellos_must_name_every_site_once_with_one_key(key_dir):
+    config = DeploymentSettings.from_run_config({"clients": SITES}).config
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyWarning)
+        sites = [Site(config, node) for node in _node_configs(key_dir).values()]
+    hellos = {10 + i: s.hello() for i, s in enumerate(sites)}
+    read = read_hellos(config, hellos)
+    assert read.nodes == {"site0": 10, "site1": 11, "site2": 12}
+    assert read.num_features == 30 and read.public_key == sites[0].client.exchange.public_key
+    with pytest.raises(ConfigError, match="SuperNodes 10 and 13 both claim partition-id=0"):
+        read_hellos(config, {**hellos, 13: hellos[10]})
+    with pytest.raises(ProtocolError, match="no SuperNode answered for site2"):
+        read_hellos(config, {10: hellos[10], 11: hellos[11]})
+    other = sites[2].hello()
+    other.config_records["torchhefl.hello"]["public-key"] = "abcd"
+    with pytest.raises(ConfigError, match="the sites hold different key pairs"):
+        read_hellos(config, {10: hellos[10], 11: hellos[11], 12: other})
+
+
+# -- records, app file, certificates -------------------------------------------------------------
+
+
+def test_records_carry_bytes_unchanged():
+    blob = bytes(range(256)) * 33
+    content = pack(blob)
+    array = content.array_records["torchhefl"]["message"]
+    assert (array.dtype, array.stype, tuple(array.shape)) == (WIRE_DTYPE, WIRE_STYPE, (len(blob),))
+    assert unpack(content) == blob
+    assert unpack(pack(b"")) == b""
+
+
+def test_records_reject_other_content():
+    with pytest.raises(MalformedMessageError, match="without a 'torchhefl' array record"):
+        unpack(RecordDict())
+    content = pack(b"abc")
+    array = content.array_records["torchhefl"]["message"]
+    array.dtype = "float32"
+    with pytest.raises(MalformedMessageError, match="dtype 'float32'"):
+        unpack(content)
+    with pytest.raises(TypeError, match="bytes, not str"):
+        pack("abc")
+
+
+def test_write_app(tmp_path):
+    path = write_app(tmp_path / "app", {"rounds": 4, "mode": "plain"})
+    doc = tomli.loads(path.read_text())
+    flwr = doc["tool"]["flwr"]["app"]
+    assert flwr["components"] == {"serverapp": "torchhefl.flower.server_app:app", "clientapp": "torchhefl.flower.client_app:app"}
+    assert set(flwr["config"]) == set(RUN_CONFIG_DEFAULTS)
+    assert (flwr["config"]["rounds"], flwr["config"]["mode"], flwr["config"]["lr"]) == (4, "plain", 0.1)
+    assert DeploymentSettings.from_run_config(flwr["config"]).config.rounds == 4
+    with pytest.raises(ConfigError, match="unknown run config keys: key-dir"):
+        write_app(tmp_path / "bad", {"key-dir": "/keys"})
+
+
+def test_certificates(tmp_path):
+    paths = generate_certificates(tmp_path, ["superlink.example.org", "10.0.0.5"])
+    ca = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
+    server = x509.load_pem_x509_certificate(paths.server_cert.read_bytes())
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(san.get_values_for_type(x509.DNSName)) == {"localhost", "superlink.example.org"}
+    assert set(san.get_values_for_type(x509.IPAddress)) == {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("10.0.0.5")}
+    assert server.issuer == ca.subject
+    server.verify_directly_issued_by(ca)
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    for key in (paths.ca_key, paths.server_key):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert isinstance(ca.public_key(), ec.EllipticCurvePublicKey)
+    with pytest.raises(ValueError, match="days must be at least 1"):
+        generate_certificates(tmp_path, days=0)
