@@ -37,10 +37,29 @@ def _positive_float(text: str) -> float:
     return v
 
 
-def _clip_norm(text: str) -> float | None:
-    if text.lower() == "none":
-        return None
+_NO_CLIP = "none"
+
+
+def _clip_norm(text: str) -> float | str:
+    if text.lower() == _NO_CLIP:
+        return _NO_CLIP
     return _positive_float(text)
+
+
+def _clip_norm_of(args: argparse.Namespace) -> float | None:
+    """The clipping bound: as given, or the mode's default (none with --key-holder server, which
+    trains on ciphertexts and has no plaintext gradient to clip)."""
+    hem = args.mode == "he" and args.key_holder == "server"
+    given = getattr(args, "clip_norm", None)
+    if given is None:
+        return None if hem else _DEFAULTS.clip_norm
+    if given == _NO_CLIP:
+        return None
+    if hem:
+        from torchhefl.federated.hem import CLIP_NORM_MESSAGE
+
+        raise ConfigError(CLIP_NORM_MESSAGE)
+    return given
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="local SGD learning rate")
     g.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="local mini-batch size")
     g.add_argument("--local-epochs", type=int, default=_DEFAULTS.local_epochs, help="local epochs per round")
-    g.add_argument("--clip-norm", type=_clip_norm, default=_DEFAULTS.clip_norm,
-                   help="gradient clipping bound (clip_grad_norm_), or 'none'")
+    g.add_argument("--clip-norm", type=_clip_norm, default=argparse.SUPPRESS,
+                   help=f"gradient clipping bound (clip_grad_norm_), or 'none' (default: {_DEFAULTS.clip_norm}; "
+                        "none with --key-holder server, where it cannot be set)")
     g.add_argument("--aggregator", default=_DEFAULTS.aggregator, metavar="{" + ",".join(STRATEGIES) + "}",
                    help="aggregation strategy")
     g.add_argument("--mu", type=float, default=_DEFAULTS.mu, help="FedProx proximal coefficient")
@@ -106,7 +126,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     cfg = TrainConfig(
         mode=args.mode, key_holder=args.key_holder, key_bits=args.key_bits, rounds=args.rounds,
         clients=args.clients, fraction=args.fraction, min_clients=args.min_clients, lr=args.lr,
-        batch_size=args.batch_size, local_epochs=args.local_epochs, clip_norm=args.clip_norm,
+        batch_size=args.batch_size, local_epochs=args.local_epochs, clip_norm=_clip_norm_of(args),
         aggregator=args.aggregator, mu=args.mu, partition=args.partition, alpha=args.alpha, seed=args.seed,
         loss=args.loss, test_size=args.test_size, epsilon=args.epsilon, delta=args.delta, data=args.data,
         label=args.label,

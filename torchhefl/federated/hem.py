@@ -28,7 +28,6 @@ masks for the new participant set. The standardisation statistics are summed the
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from fractions import Fraction
@@ -43,7 +42,7 @@ from torchhefl.federated.exchange import ClientExchange, ServerExchange
 from torchhefl.federated.keyring import run_keypair
 from torchhefl.federated.masking import PairwiseMasker, mask_label
 from torchhefl.federated.messages import decode_state, encode_request, encode_state, payload_of
-from torchhefl.federated.refresh import MIN_MASK_BITS, RefreshClient, serve_refresh
+from torchhefl.federated.refresh import RefreshClient, serve_refresh
 from torchhefl.federated.strategies import Strategy
 from torchhefl.nn.functional import add_bias_column, taylor_grad
 from torchhefl.secure import EncryptedTensor, PrivateKey, PublicKey, wire
@@ -53,18 +52,17 @@ from torchhefl.secure.tensor import array_to_cts, check_fingerprint, cts_to_arra
 
 __all__ = [
     "BASE_SCALE",
-    "STEP_BITS",
-    "VALUE_BITS",
+    "CLIP_NORM_MESSAGE",
     "HEMClient",
     "HEMClientExchange",
     "HEMServerExchange",
+    "STEP_BITS",
+    "VALUE_BITS",
     "apply_step",
     "hem_parts",
     "sgd_step",
     "step_map",
 ]
-
-log = logging.getLogger(__name__)
 
 BASE_SCALE = 32
 """Fixed-point bits after the binary point of the encrypted global weights (and after a refresh)."""
@@ -312,7 +310,7 @@ class HEMClient(Client):
         if not isinstance(self.exchange, HEMClientExchange):
             raise ConfigError("HEMClient needs a HEMClientExchange")
         if self.clip_norm is not None:
-            raise ConfigError(_CLIP_MESSAGE)
+            raise ConfigError(CLIP_NORM_MESSAGE)
         if self.privacy is not None:
             raise ConfigError("differential privacy needs plaintext gradients; HEM clients train on ciphertexts")
 
@@ -578,7 +576,7 @@ def _read_plain_stats(payload: bytes) -> dict[str, np.ndarray]:
 
 
 # -- wiring -----------------------------------------------------------------------------------------
-_CLIP_MESSAGE = (
+CLIP_NORM_MESSAGE = (
     "--clip-norm cannot be used with --key-holder server: clients train on encrypted weights and never "
     "see a plaintext gradient to clip (leave --clip-norm out, or pass --clip-norm none)"
 )
@@ -592,7 +590,7 @@ def hem_parts(config: TrainConfig, initial: OrderedDict):
     from torchhefl.federated.simulation import ModeParts
 
     if config.clip_norm is not None:
-        raise ConfigError(_CLIP_MESSAGE)
+        raise ConfigError(CLIP_NORM_MESSAGE)
     if config.loss != "taylor":
         raise ConfigError("--key-holder server trains on ciphertexts with the Taylor gradient (Eq 13): use --loss taylor")
     step_bits = config.extra.get("hem_step_bits", STEP_BITS)

@@ -1,0 +1,120 @@
+"""Blinded re-encryption: correct values at the lower scale, and the key holder learns nothing."""
+
+import warnings
+
+import pytest
+import torch
+
+from torchhefl.exceptions import MalformedMessageError
+from torchhefl.federated.messages import decode_request, encode_request, payload_of
+from torchhefl.federated.refresh import MIN_MASK_BITS, RefreshClient, serve_refresh
+from torchhefl.secure import EncryptedTensor, InsecureKeyWarning, generate_keypair
+
+VALUE_BITS = 16
+
+
+@pytest.fixture(scope="module")
+def keypair():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyWarning)
+        return generate_keypair(512, allow_insecure=True)
+
+
+class _KeyHolder:
+    """The server's endpoint, recording what it decrypted."""
+
+    def __init__(self, private_key):
+        self.private_key = private_key
+        self.seen: list[list[int]] = []
+
+    def __call__(self, request: bytes) -> bytes:
+        reply, seen = serve_refresh(request, self.private_key)
+        self.seen.append(seen)
+        return reply
+
+
+def _deep(values, pk, scale):
+    """``values`` encrypted at a deep ``scale`` with the public bound, as after some steps."""
+    t = torch.as_tensor(values, dtype=torch.float64)
+    enc = EncryptedTensor.encrypt(t, pk, scale=scale)
+    return EncryptedTensor.from_ciphertexts(pk, enc.ciphertexts, enc.shape, scale=scale, bound_bits=scale + VALUE_BITS)
+
+
+def test_refresh_keeps_the_values_at_the_target_scale(keypair):
+    pk, sk = keypair
+    holder = _KeyHolder(sk)
+    client = RefreshClient(holder, pk, value_bits=VALUE_BITS)
+    values = torch.tensor([0.0, 1.5, -2.25, 1234.5678, -0.000123, 65535.0])
+    enc = _deep(values, pk, 300)
+    out = client(enc, 32)
+    assert out.scale == 32 and out.bound_bits == 32 + VALUE_BITS and out.shape == enc.shape
+    torch.testing.assert_close(out.decrypt(sk), enc.decrypt(sk), rtol=0, atol=2.0**-31)
+    assert client.count == 1 and len(holder.seen) == 1
+
+
+def test_refresh_to_the_same_scale_is_exact(keypair):
+    pk, sk = keypair
+    client = RefreshClient(_KeyHolder(sk), pk, value_bits=VALUE_BITS)
+    enc = _deep([3.0, -7.125], pk, 40)
+    assert client(enc, 40).decrypt_ints(sk) == enc.decrypt_ints(sk)
+
+
+def test_what_the_key_holder_decrypts_is_masked(keypair):
+    pk, sk = keypair
+    holder = _KeyHolder(sk)
+    client = RefreshClient(holder, pk, value_bits=VALUE_BITS)
+    scale = 200
+    mask_bits = scale + VALUE_BITS + MIN_MASK_BITS
+    for value in (0.0, 65535.0):  # the smallest and largest magnitudes the public bound allows
+        client(_deep([value] * 64, pk, scale), 32)
+        client(_deep([value] * 64, pk, scale), 32)
+    zero_a, zero_b, big_a, big_b = holder.seen
+    # the same weights refreshed twice show the key holder unrelated numbers
+    assert all(a != b for a, b in zip(zero_a, zero_b)) and all(a != b for a, b in zip(big_a, big_b))
+    # each decrypted number spans the mask's width, far beyond the value's 2^(scale+16)
+    for seen in holder.seen:
+        assert all(v.bit_length() > scale + VALUE_BITS + 10 for v in seen)
+        # its top byte is spread as a uniform byte would be, whatever the value
+        top = [v >> (mask_bits - 8) for v in seen]
+        assert all(0 <= t < 256 for t in top)
+        assert 80 < sum(top) / len(top) < 175 and max(top) - min(top) > 150
+
+
+def test_refresh_refuses_without_room_for_the_mask(keypair):
+    pk, sk = keypair
+    client = RefreshClient(_KeyHolder(sk), pk, value_bits=VALUE_BITS)
+    scale = pk.max_bits - VALUE_BITS - MIN_MASK_BITS  # one bit short
+    assert client.can_refresh(scale - 1) and not client.can_refresh(scale)
+    with pytest.raises(OverflowError, match="no room left for a 40-bit blinding mask"):
+        client(_deep([1.0], pk, scale), 32)
+
+
+def test_refresh_arguments_are_checked(keypair):
+    pk, sk = keypair
+    with pytest.raises(ValueError, match="mask_bits must be at least 40"):
+        RefreshClient(_KeyHolder(sk), pk, value_bits=VALUE_BITS, mask_bits=20)
+    client = RefreshClient(_KeyHolder(sk), pk, value_bits=VALUE_BITS)
+    with pytest.raises(ValueError, match=r"target scale 50 must lie in \[0, 40\]"):
+        client(_deep([1.0], pk, 40), 50)
+
+
+def test_reply_at_the_wrong_scale_is_rejected(keypair):
+    pk, sk = keypair
+
+    def lying(request: bytes) -> bytes:
+        msg = decode_request(request)
+        wrong = encode_request(msg.kind, {"target_scale": msg.meta["target_scale"] + 1}, payload_of(msg))
+        return serve_refresh(wrong, sk)[0]
+
+    client = RefreshClient(lying, pk, value_bits=VALUE_BITS)
+    with pytest.raises(MalformedMessageError, match="refresh reply of shape"):
+        client(_deep([1.0, 2.0], pk, 100), 32)
+
+
+def test_server_rejects_a_target_above_the_scale(keypair):
+    pk, sk = keypair
+    enc = _deep([1.0], pk, 40)
+    with pytest.raises(MalformedMessageError, match="refresh target scale 41"):
+        serve_refresh(encode_request("refresh_ins", {"target_scale": 41}, enc.to_bytes()), sk)
+    with pytest.raises(MalformedMessageError, match="expected a 'refresh_ins' message"):
+        serve_refresh(encode_request("fit_ins", {"target_scale": 32}, enc.to_bytes()), sk)
