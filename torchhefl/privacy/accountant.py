@@ -30,8 +30,8 @@ ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp")
 
 _ACCOUNTANT_TITLES = {"prv": "PRV", "rdp": "RDP"}
 
-# RDP orders tried when converting to (epsilon, delta): Opacus' defaults stop at 63, where the
-# optimum lies for small epsilons (few steps, much noise); any set of orders gives a valid bound.
+# RDP orders tried when converting to (epsilon, delta): Opacus' defaults stop at 63, below the best
+# order for small epsilons (few steps, much noise); any set of orders gives a valid bound.
 _RDP_ALPHAS: list[float] = [*RDPAccountant.DEFAULT_ALPHAS, 72, 80, 96, 112, 128, 160, 192, 256, 384, 512, 768, 1024]
 
 
