@@ -194,12 +194,78 @@ def bench_encrypted_taylor_batch(ctx: BenchContext, *, n: int = 64, d: int = 31)
     }
 
 
+def bench_encrypted_training_run(ctx: BenchContext, *, rounds: int = 30, clients: int = 3) -> dict:
+    """The default WDBC run with the server holding the key (HEM): clients train on ciphertexts.
+
+    Wall time of the whole run (build, key agreement, standardisation, every round, evaluation),
+    against ONE naive phe ``EncryptedNumber`` Taylor-gradient batch (64 x 31) timed here too; the
+    run reuses this bench's key pair (loaded from a 0600 file), so key generation is not counted.
+    Also reports how far the result is from plain mode with the same seed and ``--clip-norm none``.
+    """
+    import tempfile
+    import warnings
+    from pathlib import Path
+
+    from torchhefl.federated import TrainConfig, build
+    from torchhefl.federated.keyring import PRIVATE_KEY_FILE
+    from torchhefl.secure import InsecureKeyWarning
+
+    pk, sk = ctx.public_key, ctx.private_key
+    common = dict(rounds=rounds, clients=clients, seed=ctx.seed, clip_norm=None, key_bits=pk.bits)
+
+    def train(cfg):
+        sim = build(cfg)
+        sim.server.setup()
+        return sim, [sim.server.run_round(r) for r in range(1, cfg.rounds + 1)]
+
+    with tempfile.TemporaryDirectory() as key_dir, warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyWarning)
+        sk.save(Path(key_dir) / PRIVATE_KEY_FILE)
+        extra = {"key_dir": key_dir, **({"allow_insecure_keys": True} if pk.bits < 2048 else {})}
+        cfg = TrainConfig(mode="he", key_holder="server", extra=extra, **common)
+        (sim, results), t_run = _timed(lambda: train(cfg))
+    psim, presults = train(TrainConfig(mode="plain", **common))
+
+    g = torch.Generator().manual_seed(ctx.seed)
+    X = torch.randn(64, 31, generator=g, dtype=torch.float64)
+    X[:, -1] = 1.0
+    y_pm = 2.0 * (torch.rand(64, generator=g) < 0.5).to(torch.float64) - 1.0
+    ppk = pk.phe
+    pw = [ppk.encrypt(float(v)) for v in 0.5 * torch.randn(31, generator=g, dtype=torch.float64)]
+    _, t_naive = _timed(lambda: _phe_taylor(pw, X, y_pm), repeats=3)
+
+    final, plain = sim.final_state(), psim.final_state()
+    seconds: dict[str, float] = {}
+    for r in results:
+        for phase, v in r["seconds"].items():
+            seconds[phase] = seconds.get(phase, 0.0) + v
+    return {
+        "bench": "encrypted_training_run",
+        "key_bits": pk.bits,
+        "rounds": rounds,
+        "clients": clients,
+        "steps_per_client_round": cfg.local_epochs * -(-sim.clients[0].num_examples // cfg.batch_size),
+        "seconds_run": round(t_run, 3),
+        "seconds_by_phase": {k: round(v, 3) for k, v in sorted(seconds.items())},
+        "naive_batch_seconds": round(t_naive, 4),
+        "run_over_naive_batch": round(t_run / t_naive, 2),
+        "target_run_over_naive_batch": 25,
+        "refreshes": sum(r.get("refreshes", 0) for r in results),
+        "bytes_up": sum(r["bytes_up"] for r in results),
+        "bytes_down": sum(r["bytes_down"] for r in results),
+        "test_accuracy": results[-1]["test_accuracy"],
+        "plain_test_accuracy": presults[-1]["test_accuracy"],
+        "max_abs_weight_diff_vs_plain": max(float((final[k] - plain[k]).abs().max()) for k in final),
+    }
+
+
 from benchmarks.federated import bench_federated_round_overhead  # noqa: E402
 
 BENCHES: dict[str, Callable[[BenchContext], dict]] = {
     "state_dict_roundtrip": bench_state_dict_roundtrip,
     "encrypted_taylor_batch": bench_encrypted_taylor_batch,
     "federated_round_overhead": bench_federated_round_overhead,
+    "encrypted_training_run": bench_encrypted_training_run,
 }
 
 

@@ -28,6 +28,11 @@ masks for the new participant set. The standardisation statistics are summed the
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing as mp
+import os
+import sys
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from fractions import Fraction
@@ -184,10 +189,97 @@ def apply_step(
         theta = EncryptedTensor.from_ciphertexts(
             pk, theta.ciphertexts + anchor.ciphertexts, (2 * K.shape[0],), scale=s, bound_bits=theta.bound_bits
         )
-    prod = K @ theta
     scale = s + step_bits
-    cts = [pk.raw_add_plain(ct, _fixed(v, scale)) for ct, v in zip(prod.ciphertexts, b.tolist())]
+    cts = [pk.raw_add_plain(ct, _fixed(v, scale)) for ct, v in zip(_split_matmul(K, theta), b.tolist())]
     return EncryptedTensor.from_ciphertexts(pk, cts, (K.shape[0],), scale=scale, bound_bits=scale + value_bits)
+
+
+# -- two cores for one product ------------------------------------------------------------------------
+class _Helper:
+    """One forked helper process that computes some rows of ``plain @ encrypted`` (private).
+
+    A step's product is too small to pay for forking each time, so one helper is forked on first
+    use and kept for the life of the process. Only bytes cross the pipe: a wire-format
+    :class:`EncryptedTensor`, an ``int64`` array of rows, and the wire-format result.
+    """
+
+    def __init__(self) -> None:
+        self.conn = None
+        self.process = None
+        self.failed = False
+
+    def usable(self) -> bool:
+        if self.failed:
+            return False
+        if self.conn is not None:
+            return True
+        env = os.environ.get("TORCHHEFL_NUM_WORKERS")
+        cores = int(env) if env is not None and env.isdigit() else (os.cpu_count() or 1)
+        if cores < 2 or not sys.platform.startswith("linux") or mp.current_process().daemon:
+            self.failed = True
+            return False
+        try:
+            ctx = mp.get_context("fork")
+            self.conn, child = ctx.Pipe()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # fork with idle torch threads
+                self.process = ctx.Process(target=_helper_loop, args=(child,), daemon=True)
+                self.process.start()
+            child.close()
+            atexit.register(self.close)
+        except (OSError, ValueError):
+            self.failed, self.conn = True, None
+        return not self.failed
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+            self.conn.close()
+            self.conn = None
+        if self.process is not None:
+            self.process.join(timeout=1)
+            self.process = None
+
+
+def _helper_loop(conn) -> None:
+    keys: dict[int, PublicKey] = {}
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        n_hex, blob, rows = job
+        n = int(n_hex, 16)
+        pk = keys.setdefault(n, PublicKey(n))
+        enc = EncryptedTensor.from_bytes(blob, public_key=pk)
+        conn.send((torch.from_numpy(rows) @ enc).to_bytes())
+
+
+_HELPER = _Helper()
+_MIN_ROWS_TO_SPLIT = 8
+
+
+def _split_matmul(K: torch.Tensor, theta: EncryptedTensor) -> list:
+    """The ciphertexts of ``K @ theta`` (``K`` an integer matrix), half the rows on a helper core."""
+    rows = K.shape[0]
+    if rows < _MIN_ROWS_TO_SPLIT or not _HELPER.usable():
+        return (K @ theta).ciphertexts
+    half = rows // 2
+    pk = theta.public_key
+    try:
+        _HELPER.conn.send((format(int(pk.n), "x"), theta.to_bytes(), K[:half].numpy().copy()))
+        mine = (K[half:] @ theta).ciphertexts
+        theirs = EncryptedTensor.from_bytes(_HELPER.conn.recv(), public_key=pk).ciphertexts
+    except (OSError, EOFError):
+        _HELPER.failed = True
+        _HELPER.close()
+        return (K @ theta).ciphertexts
+    return theirs + mine
 
 
 # -- client ---------------------------------------------------------------------------------------
