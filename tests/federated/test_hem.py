@@ -92,6 +92,16 @@ def test_encrypted_step_matches_plaintext_and_the_literal_encrypted_formula(keyp
     torch.testing.assert_close(out.decrypt(sk), literal.decrypt(sk), rtol=0, atol=1e-6)
 
 
+def test_product_split_over_two_processes_equals_the_serial_product(keypair):
+    from torchhefl.federated.hem import _split_matmul
+
+    pk, _ = keypair
+    g = torch.Generator().manual_seed(3)
+    K = torch.randint(-(2**20), 2**20, (31, 31), generator=g)
+    enc = EncryptedTensor.encrypt(torch.randn(31, generator=g, dtype=torch.float64), pk)
+    assert _split_matmul(K, enc) == (K @ enc).ciphertexts
+
+
 def test_proximal_step_needs_the_anchor_at_theta_scale(keypair):
     pk, _ = keypair
     X, y, theta, anchor = _batch(2)
@@ -144,7 +154,7 @@ def test_refreshes_follow_the_scale_not_a_timer():
     # a wider key needs no refresh but the final one; a finer step scale needs more
     _, wide = _train(_config(rounds=1, key_bits=1024))
     assert wide[0]["refreshes"] == len(sim.clients)
-    _, fine = _train(_config(rounds=1, extra={"allow_insecure_keys": True, "hem_step_bits": 60}))
+    _, fine = _train(_config(rounds=1, extra={"allow_insecure_keys": True, "hem_step_bits": 48}))
     assert fine[0]["refreshes"] > expected
 
 
@@ -267,6 +277,8 @@ def test_clip_norm_is_refused_with_the_reason():
         build(_config(clip_norm=5.0))
     with pytest.raises(ConfigError, match="use --loss taylor"):
         build(_config(loss="bce"))
+    with pytest.raises(ConfigError, match=r"hem_step_bits must be an int in \[8, 48\], got 60"):
+        build(_config(extra={"allow_insecure_keys": True, "hem_step_bits": 60}))
 
 
 def test_cli_clip_norm_defaults_and_error(capsys):

@@ -178,8 +178,9 @@ def apply_step(
     """
     pk = theta.public_key
     M, b, c = step_map(X, y, lr=lr, proximal_mu=proximal_mu)
-    two = torch.tensor(float(step_bits), dtype=torch.float64)
-    K = torch.round(torch.ldexp(M, two)).to(torch.int64)
+    if float(M.abs().max()) >= 2.0 ** (62 - step_bits):
+        raise OverflowError(f"a step matrix entry of {float(M.abs().max()):.3g} does not fit {step_bits} fraction bits in 63")
+    K = torch.round(torch.ldexp(M, torch.tensor(float(step_bits), dtype=torch.float64))).to(torch.int64)
     s = theta.scale
     if c:
         if anchor is None or anchor.scale != s or anchor.shape != theta.shape:
@@ -256,8 +257,11 @@ def _helper_loop(conn) -> None:
         n_hex, blob, rows = job
         n = int(n_hex, 16)
         pk = keys.setdefault(n, PublicKey(n))
-        enc = EncryptedTensor.from_bytes(blob, public_key=pk)
-        conn.send((torch.from_numpy(rows) @ enc).to_bytes())
+        try:
+            out = (torch.from_numpy(rows) @ EncryptedTensor.from_bytes(blob, public_key=pk)).to_bytes()
+        except Exception:  # noqa: BLE001 - the caller redoes the work itself and raises what it raises
+            out = None
+        conn.send(out)
 
 
 _HELPER = _Helper()
@@ -274,11 +278,14 @@ def _split_matmul(K: torch.Tensor, theta: EncryptedTensor) -> list:
     try:
         _HELPER.conn.send((format(int(pk.n), "x"), theta.to_bytes(), K[:half].numpy().copy()))
         mine = (K[half:] @ theta).ciphertexts
-        theirs = EncryptedTensor.from_bytes(_HELPER.conn.recv(), public_key=pk).ciphertexts
+        reply = _HELPER.conn.recv()
     except (OSError, EOFError):
         _HELPER.failed = True
         _HELPER.close()
         return (K @ theta).ciphertexts
+    if reply is None:
+        return (K @ theta).ciphertexts
+    theirs = EncryptedTensor.from_bytes(reply, public_key=pk).ciphertexts
     return theirs + mine
 
 
@@ -430,7 +437,11 @@ class HEMClient(Client):
     def _on_fit(self, msg) -> bytes:
         server_round, config = self._check_fit(msg)
         attempt, participants = msg.meta.get("attempt", 1), msg.meta.get("participants")
-        if not isinstance(participants, list) or self.cid not in participants:
+        if (
+            not isinstance(participants, list)
+            or not all(isinstance(p, str) for p in participants)
+            or self.cid not in participants
+        ):
             raise MalformedMessageError("fit request without a participant list naming this client")
         exchange = self.exchange
         theta = exchange.read_encrypted(payload_of(msg), self.X.shape[1] + 1)
@@ -686,8 +697,8 @@ def hem_parts(config: TrainConfig, initial: OrderedDict):
     if config.loss != "taylor":
         raise ConfigError("--key-holder server trains on ciphertexts with the Taylor gradient (Eq 13): use --loss taylor")
     step_bits = config.extra.get("hem_step_bits", STEP_BITS)
-    if isinstance(step_bits, bool) or not isinstance(step_bits, int) or not 8 <= step_bits <= 62:
-        raise ConfigError(f"hem_step_bits must be an int in [8, 62], got {step_bits!r}")
+    if isinstance(step_bits, bool) or not isinstance(step_bits, int) or not 8 <= step_bits <= 48:
+        raise ConfigError(f"hem_step_bits must be an int in [8, 48], got {step_bits!r}")
     public_key, private_key = run_keypair(config)
     allow_insecure = bool(config.extra.get("allow_insecure_keys", False))
     server_exchange = HEMServerExchange(private_key, initial)
