@@ -18,6 +18,7 @@ import ipaddress
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -31,24 +32,14 @@ __all__ = ["CertificatePaths", "generate_certificates", "main"]
 DEFAULT_DAYS = 365
 
 
-class CertificatePaths(dict):
-    """The files written by :func:`generate_certificates`: ``ca_cert``, ``ca_key``, ``server_cert``, ``server_key``."""
+@dataclass(frozen=True)
+class CertificatePaths:
+    """The files written by :func:`generate_certificates`."""
 
-    @property
-    def ca_cert(self) -> Path:
-        return self["ca_cert"]
-
-    @property
-    def ca_key(self) -> Path:
-        return self["ca_key"]
-
-    @property
-    def server_cert(self) -> Path:
-        return self["server_cert"]
-
-    @property
-    def server_key(self) -> Path:
-        return self["server_key"]
+    ca_cert: Path
+    ca_key: Path
+    server_cert: Path
+    server_key: Path
 
 
 def generate_certificates(out: str | Path, hosts: Sequence[str] = (), *, days: int = DEFAULT_DAYS) -> CertificatePaths:
