@@ -20,7 +20,7 @@ from torchhefl.experiments.sweeps import SWEEPS, get_sweeps
 __all__ = ["build_parser", "main"]
 
 _FULL_SEEDS = 5
-_QUICK_SEEDS = 2
+_QUICK_SEEDS = 1
 _QUICK_KEY_BITS = 512
 
 
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m train.experiments", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help=f"{_QUICK_SEEDS} seeds and {_QUICK_KEY_BITS}-bit (insecure) keys: a smoke run for CI")
+                   help=f"{_QUICK_SEEDS} seed and {_QUICK_KEY_BITS}-bit (insecure) keys: a smoke run for CI")
     p.add_argument("--out", default="runs/experiments", help="output folder")
     p.add_argument("--seeds", type=int, default=None,
                    help=f"seeds per setting, 0..N-1 (default {_FULL_SEEDS}, {_QUICK_SEEDS} with --quick)")
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             plot_sweep(sweep, rows, out)
         notes = []
         if args.quick:
-            notes.append(f"A --quick run: {settings.key_bits}-bit keys (insecure, for tests only), few seeds.")
+            notes.append(f"A --quick run: {settings.key_bits}-bit keys (insecure, for tests only), {len(settings.seeds)} seed(s).")
         write_report(out / "report.md", sweeps, rows, command=command, seconds=seconds, runs=len(jobs), notes=notes)
     except (ConfigError, DataError, ProtocolError, ImportError) as e:
         print(f"python -m train.experiments: error: {e}", file=sys.stderr)

@@ -116,6 +116,9 @@ def test_server_key_scheme_runs_a_sweep(tmp_path):
     rows = read_results_csv(tmp_path / "results.csv")
     he = [r for r in rows if r["mode"] == "he"]
     assert he and all(r["key_holder"] == "server" for r in he)
+    plain = {r["setting"]: r["curve"] for r in rows if r["mode"] == "plain"}
+    for r in he:  # training on encrypted weights follows plain training (at most one test row apart)
+        assert max(abs(a - b) for a, b in zip(r["curve"], plain[r["setting"]])) <= 0.01
     assert (tmp_path / "fig6_convergence.png").exists()
 
 
