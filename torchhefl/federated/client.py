@@ -128,7 +128,13 @@ class Client:
             train_loss = self.fit(server_round, proximal_mu=float(config.get("proximal_mu", 0.0)))
         with self.exchange.timer.phase("encrypt"):
             payload = self.exchange.write_update(self.model.state_dict(), self.num_examples)
-        meta = {"cid": self.cid, "round": server_round, "train_loss": train_loss, "seconds": _fixed_width(self.exchange.timer.take())}
+        meta = {
+            "cid": self.cid,
+            "round": server_round,
+            "attempt": self.last_round[1],
+            "train_loss": train_loss,
+            "seconds": _fixed_width(self.exchange.timer.take()),
+        }
         if self.privacy is not None:
             meta["epsilon"] = self.privacy.epsilon()
         return encode_request("fit_res", meta, payload)

@@ -33,31 +33,69 @@ class ClientKeyServerExchange(ServerExchange):
     Args:
         public_key: the sites' public key.
         initial_state: the initial global model (public: it is drawn before any data is seen).
+        weight_bound: the public cap on one site's weight; an update claiming more is refused
+            (it could overflow the packed sum). ``None``: no cap beyond the encoding's.
     """
 
-    def __init__(self, public_key: PublicKey, initial_state: Mapping[str, torch.Tensor]) -> None:
+    def __init__(
+        self, public_key: PublicKey, initial_state: Mapping[str, torch.Tensor], *, weight_bound: int | None = None
+    ) -> None:
         super().__init__()
         self.public_key = public_key
+        self.weight_bound = weight_bound
         with self.timer.phase("encrypt"):
             self._global = SecureStateDict.encrypt(initial_state, public_key).to_bytes()
-        self._layout = SecureStateDict.from_bytes(self._global, public_key=public_key).keys()
+        reference = SecureStateDict.from_bytes(self._global, public_key=public_key)
+        self._layout = reference.keys()
+        self._reference_entries = reference.layout()
 
     def global_payload(self) -> bytes:
         return self._global
 
-    def aggregate(self, payloads: Sequence[bytes], strategy: Strategy) -> None:
+    def aggregate(self, payloads: Sequence, strategy: Strategy) -> None:
         if not strategy.weighs_by_samples:
             raise MalformedMessageError(f"{strategy!r} is not sample-weighted; the encrypted path is")
-        updates = [self.read_update(blob) for blob in payloads]
+        updates = [self.read_update(p) if isinstance(p, (bytes, bytearray)) else p for p in payloads]
         with self.timer.phase("aggregate"):
             self._global = SecureStateDict.weighted_average(updates).to_bytes()
 
+    def check_update(self, payload: bytes, **context) -> SecureStateDict:
+        """One client's update, parsed and checked (see :meth:`read_update`)."""
+        return self.read_update(payload)
+
     def read_update(self, blob: bytes) -> SecureStateDict:
-        """Parse one client's update; it must be under our key with the model's layout."""
+        """Parse one client's update; it must be under our key with the model's layout.
+
+        Checks the format version, the key fingerprint, every name, shape and dtype, each
+        ciphertext's range ``0 < c < n^2`` and that its weight bound fits the public cap per site.
+        """
         update = SecureStateDict.from_bytes(blob, public_key=self.public_key)
         if update.keys() != self._layout:
             raise MalformedMessageError(f"update names {update.keys()} do not match the model's {self._layout}")
+        if update.layout() != self._reference_entries:
+            raise MalformedMessageError("update shapes or dtypes do not match the model's")
+        if self.weight_bound is not None and update.weight_bound > self.weight_bound:
+            raise MalformedMessageError(
+                f"update claims a weight bound of {update.weight_bound}, above the public cap of {self.weight_bound} per site"
+            )
         return update
+
+    def check_statistics(self, payload: bytes) -> bytes:
+        """Statistics under our key, of the length the first site's had (checked again when summed)."""
+        part = PackedSum.from_bytes(payload, public_key=self.public_key)
+        if len(part) < 3 or len(part) % 2 != 1:
+            raise MalformedMessageError(f"statistics vector of length {len(part)} cannot hold a count, sums and squares")
+        return payload
+
+    def global_checkpoint(self) -> bytes:
+        """The encrypted global model (the server never has it in plaintext)."""
+        return self._global
+
+    def restore_global(self, blob: bytes) -> None:
+        restored = SecureStateDict.from_bytes(blob, public_key=self.public_key)
+        if restored.keys() != self._layout or restored.layout() != self._reference_entries:
+            raise MalformedMessageError("checkpointed model does not have the model's names, shapes and dtypes")
+        self._global = bytes(blob)
 
     def sum_statistics(self, payloads: Sequence[bytes]) -> bytes:
         parts = [PackedSum.from_bytes(b, public_key=self.public_key) for b in payloads]
@@ -121,7 +159,7 @@ def clients_key_parts(config: TrainConfig, initial: OrderedDict):
     public_key, private_key = run_keypair(config)
     weight_bound = MAX_TOTAL_WEIGHT // config.clients
     return ModeParts(
-        server_exchange=ClientKeyServerExchange(public_key, initial),
+        server_exchange=ClientKeyServerExchange(public_key, initial, weight_bound=weight_bound),
         client_exchanges=[ClientKeyClientExchange(private_key, weight_bound=weight_bound) for _ in range(config.clients)],
         server_holds_test=False,
         extras={"public_key": public_key},

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,9 +66,33 @@ class ServerExchange:
         """The bytes sent to clients at the start of a round (and for evaluation)."""
         raise NotImplementedError
 
-    def aggregate(self, payloads: Sequence[bytes], strategy: Strategy) -> None:
-        """Replace the global parameters with the strategy's combination of client payloads."""
+    def check_update(
+        self,
+        payload: bytes,
+        *,
+        server_round: int | None = None,
+        attempt: int | None = None,
+        participants: Sequence[str] | None = None,
+    ) -> Any:
+        """Parse and check one client's update before anything is combined; returns what
+        :meth:`aggregate` takes for it.
+
+        Called once per client reply, so that one bad update excludes only its sender. ``server_round``,
+        ``attempt`` and ``participants`` describe the request the update answers (for exchanges whose
+        payloads are bound to them). Raises :class:`MalformedMessageError` or :class:`KeyMismatchError`
+        for an update that must not be aggregated. Default: the bytes unchanged.
+        """
+        return payload
+
+    def aggregate(self, payloads: Sequence[Any], strategy: Strategy) -> None:
+        """Replace the global parameters with the strategy's combination of checked client updates
+        (what :meth:`check_update` returned)."""
         raise NotImplementedError
+
+    def check_statistics(self, payload: bytes) -> bytes:
+        """Check one client's statistics payload before summing (same contract as :meth:`check_update`).
+        Default: the bytes unchanged."""
+        return payload
 
     def sum_statistics(self, payloads: Sequence[bytes]) -> bytes:
         """Sum clients' statistics payloads (counts, sums) into one payload for the clients."""
@@ -80,6 +105,21 @@ class ServerExchange:
     def global_state(self) -> OrderedDict | None:
         """The global state_dict, if the server may read it; else ``None``."""
         return None
+
+    def global_checkpoint(self) -> bytes:
+        """The global parameters as the server holds them, as wire bytes for a checkpoint.
+
+        Default: the readable global state_dict as a ``plain_state`` message. An exchange whose server
+        cannot read the model stores what it holds instead (ciphertexts); never a private key.
+        """
+        state = self.global_state()
+        if state is None:
+            raise NotImplementedError(f"{type(self).__name__} does not say how to checkpoint its global model")
+        return encode_state(state)
+
+    def restore_global(self, blob: bytes) -> None:
+        """Replace the global parameters with those of :meth:`global_checkpoint` bytes (checked)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be restored from a checkpoint")
 
 
 class ClientExchange:
@@ -111,14 +151,16 @@ class PlainServerExchange(ServerExchange):
     def global_payload(self) -> bytes:
         return encode_state(self.state)
 
-    def aggregate(self, payloads: Sequence[bytes], strategy: Strategy) -> None:
-        updates = []
-        for blob in payloads:
-            state, meta = decode_state(blob, expected=self.state)
-            n = meta.get("num_examples")
-            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-                raise MalformedMessageError(f"update carries an invalid num_examples {n!r}")
-            updates.append(({k: v.numpy() for k, v in state.items()}, n))
+    def check_update(self, payload: bytes, **context) -> tuple[dict[str, np.ndarray], int]:
+        """``(parameters, num_examples)``: the model's names and shapes, finite values, a positive count."""
+        state, meta = decode_state(payload, expected=self.state)
+        n = meta.get("num_examples")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise MalformedMessageError(f"update carries an invalid num_examples {n!r}")
+        return {k: v.numpy() for k, v in state.items()}, n
+
+    def aggregate(self, payloads: Sequence, strategy: Strategy) -> None:
+        updates = [self.check_update(p) if isinstance(p, (bytes, bytearray)) else p for p in payloads]
         with self.timer.phase("aggregate"):
             combined = strategy.aggregate(updates)
         self.state = OrderedDict(
@@ -135,11 +177,24 @@ class PlainServerExchange(ServerExchange):
             raise MalformedMessageError("no statistics to sum")
         return encode_state(total)
 
+    def check_statistics(self, payload: bytes) -> bytes:
+        """Finite ``count``, ``sum`` and ``sumsq`` arrays (the server may read them in plain mode)."""
+        stats, _ = decode_state(payload)
+        if list(stats) != ["count", "sum", "sumsq"]:
+            raise MalformedMessageError(f"statistics payload holds {list(stats)}, expected count, sum and sumsq")
+        if stats["count"].shape != (1,) or stats["sum"].shape != stats["sumsq"].shape or stats["sum"].dim() != 1:
+            raise MalformedMessageError("statistics payload has inconsistent shapes")
+        return payload
+
     def read_statistics(self, payload: bytes) -> dict[str, np.ndarray]:
         return {k: v.numpy() for k, v in decode_state(payload)[0].items()}
 
     def global_state(self) -> OrderedDict:
         return OrderedDict((k, v.clone()) for k, v in self.state.items())
+
+    def restore_global(self, blob: bytes) -> None:
+        state, _ = decode_state(blob, expected=self.state)
+        self.state = OrderedDict((k, state[k].to(ref.dtype)) for k, ref in self.state.items())
 
 
 class PlainClientExchange(ClientExchange):

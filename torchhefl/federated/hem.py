@@ -457,6 +457,7 @@ class HEMClient(Client):
         meta = {
             "cid": self.cid,
             "round": server_round,
+            "attempt": attempt,
             "refreshes": exchange.refresher.count - before,
             "seconds": _fixed_width(exchange.timer.take()),
         }
@@ -600,6 +601,21 @@ class HEMServerExchange(ServerExchange):
                 bound_bits=self.base_scale + self.value_bits + count_bound,
             )
         self.theta = dequantize(sums, self.base_scale) / total
+
+    def check_update(self, payload: bytes, *, server_round=None, attempt=None, participants=None) -> bytes:
+        """Check one masked update before aggregation: key, format, ciphertext ranges, and masks made
+        for this round, attempt and participant set (else the masks could not cancel)."""
+        meta, _, _ = self._read_update(payload, self.theta.numel())
+        if server_round is not None and (meta["round"], meta["attempt"]) != (server_round, attempt):
+            raise MalformedMessageError(f"masked update for round {meta['round']} attempt {meta['attempt']}")
+        if participants is not None and meta["participants"] != sorted(participants):
+            raise MalformedMessageError("masked update for another participant set")
+        return payload
+
+    def restore_global(self, blob: bytes) -> None:
+        """Replace the global weights with a checkpoint's (``global_checkpoint`` bytes)."""
+        state, _ = decode_state(blob, expected=self.global_state())
+        self.theta = torch.cat([v.detach().reshape(-1).to(torch.float64) for v in state.values()])
 
     def _decrypt_sum(self, purpose: str, cts: list, *, scale: int, bound_bits: int) -> list[int]:
         tensor = EncryptedTensor.from_ciphertexts(self.public_key, cts, (len(cts),), scale=scale, bound_bits=bound_bits)

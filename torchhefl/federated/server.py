@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -14,13 +15,17 @@ from torch import nn
 
 from torchhefl.data import Moments, Standardizer
 from torchhefl.exceptions import KeyMismatchError, MalformedMessageError, ProtocolError
-from torchhefl.federated.evaluation import add_counts, evaluation_counts, metrics_from_counts
+from torchhefl.federated.evaluation import AUC_BINS, add_counts, evaluation_counts, metrics_from_counts
 from torchhefl.federated.exchange import ServerExchange
 from torchhefl.federated.messages import decode_request, decode_state, encode_request, payload_of
 from torchhefl.federated.strategies import Strategy
 from torchhefl.federated.transport import ClientUnavailableError, Transport
+from torchhefl.secure import wire
 
-__all__ = ["RoundResult", "Server"]
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "RoundResult", "Server"]
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+"""The largest client reply a server accepts by default (64 MiB; ``--max-message-bytes``)."""
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,8 @@ class Server:
         fraction: the share of clients asked to train each round.
         min_clients: fewest successful clients for a round to count.
         seed: seeds client selection.
+        max_message_bytes: the largest reply accepted; a bigger one is refused before parsing.
+        max_retries: how often a round that got fewer than ``min_clients`` good replies is tried again.
     """
 
     def __init__(
@@ -59,6 +66,8 @@ class Server:
         fraction: float = 1.0,
         min_clients: int = 1,
         seed: int = 0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_retries: int = 2,
     ) -> None:
         self.model, self.strategy, self.transport, self.exchange = model, strategy, transport, exchange
         self.loss_fn = loss_fn
@@ -66,6 +75,7 @@ class Server:
         self.y_test = None if y_test is None else torch.as_tensor(np.asarray(y_test), dtype=torch.float64)
         self.X_test: torch.Tensor | None = None
         self.fraction, self.min_clients, self.seed = fraction, min_clients, seed
+        self.max_message_bytes, self.max_retries = int(max_message_bytes), int(max_retries)
         self.round = 0
         self.standardizer: Standardizer | None = None
 
@@ -83,9 +93,16 @@ class Server:
     def standardize(self) -> None:
         """Fit the feature standardisation from the clients' summed moments (no rows leave a site)."""
         ids = self.transport.client_ids
-        replies = self._broadcast(ids, encode_request("stats_ins", {}), "stats_res")
+        replies, refused = {}, {}
+        for cid, answer in self._deliver(ids, encode_request("stats_ins", {})):
+            try:
+                replies[cid] = self.read_stats_reply(cid, answer)
+            except _CLIENT_FAULTS as e:
+                log.warning("client %s left out of stats: %s", cid, e)
+                refused[cid] = str(e)
         if len(replies) < len(ids):
-            raise ProtocolError("standardisation needs every client's statistics; some did not answer")
+            reasons = "; ".join(f"{cid}: {why}" for cid, why in refused.items())
+            raise ProtocolError(f"standardisation needs every client's statistics ({reasons})")
         total = self.exchange.sum_statistics([payload_of(m) for m in replies.values()])
         self._broadcast(ids, encode_request("standardize_ins", {}, total), "standardize_res")
         stats = self.exchange.read_statistics(total)
@@ -107,44 +124,83 @@ class Server:
         return sorted(rng.choice(ids, size=k, replace=False).tolist(), key=ids.index)
 
     def run_round(self, server_round: int | None = None) -> RoundResult:
-        """One round: send the global model, train, aggregate, evaluate. Returns its metrics."""
+        """One round: send the global model, train, aggregate, evaluate. Returns its metrics.
+
+        Every reply is checked on its own (:meth:`read_fit_reply`); a client whose reply is missing
+        or refused is left out with a logged reason (``dropped``, and ``rejected`` with the reason).
+        The round completes with the rest if at least ``min_clients`` remain; otherwise it is tried
+        again with every selected client, at most ``max_retries`` times, then :class:`ProtocolError`.
+        A refused reply never reaches the global model.
+        """
         server_round = self.round + 1 if server_round is None else server_round
         start = time.perf_counter()
         up0, down0 = self.transport.bytes_up, self.transport.bytes_down
         selected = self.select(server_round)
-        dropped: list[str] = []
-        for attempt in range(1, len(selected) + 1):
+        participants = list(selected)
+        retries = 0
+        attempt = 0
+        rejected: dict[str, str] = {}
+        while True:
+            attempt += 1
             request = encode_request(
                 "fit_ins",
                 {
                     "round": server_round,
                     "attempt": attempt,
-                    "participants": selected,
+                    "participants": participants,
                     "config": self.strategy.configure_fit(server_round),
                 },
                 self.exchange.global_payload(),
             )
-            replies = self._broadcast(selected, request, "fit_res", server_round=server_round)
+            replies, updates, seen = {}, {}, {}
+            for cid, answer in self._deliver(participants, request):
+                try:
+                    msg, update = self.read_fit_reply(
+                        cid, answer, server_round=server_round, attempt=attempt, participants=participants
+                    )
+                    digest = hashlib.sha256(payload_of(msg)).hexdigest()
+                    if digest in seen:
+                        raise MalformedMessageError(f"its update duplicates the one {seen[digest]} sent")
+                except _CLIENT_FAULTS as e:
+                    log.warning("client %s left out of round %d (attempt %d): %s", cid, server_round, attempt, e)
+                    rejected[cid] = str(e)
+                    continue
+                seen[digest] = cid
+                replies[cid], updates[cid] = msg, update
+            missing = [cid for cid in participants if cid not in replies]
             if len(replies) < self.min_clients:
+                if retries < self.max_retries:
+                    retries += 1
+                    log.warning(
+                        "round %d: only %d of %d clients answered (at least %d needed); trying again (%d of %d)",
+                        server_round, len(replies), len(participants), self.min_clients, retries, self.max_retries,
+                    )
+                    participants = list(selected)
+                    continue
                 raise ProtocolError(
-                    f"round {server_round}: only {len(replies)} of {len(selected)} clients answered "
-                    f"(at least {self.min_clients} needed)"
+                    f"round {server_round}: only {len(replies)} of {len(participants)} clients answered "
+                    f"(at least {self.min_clients} needed; tried {attempt} times)"
                 )
-            missing = [cid for cid in selected if cid not in replies]
-            dropped += missing
             if missing and self.exchange.needs_every_participant:
                 log.warning("round %d: %s dropped out; re-running the round without them", server_round, ", ".join(missing))
-                selected = [cid for cid in selected if cid in replies]
+                participants = [cid for cid in participants if cid in replies]
                 continue
             break
-        self.exchange.aggregate([payload_of(m) for m in replies.values()], self.strategy)
+        self.exchange.aggregate([updates[cid] for cid in replies], self.strategy)
         self.round = server_round
-        result: RoundResult = {"round": server_round, "clients": list(replies), "dropped": sorted(dropped)}
+        dropped = sorted(set(selected) - set(replies), key=selected.index)
+        result: RoundResult = {
+            "round": server_round,
+            "clients": list(replies),
+            "dropped": dropped,
+            "rejected": {cid: rejected[cid] for cid in dropped if cid in rejected},
+            "attempts": attempt,
+        }
         result["train_loss"] = {cid: float(m.meta.get("train_loss", float("nan"))) for cid, m in replies.items()}
         seconds: dict[str, float] = {}
         for m in replies.values():
             for phase, s in (m.meta.get("seconds") or {}).items():
-                seconds[phase] = seconds.get(phase, 0.0) + float(s)
+                seconds[phase] = seconds.get(phase, 0.0) + _seconds(s)
         for phase, s in self.exchange.timer.take().items():
             seconds[phase] = seconds.get(phase, 0.0) + s
         epsilons = [float(m.meta["epsilon"]) for m in replies.values() if "epsilon" in m.meta]
@@ -160,6 +216,62 @@ class Server:
         result["time"] = time.perf_counter() - start
         return result
 
+    def read_fit_reply(
+        self,
+        cid: str,
+        answer: bytes | Exception,
+        *,
+        server_round: int,
+        attempt: int,
+        participants: list[str] | None = None,
+    ) -> tuple[wire.Message, object]:
+        """Check one client's answer to a fit request; returns ``(message, checked update)``.
+
+        The envelope must be a ``fit_res`` no larger than ``max_message_bytes``, from ``cid``, for this
+        ``server_round`` and ``attempt``, with well-typed metadata; the payload must pass the exchange's
+        :meth:`~torchhefl.federated.exchange.ServerExchange.check_update` (format version, key
+        fingerprint, names, shapes, value ranges). Raises only the client faults (``MalformedMessageError``,
+        ``KeyMismatchError``, ``ProtocolError``, ``ClientUnavailableError``).
+        """
+        msg = self._read_reply(cid, answer, "fit_res")
+        meta = msg.meta
+        if meta.get("round") != server_round or meta.get("attempt") != attempt:
+            raise MalformedMessageError(
+                f"stale or replayed reply for round {meta.get('round')!r} attempt {meta.get('attempt')!r}, "
+                f"expected round {server_round} attempt {attempt}"
+            )
+        loss = meta.get("train_loss", 0.0)
+        if not isinstance(loss, (int, float)) or isinstance(loss, bool):
+            raise MalformedMessageError(f"train_loss {loss!r} is not a number")
+        for key in ("epsilon", "refreshes"):
+            if key in meta and (not isinstance(meta[key], (int, float)) or isinstance(meta[key], bool) or not meta[key] >= 0):
+                raise MalformedMessageError(f"{key} {meta[key]!r} is not a non-negative number")
+        seconds = meta.get("seconds", {})
+        if not isinstance(seconds, dict) or not all(isinstance(k, str) for k in seconds):
+            raise MalformedMessageError("seconds must map phase names to durations")
+        for v in seconds.values():
+            _seconds(v)
+        update = self.exchange.check_update(
+            payload_of(msg), server_round=server_round, attempt=attempt, participants=participants
+        )
+        return msg, update
+
+    def read_stats_reply(self, cid: str, answer: bytes | Exception) -> wire.Message:
+        """Check one client's answer to the statistics request (envelope, then the exchange's
+        :meth:`~torchhefl.federated.exchange.ServerExchange.check_statistics`); same errors as
+        :meth:`read_fit_reply`."""
+        msg = self._read_reply(cid, answer, "stats_res")
+        self.exchange.check_statistics(payload_of(msg))
+        return msg
+
+    def _read_reply(self, cid: str, answer: bytes | Exception, kind: str) -> wire.Message:
+        if isinstance(answer, Exception):
+            raise answer
+        msg = decode_request(answer, kind=kind, max_bytes=self.max_message_bytes)
+        if msg.meta.get("cid", cid) != cid:
+            raise MalformedMessageError(f"reply signed as client {msg.meta.get('cid')!r}")
+        return msg
+
     def evaluate(self) -> dict[str, float]:
         """Test metrics of the current global model: on the server's held-out set, or federated."""
         state = self.exchange.global_state()
@@ -172,8 +284,12 @@ class Server:
         request = encode_request("evaluate_ins", {"round": self.round}, self.exchange.global_payload())
         total = None
         for cid, msg in self._broadcast(self.transport.client_ids, request, "evaluate_res").items():
-            counts, _ = decode_state(payload_of(msg))
-            total = add_counts(total, {k: v.numpy() for k, v in counts.items()})
+            try:
+                counts = _read_counts(payload_of(msg))
+            except _CLIENT_FAULTS as e:
+                log.warning("client %s left out of evaluate: %s", cid, e)
+                continue
+            total = add_counts(total, counts)
         if total is None:
             raise ProtocolError("no client could evaluate the model")
         return metrics_from_counts(total)
@@ -190,7 +306,7 @@ class Server:
             try:
                 if isinstance(answer, Exception):
                     raise answer
-                msg = decode_request(answer, kind=reply_kind)
+                msg = self._read_reply(cid, answer, reply_kind)
                 if server_round is not None and msg.meta.get("round") != server_round:
                     raise MalformedMessageError(f"reply for round {msg.meta.get('round')!r}, expected {server_round}")
             except _CLIENT_FAULTS as e:
@@ -217,3 +333,29 @@ class Server:
             except _CLIENT_FAULTS as e:
                 answer = e
             yield cid, answer
+
+
+def _seconds(value) -> float:
+    """A reported duration (a number, or the fixed-width string clients send) as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise MalformedMessageError(f"duration {value!r} is not a number")
+    try:
+        out = float(value)
+    except ValueError:
+        raise MalformedMessageError(f"duration {value!r} is not a number") from None
+    if not 0.0 <= out < 1e9:
+        raise MalformedMessageError(f"duration {value!r} is out of range")
+    return out
+
+
+_COUNT_SHAPES = {"n": (1,), "tp": (1,), "fp": (1,), "fn": (1,), "loss_sum": (1,), "pos_hist": (AUC_BINS,), "neg_hist": (AUC_BINS,)}
+
+
+def _read_counts(payload: bytes) -> dict[str, np.ndarray]:
+    """A client's evaluation counts: the expected names and shapes, finite, non-negative."""
+    expected = {k: torch.empty(shape) for k, shape in _COUNT_SHAPES.items()}
+    counts, _ = decode_state(payload, expected=expected)
+    out = {k: v.to(torch.float64).numpy() for k, v in counts.items()}
+    if any((v < 0).any() for v in out.values()):
+        raise MalformedMessageError("evaluation counts must be non-negative")
+    return out

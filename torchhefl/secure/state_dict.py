@@ -109,6 +109,10 @@ class SecureStateDict:
         """The state dict's keys, in order."""
         return [name for name, _, _ in self._entries]
 
+    def layout(self) -> list[tuple[str, tuple[int, ...], str]]:
+        """``(name, shape, dtype name)`` of each entry, in order (public: it is in the header)."""
+        return list(self._entries)
+
     def __len__(self) -> int:
         return len(self._entries)
 
