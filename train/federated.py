@@ -7,15 +7,18 @@ Writes LOGDIR/RUN_NAME/ with TensorBoard events, metrics.csv, timings.csv, confi
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
+from pathlib import Path
 
 from torchhefl.exceptions import ConfigError, DataError, ProtocolError
 from torchhefl.federated.config import KEY_HOLDERS, LOSSES, MODES, PARTITIONS, TrainConfig
+from torchhefl.federated.server import DEFAULT_MAX_MESSAGE_BYTES
 from torchhefl.federated.strategies import STRATEGIES
 
-__all__ = ["build_parser", "config_from_args", "main"]
+__all__ = ["build_parser", "config_from_args", "main", "resume_config"]
 
 _DEFAULTS = TrainConfig()
 
@@ -34,6 +37,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not (math.isfinite(v) and v > 0):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return v
 
 
@@ -109,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--partition", choices=PARTITIONS, default=_DEFAULTS.partition, help="how rows are spread over sites")
     g.add_argument("--alpha", type=float, default=_DEFAULTS.alpha, help="Dirichlet concentration for --partition dirichlet")
 
+    g = p.add_argument_group("reliability")
+    g.add_argument("--resume", metavar="RUN_DIR", default=None,
+                   help="continue the run in RUN_DIR from its last checkpoint with its config.json; "
+                        "give --rounds for its new length (other settings must match or be left out)")
+    g.add_argument("--checkpoint-dir", default=None,
+                   help="folder of the checkpoint written after every round (default: RUN_DIR/checkpoints)")
+    g.add_argument("--max-message-bytes", type=_positive_int, default=DEFAULT_MAX_MESSAGE_BYTES,
+                   help="largest client reply the server accepts; a bigger one leaves its sender out of the round")
+
     g = p.add_argument_group("output")
     g.add_argument("--logdir", default="runs", help="parent folder of run folders")
     g.add_argument("--run-name", default=None, help="run folder name (default: mode, seed and time)")
@@ -138,6 +160,49 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return cfg.validate()
 
 
+#: flags that do not describe the training itself, so a resumed run may give them freely
+_RUN_FLAGS = {"resume", "rounds", "key_dir", "checkpoint_dir", "max_message_bytes", "no_progress", "quiet"}
+
+
+def resume_config(parser: argparse.ArgumentParser, argv: list[str], args: argparse.Namespace) -> TrainConfig:
+    """The configuration of the run in ``args.resume`` (its ``config.json``), with ``--rounds`` and
+    ``--key-dir`` applied; any other flag in ``argv`` must agree with it, else :class:`ConfigError`."""
+    run_dir = Path(args.resume)
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"--resume {run_dir}: no config.json there (not a run folder)")
+    try:
+        cfg = TrainConfig.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--resume {run_dir}: config.json is not a run configuration ({e})") from None
+    given = _given_flags(parser, argv)
+    for dest in ("logdir", "run_name"):
+        if dest in given:
+            raise ConfigError(f"--{dest.replace('_', '-')} cannot be used with --resume: the run folder is {run_dir}")
+    asked = config_from_args(args) if set(given) - _RUN_FLAGS else None
+    for dest in sorted(set(given) - _RUN_FLAGS):
+        flag = "--" + dest.replace("_", "-")
+        if dest == "allow_insecure_keys":
+            mine, theirs = True, bool(cfg.extra.get("allow_insecure_keys", False))
+        else:
+            mine, theirs = getattr(asked, dest), getattr(cfg, dest)
+        if mine != theirs:
+            raise ConfigError(f"{flag} {mine} conflicts with the run's config.json ({theirs}); leave it out when resuming")
+    if "rounds" in given:
+        cfg.rounds = args.rounds
+    if args.key_dir is not None:
+        cfg.extra["key_dir"] = args.key_dir
+    return cfg.validate()
+
+
+def _given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> dict:
+    """The destinations of the flags actually written in ``argv`` (not their defaults)."""
+    bare = build_parser()
+    for action in bare._actions:
+        action.default = argparse.SUPPRESS
+    return vars(bare.parse_args(argv))
+
+
 def _run_name(cfg: TrainConfig) -> str:
     mode = cfg.mode if cfg.mode == "plain" else f"he-{cfg.key_holder}"
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{mode}-seed{cfg.seed}"
@@ -145,16 +210,22 @@ def _run_name(cfg: TrainConfig) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     try:
-        cfg = config_from_args(args)
-        from pathlib import Path
-
+        if args.resume is not None:
+            cfg = resume_config(parser, argv, args)
+            run_dir = Path(args.resume)
+        else:
+            cfg = config_from_args(args)
+            run_dir = Path(args.logdir) / (args.run_name or _run_name(cfg))
         from torchhefl.federated.simulation import run
 
-        run_dir = Path(args.logdir) / (args.run_name or _run_name(cfg))
         echo = None if args.quiet else print
-        summary = run(cfg, run_dir, progress=not args.no_progress, echo=echo)
+        summary = run(
+            cfg, run_dir, progress=not args.no_progress, echo=echo, checkpoint_dir=args.checkpoint_dir,
+            resume=args.resume is not None, max_message_bytes=args.max_message_bytes,
+        )
     except (ConfigError, DataError, ProtocolError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
@@ -171,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     print(line)
     if "privacy" in summary:
         print(summary["privacy"])
-    print(f"run folder: {summary['run_dir']}  (tensorboard --logdir {args.logdir})")
+    print(f"run folder: {summary['run_dir']}  (tensorboard --logdir {run_dir.parent})")
     return 0
 
 

@@ -48,14 +48,20 @@ class RunRecorder:
         self.columns = METRIC_COLUMNS + [f"train_loss_{cid}" for cid in self.client_ids]
         self._csv_path = self.run_dir / "metrics.csv"
         self._timings_path = self.run_dir / "timings.csv"
+        self.kept_timings: list[dict] = []
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(self.run_dir))
 
-    def start(self, *, resume_round: int = 0) -> None:
-        """Create ``metrics.csv`` and ``timings.csv`` with headers (or keep their first ``resume_round`` rows)."""
+    def start(self, *, resume_round: int = 0) -> list[dict]:
+        """Create ``metrics.csv`` and ``timings.csv`` with headers (or keep their first ``resume_round`` rows).
+
+        Returns the kept rows of ``metrics.csv`` (those of ``timings.csv`` are in ``kept_timings``).
+        Rows past ``resume_round`` (written before a crash, after the last checkpoint) are dropped.
+        """
+        kept: dict = {}
         for path, columns in ((self._csv_path, self.columns), (self._timings_path, TIMING_COLUMNS)):
             rows = []
             if resume_round and path.exists():
@@ -65,6 +71,9 @@ class RunRecorder:
                 w = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
                 w.writeheader()
                 w.writerows(rows)
+            kept[path] = rows
+        self.kept_timings = kept[self._timings_path]
+        return kept[self._csv_path]
 
     def record(self, result: Mapping) -> dict:
         """Append one round's result; returns the CSV row written."""

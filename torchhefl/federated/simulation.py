@@ -19,16 +19,17 @@ from torch import nn
 
 from torchhefl.data import Dataset, load_csv, load_wdbc, partition_dirichlet, partition_iid, train_test_split
 from torchhefl.exceptions import ConfigError, DataError
+from torchhefl.federated.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from torchhefl.federated.client import Client
 from torchhefl.federated.config import TrainConfig
 from torchhefl.federated.exchange import ClientExchange, PlainClientExchange, PlainServerExchange, ServerExchange
 from torchhefl.federated.recorder import RunRecorder
-from torchhefl.federated.server import Server
+from torchhefl.federated.server import DEFAULT_MAX_MESSAGE_BYTES, Server
 from torchhefl.federated.strategies import get_strategy
 from torchhefl.federated.transport import InProcessTransport
 from torchhefl.nn import LogisticRegression, TaylorLoss
 
-__all__ = ["ModeParts", "Simulation", "build", "describe_dataset", "load_dataset", "make_loss", "run"]
+__all__ = ["ModeParts", "Simulation", "build", "check_resume", "describe_dataset", "load_dataset", "make_loss", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,13 @@ class Simulation:
         return OrderedDict((k, v.detach().clone()) for k, v in state.items())
 
 
-def build(config: TrainConfig, *, dataset: Dataset | None = None) -> Simulation:
-    """Wire a run from ``config``: split the data, place it, and create the parties."""
+def build(
+    config: TrainConfig, *, dataset: Dataset | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> Simulation:
+    """Wire a run from ``config``: split the data, place it, and create the parties.
+
+    ``max_message_bytes`` bounds each client reply the server accepts.
+    """
     config.validate()
     data = dataset if dataset is not None else load_dataset(config)
     if config.epsilon is not None and config.mode == "he" and config.key_holder == "server":
@@ -125,6 +131,7 @@ def build(config: TrainConfig, *, dataset: Dataset | None = None) -> Simulation:
         fraction=config.fraction,
         min_clients=config.min_clients,
         seed=config.seed,
+        max_message_bytes=max_message_bytes,
     )
     parts_of_mode.connect(server, clients)
     return Simulation(config, data, server, clients, transport, extras=parts_of_mode.extras)
@@ -203,13 +210,36 @@ def run(
     progress: bool = True,
     echo: Callable[[str], None] | None = print,
     dataset: Dataset | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    after_round: Callable[[int, dict], None] | None = None,
 ) -> dict:
-    """Train ``config`` and write ``run_dir``; returns the summary (final metrics and totals)."""
-    sim = build(config, dataset=dataset)
+    """Train ``config`` and write ``run_dir``; returns the summary (final metrics and totals).
+
+    After every round the round's metrics are written, then a checkpoint
+    (:mod:`torchhefl.federated.checkpoint`) to ``checkpoint_dir`` (default ``run_dir/checkpoints``).
+    With ``resume=True`` the run continues from that checkpoint up to ``config.rounds``: the result
+    is the same ``model.pt`` and ``metrics.csv`` an uninterrupted run writes. ``config`` must then
+    equal the checkpoint's except for ``rounds`` (and the key folder); an HE run needs its own key
+    from ``config.extra["key_dir"]``. ``after_round(round, result)`` is called once a round is saved.
+    """
+    run_dir = Path(run_dir)
+    checkpoint_dir = run_dir / "checkpoints" if checkpoint_dir is None else Path(checkpoint_dir)
+    checkpoint = None
+    if resume:
+        checkpoint = load_checkpoint(checkpoint_dir)
+        check_resume(config, checkpoint.config, checkpoint.round)
+    sim = build(config, dataset=dataset, max_message_bytes=max_message_bytes)
+    if checkpoint is not None:
+        restore_checkpoint(sim, checkpoint)
+    first = 1 if checkpoint is None else checkpoint.round + 1
     recorder = RunRecorder(run_dir, config.to_dict(), [c.cid for c in sim.clients])
-    recorder.start()
+    kept = recorder.start(resume_round=first - 1)
+    if checkpoint is not None:
+        log.info("resuming %s after round %d of %d", run_dir, checkpoint.round, config.rounds)
     sim.server.setup()
-    rounds = range(1, config.rounds + 1)
+    rounds = range(first, config.rounds + 1)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -217,10 +247,15 @@ def run(
         bar = tqdm(rounds, desc=f"{config.mode} rounds", unit="round", leave=False)
         rounds = bar
     last: dict = {}
-    totals = {"bytes_up": 0, "bytes_down": 0, "seconds": 0.0}
+    totals = {
+        "bytes_up": sum(int(r["bytes_up"]) for r in kept),
+        "bytes_down": sum(int(r["bytes_down"]) for r in kept),
+        "seconds": sum(float(r["seconds_round"]) for r in recorder.kept_timings),
+    }
     for rnd in rounds:
         last = sim.server.run_round(rnd)
         recorder.record(last)
+        save_checkpoint(checkpoint_dir, sim, config.to_dict())
         totals["bytes_up"] += last["bytes_up"]
         totals["bytes_down"] += last["bytes_down"]
         totals["seconds"] += last["time"]
@@ -235,6 +270,8 @@ def run(
             line += f"  dropped {','.join(last['dropped'])}"
         if echo is not None:
             (bar.write if bar is not None else echo)(line)
+        if after_round is not None:
+            after_round(rnd, last)
     if bar is not None:
         bar.close()
     final_state = sim.final_state()
@@ -249,9 +286,42 @@ def run(
     }
     if "epsilon" in last:
         summary["epsilon"] = last["epsilon"]
+    if checkpoint is not None:
+        summary["resumed_after"] = checkpoint.round
     recorder.finish(final_state, summary)
     summary["run_dir"] = str(run_dir)
     return summary
+
+
+#: configuration fields a resumed run may change: its length, and where its key file lives
+_RESUMABLE_CHANGES = {"rounds"}
+_RESUMABLE_EXTRA_CHANGES = {"key_dir"}
+
+
+def check_resume(config: TrainConfig, saved: dict, saved_round: int) -> None:
+    """Whether ``config`` may continue a run saved with configuration ``saved`` after ``saved_round``.
+
+    Raises :class:`ConfigError` naming the problem: a changed setting other than ``rounds``, no
+    rounds left to run, or an HE run without the key file it was trained with.
+    """
+    now = config.to_dict()
+    for name in sorted(set(now) | set(saved)):
+        if name in _RESUMABLE_CHANGES:
+            continue
+        a, b = now.get(name), saved.get(name)
+        if name == "extra":
+            a = {k: v for k, v in (a or {}).items() if k not in _RESUMABLE_EXTRA_CHANGES}
+            b = {k: v for k, v in (b or {}).items() if k not in _RESUMABLE_EXTRA_CHANGES}
+        if a != b:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} {a!r} conflicts with the run being resumed ({b!r}); leave it out to keep the run's")
+    if config.rounds <= saved_round:
+        raise ConfigError(f"the run already completed {saved_round} rounds; pass --rounds above {saved_round} to continue it")
+    if config.mode == "he" and config.extra.get("key_dir") is None:
+        raise ConfigError(
+            "resuming an HE run needs the run's key: pass --key-dir with the folder its key was loaded from "
+            "(a run whose key was generated for it, without --key-dir, cannot be resumed)"
+        )
 
 
 def describe_dataset(data: Dataset, config: TrainConfig) -> str:

@@ -1,0 +1,211 @@
+"""Checkpoints of a federated run, written after every round so a stopped server can resume.
+
+A checkpoint is one file in the torchhefl wire format (no pickle), replaced atomically each round
+(written to a temporary file, flushed, then ``os.replace``): a crash mid-write leaves the previous
+round's checkpoint intact. It holds
+
+* the round just completed and the run's configuration;
+* the global model as the server holds it: a plaintext state_dict in plain mode and with the
+  server-held key, the encrypted aggregate (ciphertexts only) with the client-held key;
+* the strategy's state, the process's RNG states (torch, numpy, Python) and, in HE modes, the
+  public key's fingerprint, so a resumed run can prove it has the same key.
+
+It never holds a private key: the configuration names at most the folder the key was loaded from.
+Clients draw their batches from :func:`~torchhefl.federated.client.round_generator`, a pure
+function of (seed, client, round), so nothing of theirs needs saving.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from torchhefl.exceptions import ConfigError, KeyMismatchError, MalformedMessageError
+from torchhefl.secure import wire
+
+__all__ = ["CHECKPOINT_FILE", "Checkpoint", "load_checkpoint", "restore_checkpoint", "save_checkpoint"]
+
+CHECKPOINT_FILE = "checkpoint.thefl"
+"""The file name inside the checkpoint folder."""
+
+_KIND = "torchhefl.checkpoint"
+_FORMAT = 1
+_META_KEYS = {"format", "round", "config", "strategy", "key_fingerprint", "numpy_rng", "python_rng"}
+_MAX_CHECKPOINT_BYTES = 1 << 34
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint holds (see the module docstring)."""
+
+    round: int
+    config: dict
+    global_model: bytes
+    strategy: dict = field(default_factory=dict)
+    key_fingerprint: str | None = None
+    torch_rng: np.ndarray | None = None
+    numpy_rng: dict | None = None
+    python_rng: list | None = None
+
+    def to_bytes(self) -> bytes:
+        meta = {
+            "format": _FORMAT,
+            "round": self.round,
+            "config": self.config,
+            "strategy": self.strategy,
+            "key_fingerprint": self.key_fingerprint,
+            "numpy_rng": {k: v for k, v in (self.numpy_rng or {}).items() if k != "keys"},
+            "python_rng": self.python_rng,
+        }
+        arrays = {"global_model": np.frombuffer(self.global_model, dtype=np.uint8)}
+        if self.torch_rng is not None:
+            arrays["torch_rng"] = np.asarray(self.torch_rng, dtype=np.uint8)
+        if self.numpy_rng is not None:
+            arrays["numpy_rng_keys"] = np.asarray(self.numpy_rng["keys"], dtype="<u4")
+        return wire.encode(_KIND, meta, arrays)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> "Checkpoint":
+        """Parse and check checkpoint bytes; raises :class:`MalformedMessageError` with the reason."""
+        msg = wire.decode(blob, kind=_KIND, max_bytes=_MAX_CHECKPOINT_BYTES)
+        meta = msg.meta
+        if set(meta) != _META_KEYS or meta["format"] != _FORMAT:
+            raise MalformedMessageError("not a checkpoint this build can read (unknown fields or format)")
+        rnd, config, fp = meta["round"], meta["config"], meta["key_fingerprint"]
+        if not isinstance(rnd, int) or isinstance(rnd, bool) or rnd < 0:
+            raise MalformedMessageError(f"checkpoint round {rnd!r} is not a non-negative integer")
+        if not isinstance(config, dict) or not isinstance(meta["strategy"], dict):
+            raise MalformedMessageError("checkpoint config and strategy must be JSON objects")
+        if fp is not None and not isinstance(fp, str):
+            raise MalformedMessageError("checkpoint key fingerprint must be a string")
+        if set(msg.arrays) - {"global_model", "torch_rng", "numpy_rng_keys"} or "global_model" not in msg.arrays:
+            raise MalformedMessageError(f"checkpoint arrays {sorted(msg.arrays)} are not the expected ones")
+        numpy_rng = None
+        if "numpy_rng_keys" in msg.arrays:
+            numpy_rng = dict(meta["numpy_rng"], keys=msg.arrays["numpy_rng_keys"].copy())
+        return cls(
+            round=rnd,
+            config=config,
+            global_model=msg.arrays["global_model"].tobytes(),
+            strategy=meta["strategy"],
+            key_fingerprint=fp,
+            torch_rng=msg.arrays["torch_rng"].copy() if "torch_rng" in msg.arrays else None,
+            numpy_rng=numpy_rng,
+            python_rng=meta["python_rng"],
+        )
+
+
+def checkpoint_of(sim, config_dict: dict) -> Checkpoint:
+    """A checkpoint of ``sim`` (a :class:`~torchhefl.federated.simulation.Simulation`) as it stands."""
+    server = sim.server
+    public_key = sim.extras.get("public_key")
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, state, gauss_next = random.getstate()
+    return Checkpoint(
+        round=server.round,
+        config=json.loads(json.dumps(config_dict)),
+        global_model=server.exchange.global_checkpoint(),
+        strategy=_strategy_state(server.strategy),
+        key_fingerprint=None if public_key is None else public_key.fingerprint,
+        torch_rng=torch.get_rng_state().numpy(),
+        numpy_rng={"name": name, "keys": keys, "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        python_rng=[version, list(state), gauss_next],
+    )
+
+
+def save_checkpoint(directory: str | Path, sim, config_dict: dict) -> Path:
+    """Write ``sim``'s checkpoint to ``directory/checkpoint.thefl``, replacing the last one atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CHECKPOINT_FILE
+    tmp = directory / (CHECKPOINT_FILE + ".tmp")
+    blob = checkpoint_of(sim, config_dict).to_bytes()
+    with open(tmp, "wb") as f:
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if hasattr(os, "O_DIRECTORY"):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return path
+
+
+def load_checkpoint(directory: str | Path) -> Checkpoint:
+    """Read ``directory/checkpoint.thefl``; :class:`ConfigError` with the reason if it is missing or corrupt."""
+    path = Path(directory) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise ConfigError(f"no checkpoint at {path} (was the run started by this version, or with another --checkpoint-dir?)")
+    try:
+        return Checkpoint.from_bytes(path.read_bytes())
+    except MalformedMessageError as e:
+        raise ConfigError(f"checkpoint {path} is corrupt: {e}") from None
+
+
+def restore_checkpoint(sim, checkpoint: Checkpoint) -> None:
+    """Put ``checkpoint``'s global model, round, strategy and RNG states into a freshly built ``sim``.
+
+    Raises:
+        ConfigError: the run's key is not the checkpoint's (fingerprints differ), or the checkpoint
+            does not fit this run's model or strategy.
+    """
+    public_key = sim.extras.get("public_key")
+    fingerprint = None if public_key is None else public_key.fingerprint
+    if fingerprint != checkpoint.key_fingerprint:
+        if checkpoint.key_fingerprint is None or fingerprint is None:
+            raise ConfigError("the checkpoint and this run disagree on whether parameters are encrypted")
+        raise ConfigError(
+            f"the key in --key-dir has fingerprint {fingerprint[:16]}, but the run was trained under "
+            f"{checkpoint.key_fingerprint[:16]}: give the run's own key"
+        )
+    server = sim.server
+    try:
+        server.exchange.restore_global(checkpoint.global_model)
+    except (MalformedMessageError, KeyMismatchError) as e:
+        raise ConfigError(f"the checkpointed model does not fit this run: {e}") from None
+    _load_strategy_state(server.strategy, checkpoint.strategy)
+    server.round = checkpoint.round
+    if checkpoint.torch_rng is not None:
+        torch.set_rng_state(torch.from_numpy(np.asarray(checkpoint.torch_rng, dtype=np.uint8).copy()))
+    if checkpoint.numpy_rng is not None:
+        s = checkpoint.numpy_rng
+        np.random.set_state((s["name"], np.asarray(s["keys"], dtype=np.uint32), s["pos"], s["has_gauss"], s["cached_gaussian"]))
+    if checkpoint.python_rng is not None:
+        version, state, gauss_next = checkpoint.python_rng
+        random.setstate((version, tuple(state), gauss_next))
+
+
+def _strategy_state(strategy) -> dict:
+    """A strategy's name and state: its ``state_dict()`` if it has one, else its scalar attributes."""
+    if hasattr(strategy, "state_dict"):
+        return {"name": strategy.name, "state": strategy.state_dict()}
+    state = {k: v for k, v in vars(strategy).items() if isinstance(v, (bool, int, float, str))}
+    out = {"name": strategy.name, "state": state}
+    base = getattr(strategy, "base", None)
+    if base is not None:
+        out["base"] = _strategy_state(base)
+    return out
+
+
+def _load_strategy_state(strategy, saved: dict) -> None:
+    if saved.get("name") != strategy.name:
+        raise ConfigError(f"the checkpoint was made with strategy {saved.get('name')!r}, this run uses {strategy.name!r}")
+    state = saved.get("state", {})
+    if hasattr(strategy, "load_state_dict"):
+        strategy.load_state_dict(state)
+    else:
+        for k, v in state.items():
+            if k in vars(strategy) and type(vars(strategy)[k]) is type(v):
+                setattr(strategy, k, v)
+    base = getattr(strategy, "base", None)
+    if base is not None and "base" in saved:
+        _load_strategy_state(base, saved["base"])
