@@ -60,8 +60,10 @@ def _split(seed: int, clients: int):
     return sites, torch.from_numpy(standardizer.transform(test.X)), torch.from_numpy(test.y)
 
 
-def simulate(setting: Setting, seed: int, loss: str, *, noise_multiplier: float, clients: int = 3) -> float:
-    """Final test accuracy of one federated DP-SGD run."""
+def simulate(
+    setting: Setting, seed: int, loss: str, *, noise_multiplier: float, clients: int = 3, stream: int = 0
+) -> float:
+    """Final test accuracy of one federated DP-SGD run; ``stream`` picks other batch and noise draws."""
     sites, X_test, y_test = _split(seed, clients)
     loss_fn = _LOSSES[loss]
     torch.manual_seed(seed)
@@ -73,7 +75,7 @@ def simulate(setting: Setting, seed: int, loss: str, *, noise_multiplier: float,
         for i, (X, y) in enumerate(sites):
             model.load_state_dict(global_state)
             optimizer = torch.optim.SGD(model.parameters(), lr=setting.lr)
-            generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i, rnd]).generate_state(1)[0]))
+            generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i, rnd, stream]).generate_state(1)[0]))
             for idx in poisson_batches(len(y), sample_rate=setting.sample_rate, steps=setting.local_steps, generator=generator):
                 optimizer.zero_grad(set_to_none=True)
                 private_step(
@@ -94,7 +96,7 @@ def simulate(setting: Setting, seed: int, loss: str, *, noise_multiplier: float,
 
 
 def _evaluate(args: tuple) -> tuple:
-    setting, seeds, epsilon, delta, accountant, baseline = args
+    setting, seeds, epsilon, delta, accountant, baseline, stream = args
     torch.set_num_threads(1)
     if baseline:  # the same schedule without privacy: no noise, no clipping
         sigma, setting = 0.0, Setting(setting.rounds, setting.local_steps, setting.sample_rate, setting.lr, 1e12)
@@ -102,7 +104,7 @@ def _evaluate(args: tuple) -> tuple:
         sigma = _noise(epsilon, delta, setting.sample_rate, setting.rounds * setting.local_steps, accountant)
     row = {}
     for loss in _LOSSES:
-        acc = np.array([simulate(setting, s, loss, noise_multiplier=sigma) for s in seeds])
+        acc = np.array([simulate(setting, s, loss, noise_multiplier=sigma, stream=stream) for s in seeds])
         row[loss] = (acc.mean(), acc.std(), acc.min())
     return setting, sigma, row
 
@@ -125,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--accountant", default="rdp")
     p.add_argument("--seeds", type=int, default=10, help="number of seeds")
     p.add_argument("--first-seed", type=int, default=0, help="seeds FIRST..FIRST+N-1")
+    p.add_argument("--stream", type=int, default=0, help="other batch and noise draws for the same seeds")
     p.add_argument("--baseline", action="store_true", help="run the settings without noise and clipping")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--rounds", type=int, default=None, help="evaluate one setting instead of the grid")
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = _grid(args)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    jobs = [(s, seeds, args.epsilon, args.delta, args.accountant, args.baseline) for s in settings]
+    jobs = [(s, seeds, args.epsilon, args.delta, args.accountant, args.baseline, args.stream) for s in settings]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         results = list(pool.map(_evaluate, jobs))
     results.sort(key=lambda r: -min(r[2]["taylor"][0], r[2]["bce"][0]))
