@@ -26,6 +26,11 @@ from torchhefl.secure.tensor import array_to_cts
 from train.federated import build_parser, config_from_args, main
 
 
+#: the step matrix keeps STEP_BITS fraction bits: agreement with plaintext SGD within half the
+#: issue's 1e-4 (a full run typically lands near 1e-5)
+ATOL = 5e-5
+
+
 @pytest.fixture(scope="module")
 def keypair():
     with warnings.catch_warnings():
@@ -86,10 +91,10 @@ def test_encrypted_step_matches_plaintext_and_the_literal_encrypted_formula(keyp
     out = apply_step(enc, X, y, lr=0.1, proximal_mu=mu, anchor=enc_anchor if mu else None)
     assert out.scale == BASE_SCALE + STEP_BITS and out.bound_bits == out.scale + VALUE_BITS
     ref = sgd_step(theta, X, y, lr=0.1, proximal_mu=mu, anchor=anchor)
-    torch.testing.assert_close(out.decrypt(sk), ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.decrypt(sk), ref, rtol=0, atol=ATOL)
     # taylor_grad run directly on the ciphertexts gives the same step
     literal = sgd_step(enc, X, y, lr=0.1, proximal_mu=mu, anchor=enc_anchor)
-    torch.testing.assert_close(out.decrypt(sk), literal.decrypt(sk), rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.decrypt(sk), literal.decrypt(sk), rtol=0, atol=ATOL)
 
 
 def test_product_split_over_two_processes_equals_the_serial_product(keypair):
@@ -128,7 +133,7 @@ def test_encrypted_local_training_equals_plain_sgd(aggregator):
         pc.fit(1, proximal_mu=mu)
         out = hc.exchange.refresher(out, BASE_SCALE)
         sk = hem.server.exchange._private_key  # the test reads the result with the server's key
-        torch.testing.assert_close(out.decrypt(sk), pc.model.get_flat().detach(), rtol=0, atol=1e-6)
+        torch.testing.assert_close(out.decrypt(sk), pc.model.get_flat().detach(), rtol=0, atol=ATOL)
 
 
 def test_runs_match_plain_mode():
@@ -137,22 +142,23 @@ def test_runs_match_plain_mode():
     a, b = sim.final_state(), psim.final_state()
     assert set(a) == {"weight", "bias"}
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=ATOL)
     assert [r["test_accuracy"] for r in results] == [r["test_accuracy"] for r in presults]
     assert all(r["refreshes"] >= 3 for r in results)
 
 
 def test_refreshes_follow_the_scale_not_a_timer():
-    # 512-bit keys leave room for few steps: refreshes mid-round, plus one per client before upload
-    sim, small = _train(_config(rounds=1))
+    # 512-bit keys with 24-bit steps leave room for few steps: refreshes mid-round, plus one per
+    # client before upload
+    sim, small = _train(_config(rounds=1, extra={"allow_insecure_keys": True, "hem_step_bits": 24}))
     steps = [sim.config.local_epochs * -(-c.num_examples // sim.config.batch_size) for c in sim.clients]
     max_bits = sim.extras["public_key"].max_bits
-    per_refresh = (max_bits - VALUE_BITS - 41 - BASE_SCALE) // STEP_BITS
+    per_refresh = (max_bits - VALUE_BITS - 41 - BASE_SCALE) // 24
     expected = sum(-(-s // per_refresh) for s in steps)  # mid-round refreshes + the final one each
     assert small[0]["refreshes"] == expected > len(sim.clients)
     assert sim.server.exchange.refreshes == expected
     # a wider key needs no refresh but the final one; a finer step scale needs more
-    _, wide = _train(_config(rounds=1, key_bits=1024))
+    _, wide = _train(_config(rounds=1, key_bits=1024, extra={"allow_insecure_keys": True, "hem_step_bits": 24}))
     assert wide[0]["refreshes"] == len(sim.clients)
     _, fine = _train(_config(rounds=1, extra={"allow_insecure_keys": True, "hem_step_bits": 48}))
     assert fine[0]["refreshes"] > expected
@@ -268,7 +274,7 @@ def test_a_client_that_drops_mid_round_leaves_a_correct_model():
     plain_sim, _ = _train(_config(mode="plain", rounds=3), before_round=absent)
     p = plain_sim.final_state()
     for k in a:
-        torch.testing.assert_close(a[k], p[k], rtol=0, atol=1e-6)
+        torch.testing.assert_close(a[k], p[k], rtol=0, atol=ATOL)
 
 
 # -- configuration and protocol errors --------------------------------------------------------------------
@@ -322,6 +328,6 @@ def test_end_to_end_with_a_2048_bit_key():
     assert sim.extras["public_key"].bits == 2048
     a, b = sim.final_state(), psim.final_state()
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=ATOL)
     assert results[-1]["test_accuracy"] == presults[-1]["test_accuracy"]
     assert [r["refreshes"] for r in results] == [3, 3]  # only the one before each upload

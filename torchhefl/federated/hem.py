@@ -72,7 +72,7 @@ __all__ = [
 BASE_SCALE = 32
 """Fixed-point bits after the binary point of the encrypted global weights (and after a refresh)."""
 
-STEP_BITS = 24
+STEP_BITS = 20
 """Bits after the binary point of the plaintext step matrix; each encrypted step adds this to the scale."""
 
 VALUE_BITS = 16
