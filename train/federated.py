@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from torchhefl.exceptions import ConfigError, DataError, ProtocolError
-from torchhefl.federated.config import KEY_HOLDERS, LOSSES, MODES, PARTITIONS, TrainConfig
+from torchhefl.federated.config import DP_CLIP_NORM, DP_LR, KEY_HOLDERS, LOSSES, MODES, PARTITIONS, TrainConfig
 from torchhefl.federated.server import DEFAULT_MAX_MESSAGE_BYTES
 from torchhefl.federated.strategies import STRATEGIES
 
@@ -65,7 +65,9 @@ def _clip_norm_of(args: argparse.Namespace) -> float | None:
     hem = args.mode == "he" and args.key_holder == "server"
     given = getattr(args, "clip_norm", None)
     if given is None:
-        return None if hem else _DEFAULTS.clip_norm
+        if hem:
+            return None
+        return DP_CLIP_NORM if args.epsilon is not None else _DEFAULTS.clip_norm
     if given == _NO_CLIP:
         return None
     if hem:
@@ -95,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epsilon", type=_positive_float, default=None,
                    help="record-level differential privacy target per site (off by default)")
     g.add_argument("--delta", type=float, default=_DEFAULTS.delta, help="DP delta")
+    g.add_argument("--dp-sample-rate", type=float, default=_DEFAULTS.dp_sample_rate,
+                   help="with --epsilon: Poisson sampling rate of each local DP-SGD step (1.0: every row)")
+    g.add_argument("--dp-steps", type=int, default=_DEFAULTS.dp_steps,
+                   help="with --epsilon: DP-SGD steps per site per round (replaces --batch-size/--local-epochs)")
 
     g = p.add_argument_group("training")
     g.add_argument("--rounds", type=int, default=_DEFAULTS.rounds, help="global rounds")
@@ -102,11 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fraction", type=float, default=_DEFAULTS.fraction, help="share of sites asked to train per round")
     g.add_argument("--min-clients", type=int, default=_DEFAULTS.min_clients,
                    help="fewest sites that must answer for a round to count")
-    g.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="local SGD learning rate")
+    g.add_argument("--lr", type=float, default=argparse.SUPPRESS,
+                   help=f"local SGD learning rate (default: {_DEFAULTS.lr}; {DP_LR} with --epsilon)")
     g.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="local mini-batch size")
     g.add_argument("--local-epochs", type=int, default=_DEFAULTS.local_epochs, help="local epochs per round")
     g.add_argument("--clip-norm", type=_clip_norm, default=argparse.SUPPRESS,
-                   help=f"gradient clipping bound (clip_grad_norm_), or 'none' (default: {_DEFAULTS.clip_norm}; "
+                   help=f"gradient clipping bound (clip_grad_norm_; per sample with --epsilon), or 'none' (default: {_DEFAULTS.clip_norm}; {DP_CLIP_NORM} with --epsilon; "
                         "none with --key-holder server, where it cannot be set)")
     g.add_argument("--aggregator", default=_DEFAULTS.aggregator, metavar="{" + ",".join(STRATEGIES) + "}",
                    help="aggregation strategy")
@@ -139,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _lr_of(args: argparse.Namespace) -> float:
+    """The learning rate: as given, or the default for the run (larger with --epsilon)."""
+    given = getattr(args, "lr", None)
+    if given is not None:
+        return given
+    return DP_LR if args.epsilon is not None else _DEFAULTS.lr
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` an argparse namespace describes (validated)."""
     if args.aggregator not in STRATEGIES:
@@ -147,11 +162,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise ConfigError(f"--key-bits {args.key_bits} is insecure; use 2048 or more (or --allow-insecure-keys for tests)")
     cfg = TrainConfig(
         mode=args.mode, key_holder=args.key_holder, key_bits=args.key_bits, rounds=args.rounds,
-        clients=args.clients, fraction=args.fraction, min_clients=args.min_clients, lr=args.lr,
+        clients=args.clients, fraction=args.fraction, min_clients=args.min_clients, lr=_lr_of(args),
         batch_size=args.batch_size, local_epochs=args.local_epochs, clip_norm=_clip_norm_of(args),
         aggregator=args.aggregator, mu=args.mu, partition=args.partition, alpha=args.alpha, seed=args.seed,
         loss=args.loss, test_size=args.test_size, epsilon=args.epsilon, delta=args.delta, data=args.data,
-        label=args.label,
+        label=args.label, dp_sample_rate=args.dp_sample_rate, dp_steps=args.dp_steps,
     )
     if args.key_dir is not None:
         cfg.extra["key_dir"] = args.key_dir

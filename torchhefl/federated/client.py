@@ -136,7 +136,7 @@ class Client:
             "seconds": _fixed_width(self.exchange.timer.take()),
         }
         if self.privacy is not None:
-            meta["epsilon"] = self.privacy.epsilon()
+            meta["epsilon"] = self.privacy.epsilon(server_round)
         return encode_request("fit_res", meta, payload)
 
     def _check_fit(self, msg) -> tuple[int, dict]:
@@ -191,6 +191,7 @@ class Client:
                 nn.utils.clip_grad_norm_(params, self.clip_norm)
             optimizer.step()
             losses.append(float(loss.detach()))
+        losses = [v for v in losses if not np.isnan(v)]  # a Poisson batch may be empty
         return float(np.mean(losses)) if losses else float("nan")
 
 

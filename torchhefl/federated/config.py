@@ -8,12 +8,16 @@ from dataclasses import dataclass, field
 
 from torchhefl.exceptions import ConfigError
 
-__all__ = ["MODES", "KEY_HOLDERS", "LOSSES", "PARTITIONS", "TrainConfig"]
+__all__ = ["DP_CLIP_NORM", "DP_LR", "MODES", "KEY_HOLDERS", "LOSSES", "PARTITIONS", "TrainConfig"]
 
 MODES = ("plain", "he")
 KEY_HOLDERS = ("clients", "server")
 LOSSES = ("taylor", "bce")
 PARTITIONS = ("iid", "dirichlet")
+#: learning rate and clipping bound used with --epsilon unless given (few, large, clipped steps:
+#: see the README's privacy section)
+DP_LR = 0.5
+DP_CLIP_NORM = 0.3
 
 
 @dataclass
@@ -43,6 +47,8 @@ class TrainConfig:
     test_size: float = 0.2
     epsilon: float | None = None
     delta: float = 1e-5
+    dp_sample_rate: float = 1.0
+    dp_steps: int = 1
     data: str | None = None
     label: str | None = None
     extra: dict = field(default_factory=dict)
@@ -77,6 +83,10 @@ class TrainConfig:
             raise ConfigError(f"--test-size must be in (0, 1), got {self.test_size}")
         if self.epsilon is not None and not (math.isfinite(self.epsilon) and self.epsilon > 0):
             raise ConfigError(f"--epsilon must be a positive number, got {self.epsilon}")
+        if not 0.0 < self.dp_sample_rate <= 1.0:
+            raise ConfigError(f"--dp-sample-rate must be in (0, 1], got {self.dp_sample_rate}")
+        if self.dp_steps < 1:
+            raise ConfigError(f"--dp-steps must be at least 1, got {self.dp_steps}")
         if not 0.0 < self.delta < 1.0:
             raise ConfigError(f"--delta must be in (0, 1), got {self.delta}")
         if (self.data is None) != (self.label is None):

@@ -198,9 +198,28 @@ def _mode_parts(config: TrainConfig, initial: OrderedDict) -> ModeParts:
 
 
 def _privacy(config: TrainConfig, num_examples: int):
+    """The site's DP-SGD under ``--epsilon`` (None without it)."""
     if config.epsilon is None:
         return None
-    raise ConfigError("--epsilon is not available in this build")
+    from torchhefl.federated.dp import SiteDP
+
+    return SiteDP(dp_config(config), num_examples)
+
+
+def dp_config(config: TrainConfig):
+    """The run-wide :class:`~torchhefl.privacy.DPConfig` of ``config`` (which must set ``epsilon``)."""
+    from torchhefl.privacy import DPConfig
+
+    if config.clip_norm is None:
+        raise ConfigError("--epsilon needs a clipping bound: give --clip-norm a number, not 'none'")
+    return DPConfig(
+        epsilon=config.epsilon,
+        delta=config.delta,
+        clip_norm=config.clip_norm,
+        sample_rate=config.dp_sample_rate,
+        rounds=config.rounds,
+        local_steps=config.dp_steps,
+    )
 
 
 def run(
@@ -286,6 +305,10 @@ def run(
     }
     if "epsilon" in last:
         summary["epsilon"] = last["epsilon"]
+        summary["privacy"] = (
+            f"privacy: epsilon spent {last['epsilon']:.3f} of {config.epsilon}; "
+            + dp_config(config).describe()
+        )
     if checkpoint is not None:
         summary["resumed_after"] = checkpoint.round
     recorder.finish(final_state, summary)
