@@ -98,13 +98,17 @@ def test_encrypted_step_matches_plaintext_and_the_literal_encrypted_formula(keyp
 
 
 def test_product_split_over_two_processes_equals_the_serial_product(keypair):
-    from torchhefl.federated.hem import _split_matmul
+    from torchhefl.federated.hem import _HELPER, _split_matmul, _split_product
 
     pk, _ = keypair
     g = torch.Generator().manual_seed(3)
     K = torch.randint(-(2**20), 2**20, (31, 31), generator=g)
     enc = EncryptedTensor.encrypt(torch.randn(31, generator=g, dtype=torch.float64), pk)
-    assert _split_matmul(K, enc) == (K @ enc).ciphertexts
+    serial = (K @ enc).ciphertexts
+    assert _split_product(K, enc) == serial
+    if _HELPER.usable():  # a machine with two cores: the rows really went to the helper
+        assert _HELPER.process is not None and _HELPER.process.is_alive()
+    assert [_split_matmul(K, enc) for _ in range(7)] == [serial] * 7  # whichever way is faster
 
 
 def test_proximal_step_needs_the_anchor_at_theta_scale(keypair):

@@ -31,7 +31,9 @@ from __future__ import annotations
 import atexit
 import multiprocessing as mp
 import os
+import statistics
 import sys
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -268,13 +270,54 @@ _HELPER = _Helper()
 _MIN_ROWS_TO_SPLIT = 8
 
 
+class _SplitChooser:
+    """Uses the helper only while it is measured to pay off (a busy machine may have no second core).
+
+    The first calls alternate between the serial and the split product; afterwards the faster one
+    (by median wall time) is used, and both are re-measured every ``recheck`` calls. The choice
+    affects speed only: both give the same ciphertexts.
+    """
+
+    def __init__(self, trials: int = 3, recheck: int = 200) -> None:
+        self.trials, self.recheck = trials, recheck
+        self.samples: dict[bool, list[float]] = {True: [], False: []}
+        self.calls = 0
+
+    def split(self) -> bool:
+        self.calls += 1
+        if self.calls % self.recheck == 0:
+            self.samples = {True: [], False: []}
+        for mode in (True, False):
+            if len(self.samples[mode]) < self.trials:
+                return mode
+        return statistics.median(self.samples[True]) < statistics.median(self.samples[False])
+
+    def record(self, split: bool, seconds: float) -> None:
+        if len(self.samples[split]) < self.trials:
+            self.samples[split].append(seconds)
+
+
+_CHOOSER = _SplitChooser()
+
+
 def _split_matmul(K: torch.Tensor, theta: EncryptedTensor) -> list:
-    """The ciphertexts of ``K @ theta`` (``K`` an integer matrix), half the rows on a helper core."""
-    rows = K.shape[0]
-    if rows < _MIN_ROWS_TO_SPLIT or not _HELPER.usable():
+    """The ciphertexts of ``K @ theta`` (``K`` an integer matrix), half the rows on a helper core
+    when that is measured to be faster."""
+    if K.shape[0] < _MIN_ROWS_TO_SPLIT or not _HELPER.usable():
         return (K @ theta).ciphertexts
-    half = rows // 2
+    split = _CHOOSER.split()
+    start = time.perf_counter()
+    out = _split_product(K, theta) if split else (K @ theta).ciphertexts
+    _CHOOSER.record(split, time.perf_counter() - start)
+    return out
+
+
+def _split_product(K: torch.Tensor, theta: EncryptedTensor) -> list:
+    """``K @ theta`` with the first half of the rows computed by the helper process."""
+    half = K.shape[0] // 2
     pk = theta.public_key
+    if not _HELPER.usable():
+        return (K @ theta).ciphertexts
     try:
         _HELPER.conn.send((format(int(pk.n), "x"), theta.to_bytes(), K[:half].numpy().copy()))
         mine = (K[half:] @ theta).ciphertexts
@@ -285,8 +328,7 @@ def _split_matmul(K: torch.Tensor, theta: EncryptedTensor) -> list:
         return (K @ theta).ciphertexts
     if reply is None:
         return (K @ theta).ciphertexts
-    theirs = EncryptedTensor.from_bytes(reply, public_key=pk).ciphertexts
-    return theirs + mine
+    return EncryptedTensor.from_bytes(reply, public_key=pk).ciphertexts + mine
 
 
 # -- client ---------------------------------------------------------------------------------------
