@@ -115,7 +115,7 @@ def _check_entry(entry) -> tuple[str, str, tuple[int, ...]]:
     name, dtype, shape = entry["name"], entry["dtype"], entry["shape"]
     if not isinstance(name, str):
         raise MalformedMessageError("array name must be a string")
-    if dtype not in _DTYPES:
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise MalformedMessageError(f"array {name!r}: dtype {dtype!r} is not allowed")
     if (
         not isinstance(shape, list)
