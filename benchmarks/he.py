@@ -194,14 +194,35 @@ def bench_encrypted_taylor_batch(ctx: BenchContext, *, n: int = 64, d: int = 31)
     }
 
 
+def _helper_cpu_seconds() -> float:
+    """CPU seconds used so far by HEM's helper process (Linux /proc; 0 where unavailable)."""
+    import os
+
+    from torchhefl.federated import hem
+
+    process = hem._HELPER.process
+    if process is None or not process.is_alive():
+        return 0.0
+    try:
+        with open(f"/proc/{process.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def bench_encrypted_training_run(ctx: BenchContext, *, rounds: int = 30, clients: int = 3) -> dict:
     """The default WDBC run with the server holding the key (HEM): clients train on ciphertexts.
 
     Wall time of the whole run (build, key agreement, standardisation, every round, evaluation),
-    against ONE naive phe ``EncryptedNumber`` Taylor-gradient batch (64 x 31) timed here too; the
-    run reuses this bench's key pair (loaded from a 0600 file), so key generation is not counted.
-    Also reports how far the result is from plain mode with the same seed and ``--clip-norm none``.
+    against ONE naive phe ``EncryptedNumber`` Taylor-gradient batch (64 x 31), timed three times
+    before and three times after the run (the median, so both see the same machine load). The
+    CPU-time ratio (this process plus HEM's helper process) is less sensitive to other load. The run
+    reuses this bench's key pair (loaded from a 0600 file), so key generation is not counted. Also
+    reports how far the result is from plain mode with the same seed and ``--clip-norm none``.
     """
+    import os
+    import statistics
     import tempfile
     import warnings
     from pathlib import Path
@@ -218,22 +239,37 @@ def bench_encrypted_training_run(ctx: BenchContext, *, rounds: int = 30, clients
         sim.server.setup()
         return sim, [sim.server.run_round(r) for r in range(1, cfg.rounds + 1)]
 
+    g = torch.Generator().manual_seed(ctx.seed)
+    X = torch.randn(64, 31, generator=g, dtype=torch.float64)
+    X[:, -1] = 1.0
+    y_pm = 2.0 * (torch.rand(64, generator=g) < 0.5).to(torch.float64) - 1.0
+    pw = [pk.phe.encrypt(float(v)) for v in 0.5 * torch.randn(31, generator=g, dtype=torch.float64)]
+    naive_wall: list[float] = []
+    naive_cpu: list[float] = []
+
+    def naive(times: int = 3) -> None:
+        for _ in range(times):
+            w0, c0 = time.perf_counter(), time.process_time()
+            _phe_taylor(pw, X, y_pm)
+            naive_wall.append(time.perf_counter() - w0)
+            naive_cpu.append(time.process_time() - c0)
+
+    load_before = os.getloadavg()[0]
+    naive()
     with tempfile.TemporaryDirectory() as key_dir, warnings.catch_warnings():
         warnings.simplefilter("ignore", InsecureKeyWarning)
         sk.save(Path(key_dir) / PRIVATE_KEY_FILE)
         extra = {"key_dir": key_dir, **({"allow_insecure_keys": True} if pk.bits < 2048 else {})}
         cfg = TrainConfig(mode="he", key_holder="server", extra=extra, **common)
-        (sim, results), t_run = _timed(lambda: train(cfg))
+        w0, c0, h0 = time.perf_counter(), time.process_time(), _helper_cpu_seconds()
+        sim, results = train(cfg)
+        t_run = time.perf_counter() - w0
+        cpu_run = time.process_time() - c0 + _helper_cpu_seconds() - h0
+    naive()
+    load_after = os.getloadavg()[0]
     psim, presults = train(TrainConfig(mode="plain", **common))
 
-    g = torch.Generator().manual_seed(ctx.seed)
-    X = torch.randn(64, 31, generator=g, dtype=torch.float64)
-    X[:, -1] = 1.0
-    y_pm = 2.0 * (torch.rand(64, generator=g) < 0.5).to(torch.float64) - 1.0
-    ppk = pk.phe
-    pw = [ppk.encrypt(float(v)) for v in 0.5 * torch.randn(31, generator=g, dtype=torch.float64)]
-    _, t_naive = _timed(lambda: _phe_taylor(pw, X, y_pm), repeats=3)
-
+    t_naive, cpu_naive = statistics.median(naive_wall), statistics.median(naive_cpu)
     final, plain = sim.final_state(), psim.final_state()
     seconds: dict[str, float] = {}
     for r in results:
@@ -246,10 +282,14 @@ def bench_encrypted_training_run(ctx: BenchContext, *, rounds: int = 30, clients
         "clients": clients,
         "steps_per_client_round": cfg.local_epochs * -(-sim.clients[0].num_examples // cfg.batch_size),
         "seconds_run": round(t_run, 3),
+        "cpu_seconds_run": round(cpu_run, 3),
         "seconds_by_phase": {k: round(v, 3) for k, v in sorted(seconds.items())},
         "naive_batch_seconds": round(t_naive, 4),
+        "naive_batch_cpu_seconds": round(cpu_naive, 4),
         "run_over_naive_batch": round(t_run / t_naive, 2),
+        "cpu_run_over_naive_batch": round(cpu_run / cpu_naive, 2),
         "target_run_over_naive_batch": 25,
+        "load_average_before_after": [round(load_before, 2), round(load_after, 2)],
         "refreshes": sum(r.get("refreshes", 0) for r in results),
         "bytes_up": sum(r["bytes_up"] for r in results),
         "bytes_down": sum(r["bytes_down"] for r in results),
