@@ -240,6 +240,15 @@ def test_masked_uploads_cancel_only_all_together():
         exchange.aggregate(request_payloads[:2], sim.server.strategy)
 
 
+def test_a_round_left_with_one_client_is_not_decrypted():
+    sim = build(_config(rounds=1))
+    sim.server.setup()
+    sim.transport.fail = {"site1", "site2"}
+    with pytest.raises(ProtocolError, match="only one client's update reached the server"):
+        sim.server.run_round(1)
+    assert [p for p, _ in sim.server.exchange.decryptions if p != "refresh"] == ["statistics_sum"]
+
+
 # -- dropout --------------------------------------------------------------------------------------------
 class _VanishesAfterTraining:
     """A client that trains (and refreshes) in one round, then disappears before replying."""
@@ -285,6 +294,8 @@ def test_a_client_that_drops_mid_round_leaves_a_correct_model():
 def test_clip_norm_is_refused_with_the_reason():
     with pytest.raises(ConfigError, match="never see a plaintext gradient to clip"):
         build(_config(clip_norm=5.0))
+    with pytest.raises(ConfigError, match="needs at least 2 clients"):
+        build(_config(clients=1))
     with pytest.raises(ConfigError, match="use --loss taylor"):
         build(_config(loss="bce"))
     with pytest.raises(ConfigError, match=r"hem_step_bits must be an int in \[8, 48\], got 60"):

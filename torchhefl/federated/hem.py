@@ -633,6 +633,8 @@ class HEMServerExchange(ServerExchange):
             raise ProtocolError(
                 f"{len(payloads)} updates for {len(label[2])} participants: the masks cannot cancel"
             )
+        if len(payloads) < 2:
+            raise ProtocolError("only one client's update reached the server: its sum would be that client's update")
         with self.timer.phase("decrypt"):
             count_bound = _COUNT_BITS
             (total,) = self._decrypt_sum("count_sum", [count_sum], scale=0, bound_bits=count_bound)
@@ -701,6 +703,8 @@ class HEMServerExchange(ServerExchange):
             raise MalformedMessageError("no statistics to sum")
         if not isinstance(participants, list) or len(participants) != len(payloads):
             raise ProtocolError("statistics from fewer clients than were masked for: the masks cannot cancel")
+        if len(payloads) < 2:
+            raise ProtocolError("statistics of one client only: their sum would be that client's")
         with self.timer.phase("decrypt"):
             ints = self._decrypt_sum("statistics_sum", total, scale=_STAT_SCALE, bound_bits=pk.max_bits)
         vector = dequantize(ints, _STAT_SCALE).numpy()
@@ -752,6 +756,8 @@ def hem_parts(config: TrainConfig, initial: OrderedDict):
 
     if config.clip_norm is not None:
         raise ConfigError(CLIP_NORM_MESSAGE)
+    if config.clients < 2:
+        raise ConfigError("--key-holder server needs at least 2 clients: a sum over one client is its update")
     if config.loss != "taylor":
         raise ConfigError("--key-holder server trains on ciphertexts with the Taylor gradient (Eq 13): use --loss taylor")
     step_bits = config.extra.get("hem_step_bits", STEP_BITS)
