@@ -7,7 +7,8 @@ Prints one JSON object per line:
   centralised scikit-learn LogisticRegression on the same splits;
 - ``fedprox_vs_fedavg``: both aggregators on a Dirichlet(0.3) non-IID partition;
 - ``he_clients_vs_plain``: ``--mode he --key-holder clients`` against ``--mode plain``, same seeds:
-  largest weight difference and whether every test prediction agrees.
+  largest weight difference and whether every test prediction agrees;
+- ``privacy_table``: mean final accuracy at epsilon 0.5 ... 8 and without DP (``--epsilon`` defaults).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sklearn.linear_model import LogisticRegression as SkLogisticRegression
 
 from torchhefl.data import Standardizer, load_wdbc, train_test_split
 from torchhefl.federated import TrainConfig, build
+from torchhefl.federated.config import DP_CLIP_NORM, DP_LR
 
 __all__ = ["main"]
 
@@ -86,10 +88,24 @@ def bench_he_clients_vs_plain(seeds: int) -> dict:
     return out
 
 
+def bench_privacy_table(seeds: int) -> dict:
+    """Mean final accuracy at each epsilon, with the CLI's defaults for --epsilon runs."""
+    out = {"bench": "privacy_table", "seeds": seeds, "delta": 1e-5, "dp_lr": DP_LR, "dp_clip_norm": DP_CLIP_NORM}
+    for eps in (0.5, 1.0, 2.0, 4.0, 8.0, None):
+        dp = {} if eps is None else {"epsilon": eps, "lr": DP_LR, "clip_norm": DP_CLIP_NORM}
+        accs = [_final(TrainConfig(mode="plain", seed=s, **dp))[1][-1] for s in range(seeds)]
+        out[f"plain_eps_{eps}"] = round(float(np.mean(accs)), 4)
+    he = [_final(TrainConfig(mode="he", key_holder="clients", seed=s, epsilon=0.5, lr=DP_LR, clip_norm=DP_CLIP_NORM))[1][-1] for s in range(seeds)]
+    out["he_clients_eps_0.5"] = round(float(np.mean(he)), 4)
+    out["he_clients_eps_0.5_min"] = round(float(np.min(he)), 4)
+    return out
+
+
 BENCHES = {
     "plain_defaults": bench_plain_defaults,
     "fedprox_vs_fedavg": bench_fedprox_vs_fedavg,
     "he_clients_vs_plain": bench_he_clients_vs_plain,
+    "privacy_table": bench_privacy_table,
 }
 
 
