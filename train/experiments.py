@@ -1,12 +1,14 @@
 """python -m train.experiments: the paper's experiments (Tables 2-6, Figures 3-7) in plain and HE modes.
 
 Writes OUT/results.csv (one row per sweep, mode, setting and seed, with the per-round accuracy
-curve), OUT/fig3_*.png ... fig7_*.png and OUT/report.md (our numbers beside the paper's).
+curve), OUT/fig3_*.png ... fig7_*.png, OUT/report.md (our numbers beside the paper's) and
+OUT/run.json (the command and its wall clock).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -49,7 +51,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="runs trained in parallel")
     p.add_argument("--no-estimate", action="store_true", help="skip the timing probe before the full run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--replot", action="store_true",
+                   help="no training: redraw the figures and report.md from OUT/results.csv (and OUT/run.json)")
     return p
+
+
+def _replot(out: Path) -> int:
+    """Figures and report from an earlier run's results.csv; the command and wall clock from run.json."""
+    from torchhefl.experiments.figures import plot_sweep
+    from torchhefl.experiments.report import read_results_csv, write_report
+
+    csv_path = out / "results.csv"
+    if not csv_path.is_file():
+        raise DataError(f"--replot needs {csv_path}; run the experiments into {out} first")
+    rows = read_results_csv(csv_path)
+    meta = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
+    sweeps = get_sweeps(sorted({r["sweep"] for r in rows}))
+    for sweep in sweeps:
+        plot_sweep(sweep, rows, out)
+    write_report(out / "report.md", sweeps, rows, command=meta.get("command", "?"), seconds=meta.get("seconds", float("nan")),
+                 runs=meta.get("runs", 0), notes=meta.get("notes", []))
+    print(f"redrew {len(sweeps)} figures and report.md in {out} from {len(rows)} rows")
+    return 0
 
 
 def _settings(args: argparse.Namespace) -> ExperimentSettings:
@@ -77,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         from torchhefl.experiments.figures import _pyplot
 
         _pyplot()  # fail before training, not after, when matplotlib is missing
+        if args.replot:
+            return _replot(Path(args.out))
         settings = _settings(args)
         sweeps = get_sweeps(args.sweeps)
         jobs = plan(sweeps, settings)
@@ -110,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         notes = []
         if args.quick:
             notes.append(f"A --quick run: {settings.key_bits}-bit keys (insecure, for tests only), {len(settings.seeds)} seed(s).")
+        (out / "run.json").write_text(json.dumps({"command": command, "seconds": round(seconds, 1), "runs": len(jobs),
+                                                  "notes": notes}, indent=2) + "\n")
         write_report(out / "report.md", sweeps, rows, command=command, seconds=seconds, runs=len(jobs), notes=notes)
     except (ConfigError, DataError, ProtocolError, ImportError) as e:
         print(f"python -m train.experiments: error: {e}", file=sys.stderr)

@@ -126,3 +126,20 @@ def test_module_entry_point_has_no_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "train.experiments", "--sweeps", "nope", "--out", str(tmp_path)],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and "unknown sweep" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_replot_redraws_figures_and_report_from_results_csv(quick_run, tmp_path):
+    out = tmp_path / "copy"
+    out.mkdir()
+    for name in ("results.csv", "run.json"):
+        (out / name).write_bytes((quick_run / name).read_bytes())
+    assert main(["--replot", "--out", str(out), "--no-progress"]) == 0
+    assert len(list(out.glob("fig*.png"))) == len(SWEEPS)
+    report = (out / "report.md").read_text()
+    assert report == (quick_run / "report.md").read_text()
+    assert "--quick" in report  # the original command, from run.json
+
+
+def test_replot_without_results_is_a_one_line_error(tmp_path, capsys):
+    assert main(["--replot", "--out", str(tmp_path)]) == 2
+    assert "results.csv" in capsys.readouterr().err

@@ -173,7 +173,13 @@ def estimate_seconds(jobs: list[Job], *, workers: int = 1, rounds_probe: int = 3
         if mode in per_mode:
             continue
         probe = {**job.config, "rounds": rounds_probe, "local_epochs": 1}
-        curve, setup = run_job(probe)
+        if workers > 1 and "fork" in mp.get_all_start_methods():
+            # probe where the jobs will run (a pool worker), and keep this process free of the
+            # helper processes the Paillier layer forks on first use, which forked workers would share
+            with mp.get_context("fork").Pool(1) as pool:
+                curve, setup = pool.apply(run_job, (probe,))
+        else:
+            curve, setup = run_job(probe)
         per_mode[mode] = (setup, float(np.median([r["seconds"] for r in curve])) / _local_steps(probe))
     total = 0.0
     for job in jobs:
