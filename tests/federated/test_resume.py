@@ -76,12 +76,12 @@ def test_plain_run_of_15_resumed_to_30_equals_a_30_round_run(tmp_path):
     assert json.loads((part / "config.json").read_text())["rounds"] == 30
 
 
-def test_he_clients_run_resumed_equals_an_uninterrupted_run(tmp_path, key_dir):
+def test_he_clients_run_of_15_resumed_to_30_equals_a_30_round_run(tmp_path, key_dir):
     folder, _ = key_dir
     full, part = tmp_path / "full", tmp_path / "part"
-    _run(_config(6, folder, mode="he", key_holder="clients"), full)
-    _run(_config(3, folder, mode="he", key_holder="clients"), part)
-    _run(_config(6, folder, mode="he", key_holder="clients"), part, resume=True)
+    _run(_config(30, folder, mode="he", key_holder="clients"), full)
+    _run(_config(15, folder, mode="he", key_holder="clients"), part)
+    _run(_config(30, folder, mode="he", key_holder="clients"), part, resume=True)
     _same_files(full, part)
 
 
