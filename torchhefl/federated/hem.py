@@ -210,8 +210,11 @@ class _Helper:
         self.conn = None
         self.process = None
         self.failed = False
+        self.owner = os.getpid()
 
     def usable(self) -> bool:
+        if self.owner != os.getpid():  # a forked copy of the process: the helper is not ours
+            self.conn, self.process, self.failed, self.owner = None, None, False, os.getpid()
         if self.failed:
             return False
         if self.conn is not None:
@@ -235,6 +238,8 @@ class _Helper:
         return not self.failed
 
     def close(self) -> None:
+        if self.owner != os.getpid():
+            return
         if self.conn is not None:
             try:
                 self.conn.send(None)
