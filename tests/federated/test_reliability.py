@@ -298,11 +298,11 @@ def test_refused_statistics_stop_the_run_with_the_reason():
         sim.server.setup()
 
 
-def test_cli_too_few_clients_is_one_line_exit_2(capsys, tmp_path):
+def test_cli_min_clients_above_clients_is_one_line_exit_2(capsys, tmp_path):
     code = main(["--mode", "plain", "--rounds", "1", "--min-clients", "4", "--no-progress", "--quiet", "--logdir", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
-    assert "round 1: only 3 of 3 clients answered (at least 4 needed; tried 3 times)" in err
+    assert "--min-clients must be between 1 and --clients (3), got 4" in err
 
 
 def test_cli_oversized_replies_are_refused(capsys, tmp_path):

@@ -65,8 +65,8 @@ class TrainConfig:
             raise ConfigError(f"--clients must be at least 1, got {self.clients}")
         if not 0.0 < self.fraction <= 1.0:
             raise ConfigError(f"--fraction must be in (0, 1], got {self.fraction}")
-        if self.min_clients < 1:
-            raise ConfigError(f"--min-clients must be at least 1, got {self.min_clients}")
+        if not 1 <= self.min_clients <= self.clients:
+            raise ConfigError(f"--min-clients must be between 1 and --clients ({self.clients}), got {self.min_clients}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"--lr must be a positive number, got {self.lr}")
         if self.batch_size < 1:

@@ -29,7 +29,7 @@ from torchhefl.federated.strategies import get_strategy
 from torchhefl.federated.transport import InProcessTransport
 from torchhefl.nn import LogisticRegression, TaylorLoss
 
-__all__ = ["ModeParts", "Simulation", "build", "check_resume", "describe_dataset", "load_dataset", "make_loss", "run"]
+__all__ = ["ModeParts", "Simulation", "build", "make_client", "round_line", "check_resume", "describe_dataset", "load_dataset", "make_loss", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -95,27 +95,21 @@ def build(
 
     clients = []
     for i, idx in enumerate(parts):
-        cid = f"site{i}"
         X_test = y_test = None
         if test_parts is not None:
             X_test, y_test = test.X[test_parts[i]], test.y[test_parts[i]]
         clients.append(
-            parts_of_mode.client_class(
-                cid,
+            make_client(
+                config,
                 i,
                 train.X[idx],
                 train.y[idx],
                 model=model,
-                loss_fn=make_loss(config.loss),
                 exchange=parts_of_mode.client_exchanges[i],
-                lr=config.lr,
-                batch_size=config.batch_size,
-                local_epochs=config.local_epochs,
-                clip_norm=config.clip_norm,
-                seed=config.seed,
                 X_test=X_test,
                 y_test=y_test,
                 privacy=_privacy(config, len(idx)),
+                client_class=parts_of_mode.client_class,
                 **parts_of_mode.client_kwargs,
             )
         )
@@ -168,6 +162,55 @@ def _split(config: TrainConfig, data: Dataset):
 def _test_parts(config: TrainConfig, test: Dataset) -> list:
     """Each site's share of the held-out rows (used where clients evaluate)."""
     return partition_iid(len(test), config.clients, seed=config.seed + 1)
+
+
+def make_client(
+    config: TrainConfig,
+    index: int,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    model: nn.Module,
+    exchange: ClientExchange,
+    X_test: np.ndarray | None = None,
+    y_test: np.ndarray | None = None,
+    privacy=None,
+    client_class: type[Client] = Client,
+    **kwargs,
+) -> Client:
+    """Site ``index`` (named ``site<index>``) with ``config``'s local-training settings."""
+    return client_class(
+        f"site{index}",
+        index,
+        X,
+        y,
+        model=model,
+        loss_fn=make_loss(config.loss),
+        exchange=exchange,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        local_epochs=config.local_epochs,
+        clip_norm=config.clip_norm,
+        seed=config.seed,
+        X_test=X_test,
+        y_test=y_test,
+        privacy=privacy,
+        **kwargs,
+    )
+
+
+def round_line(result: dict, rounds: int) -> str:
+    """The one line printed for a finished round."""
+    line = (
+        f"round {result['round']:3d}/{rounds}  acc {result['test_accuracy']:.4f}  auc {result['test_auc']:.4f}  "
+        f"loss {result['test_loss']:.4f}  up {_kib(result['bytes_up'])}  down {_kib(result['bytes_down'])}  "
+        f"{result['time']:.2f}s"
+    )
+    if "epsilon" in result:
+        line += f"  eps {result['epsilon']:.3f}"
+    if result["dropped"]:
+        line += f"  dropped {','.join(result['dropped'])}"
+    return line
 
 
 @dataclass
@@ -278,17 +321,8 @@ def run(
         totals["bytes_up"] += last["bytes_up"]
         totals["bytes_down"] += last["bytes_down"]
         totals["seconds"] += last["time"]
-        line = (
-            f"round {rnd:3d}/{config.rounds}  acc {last['test_accuracy']:.4f}  auc {last['test_auc']:.4f}  "
-            f"loss {last['test_loss']:.4f}  up {_kib(last['bytes_up'])}  down {_kib(last['bytes_down'])}  "
-            f"{last['time']:.2f}s"
-        )
-        if "epsilon" in last:
-            line += f"  eps {last['epsilon']:.3f}"
-        if last["dropped"]:
-            line += f"  dropped {','.join(last['dropped'])}"
         if echo is not None:
-            (bar.write if bar is not None else echo)(line)
+            (bar.write if bar is not None else echo)(round_line(last, config.rounds))
         if after_round is not None:
             after_round(rnd, last)
     if bar is not None:

@@ -45,7 +45,7 @@ from torchhefl.federated.exchange import PlainClientExchange, PlainServerExchang
 from torchhefl.federated.keyring import run_keypair
 from torchhefl.federated.messages import decode_request
 from torchhefl.federated.server import Server
-from torchhefl.federated.simulation import make_loss, site_data
+from torchhefl.federated.simulation import make_client, make_loss, site_data
 from torchhefl.federated.strategies import get_strategy
 from torchhefl.nn import LogisticRegression
 from torchhefl.secure import MAX_TOTAL_WEIGHT, PublicKey
@@ -187,21 +187,8 @@ class Site:
             extra = {"key_dir": str(key_dir), "allow_insecure_keys": self.node_config.get("allow-insecure-keys") is True}
             _, private_key = run_keypair(dataclasses.replace(config, extra=extra))
             exchange = ClientKeyClientExchange(private_key, weight_bound=MAX_TOTAL_WEIGHT // config.clients)
-        return Client(
-            f"site{self.index}",
-            self.index,
-            X,
-            y,
-            model=initial_model(config, X.shape[1]),
-            loss_fn=make_loss(config.loss),
-            exchange=exchange,
-            lr=config.lr,
-            batch_size=config.batch_size,
-            local_epochs=config.local_epochs,
-            clip_norm=config.clip_norm,
-            seed=config.seed,
-            X_test=X_test,
-            y_test=y_test,
+        return make_client(
+            config, self.index, X, y, model=initial_model(config, X.shape[1]), exchange=exchange, X_test=X_test, y_test=y_test
         )
 
     def _rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from torchhefl.exceptions import ProtocolError
 from torchhefl.federated.recorder import RunRecorder
+from torchhefl.federated.simulation import round_line
 from torchhefl.flower.deployment import HELLO_TYPE, DeploymentSettings, build_server, read_hellos
 from torchhefl.flower.transport import DEFAULT_POLL_INTERVAL, FlowerTransport, exchange
 
@@ -69,13 +70,7 @@ def serve(grid: Grid, settings: DeploymentSettings, *, echo: Callable[[str], Non
         totals["bytes_up"] += last["bytes_up"]
         totals["bytes_down"] += last["bytes_down"]
         totals["seconds"] += last["time"]
-        line = (
-            f"round {rnd}/{config.rounds}  acc {last['test_accuracy']:.4f}  auc {last['test_auc']:.4f}  "
-            f"loss {last['test_loss']:.4f}  up {last['bytes_up']} B  down {last['bytes_down']} B  {last['time']:.1f}s"
-        )
-        if last["dropped"]:
-            line += f"  dropped {','.join(last['dropped'])}"
-        echo(line)
+        echo(round_line(last, config.rounds))
     summary = {k: last[k] for k in ("test_accuracy", "test_auc", "test_f1", "test_loss")}
     summary.update(rounds=config.rounds, **totals)
     if recorder is not None:
