@@ -211,3 +211,9 @@ def test_mixing_keys_and_bad_operands(keypair, other_keypair):
         torch.ones(2, 3) @ e
     with pytest.raises(ValueError, match="NaN"):
         EncryptedTensor.encrypt(torch.tensor([float("nan")]), pk)
+
+
+def test_quantize_is_exact_at_scales_beyond_float_range():
+    from torchhefl.secure.encoding import quantize
+
+    assert quantize(torch.tensor([1.5, -0.75, 0.0]), 1100) == [3 << 1099, -(3 << 1098), 0]

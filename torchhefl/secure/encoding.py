@@ -69,7 +69,15 @@ def quantize(t: torch.Tensor, scale: int) -> list[int]:
     scaled = torch.ldexp(t, torch.tensor(float(scale), dtype=torch.float64)) if scale < 1000 else None
     if scaled is not None and bool(torch.isfinite(scaled).all()) and float(scaled.abs().max()) < 2.0**62:
         return [int(v) for v in torch.round(scaled).to(torch.int64).tolist()]
-    return [int(round(math.ldexp(v, scale))) if abs(v) < 2.0**1000 else _exact_round(v, scale) for v in t.tolist()]
+    return [_round_ldexp(v, scale) for v in t.tolist()]
+
+
+def _round_ldexp(v: float, scale: int) -> int:
+    """``round(v * 2^scale)`` exactly, also where the product overflows a float."""
+    try:
+        return int(round(math.ldexp(v, scale)))
+    except OverflowError:
+        return _exact_round(v, scale)
 
 
 def _exact_round(v: float, scale: int) -> int:
