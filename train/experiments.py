@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from torchhefl.exceptions import ConfigError, DataError, ProtocolError
-from torchhefl.experiments.runner import ExperimentSettings, estimate_seconds, hem_available, plan, rows_of, run_jobs
+from torchhefl.experiments.runner import ExperimentSettings, estimate_seconds, plan, rows_of, run_jobs
 from torchhefl.experiments.sweeps import SWEEPS, get_sweeps
 
 __all__ = ["build_parser", "main"]
@@ -43,9 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"seeds per setting, 0..N-1 (default {_FULL_SEEDS}, {_QUICK_SEEDS} with --quick)")
     p.add_argument("--sweeps", default="all", help=f"comma-separated, of: {', '.join(SWEEPS)}")
     p.add_argument("--modes", default="plain,he", help="plain (the paper's DP) and/or he")
-    p.add_argument("--he-mode", choices=("server", "clients"), default=None,
-                   help="who holds the Paillier key in HE mode: server (the paper's HEM; default when "
-                        "available) or clients")
+    p.add_argument("--he-mode", choices=("server", "clients"), default="server",
+                   help="who holds the Paillier key in HE mode: server (the paper's HEM) or clients")
     p.add_argument("--key-bits", type=int, default=None,
                    help=f"Paillier modulus size (default 2048, {_QUICK_KEY_BITS} with --quick)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="runs trained in parallel")
@@ -78,11 +77,6 @@ def _replot(out: Path) -> int:
 def _settings(args: argparse.Namespace) -> ExperimentSettings:
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     he_mode = args.he_mode
-    if he_mode is None:
-        he_mode = "server" if hem_available() else "clients"
-        if "he" in modes and he_mode == "clients":
-            print("note: the paper's HEM (--he-mode server, torchhefl.federated.hem) is not in this build; "
-                  "HE columns use --he-mode clients (encrypted exchange, key held by the sites)", file=sys.stderr)
     seeds = args.seeds if args.seeds is not None else (_QUICK_SEEDS if args.quick else _FULL_SEEDS)
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")

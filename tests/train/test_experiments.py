@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from torchhefl.experiments import SWEEPS, ExperimentSettings, get_sweeps, hem_available, plan
+from torchhefl.experiments import SWEEPS, ExperimentSettings, get_sweeps, plan
 from torchhefl.experiments.report import read_results_csv, spread
 from train.experiments import main
 
@@ -103,13 +103,6 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys, argv, message):
     assert len([line for line in err.strip().splitlines() if not line.startswith("note:")]) == 1
 
 
-@pytest.mark.skipif(hem_available(), reason="the server-held-key scheme is installed")
-def test_server_key_without_hem_says_so(tmp_path, capsys):
-    assert main(["--quick", "--he-mode", "server", "--out", str(tmp_path), "--no-progress"]) == 2
-    assert "--he-mode clients" in capsys.readouterr().err
-
-
-@pytest.mark.skipif(not hem_available(), reason="needs torchhefl.federated.hem")
 def test_server_key_scheme_runs_a_sweep(tmp_path):
     assert main(["--quick", "--sweeps", "table5", "--seeds", "1", "--he-mode", "server", "--workers", "1",
                  "--out", str(tmp_path), "--no-progress"]) == 0

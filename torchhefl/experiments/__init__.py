@@ -4,7 +4,7 @@
 (``pip install 'torchhefl[experiments]'``).
 """
 
-from torchhefl.experiments.runner import ExperimentSettings, Job, estimate_seconds, hem_available, plan, rows_of, run_job, run_jobs
+from torchhefl.experiments.runner import ExperimentSettings, Job, estimate_seconds, plan, rows_of, run_job, run_jobs
 from torchhefl.experiments.sweeps import PAPER_BASE, PAPER_CLAIMS, SWEEPS, Setting, Sweep, get_sweeps
 
 __all__ = [
@@ -17,7 +17,6 @@ __all__ = [
     "Sweep",
     "estimate_seconds",
     "get_sweeps",
-    "hem_available",
     "plan",
     "rows_of",
     "run_job",

@@ -9,7 +9,6 @@ also share their job.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import multiprocessing as mp
 import time
@@ -23,15 +22,10 @@ from torchhefl.exceptions import ConfigError
 from torchhefl.experiments.sweeps import Sweep
 from torchhefl.federated.config import TrainConfig
 
-__all__ = ["ExperimentSettings", "Job", "estimate_seconds", "hem_available", "plan", "rows_of", "run_job", "run_jobs"]
+__all__ = ["ExperimentSettings", "Job", "estimate_seconds", "plan", "rows_of", "run_job", "run_jobs"]
 
 #: the per-round metrics a job records
 METRICS = ("accuracy", "auc", "f1", "loss")
-
-
-def hem_available() -> bool:
-    """Whether the server-held-key scheme (the paper's HEM, ``torchhefl.federated.hem``) is installed."""
-    return importlib.util.find_spec("torchhefl.federated.hem") is not None
 
 
 @dataclass(frozen=True)
@@ -62,11 +56,6 @@ class ExperimentSettings:
             raise ConfigError("--modes needs at least one of plain, he")
         if self.he_key_holder not in ("server", "clients"):
             raise ConfigError(f"--he-mode must be server or clients; got {self.he_key_holder!r}")
-        if "he" in self.modes and self.he_key_holder == "server" and not hem_available():
-            raise ConfigError(
-                "--he-mode server needs torchhefl.federated.hem (the paper's HEM), which this build "
-                "lacks; use --he-mode clients"
-            )
         if not self.seeds:
             raise ConfigError("--seeds must be at least 1")
         if self.key_bits < 2048 and not self.allow_insecure_keys:
