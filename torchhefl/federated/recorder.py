@@ -107,7 +107,8 @@ class RunRecorder:
             for key in ("accuracy", "loss", "auc", "f1"):
                 w.add_scalar(f"test/{key}", result[f"test_{key}"], rnd)
             for cid, v in losses.items():
-                w.add_scalar(f"train/loss/{cid}", v, rnd)
+                if not math.isnan(v):  # sites training on ciphertexts cannot see their loss
+                    w.add_scalar(f"train/loss/{cid}", v, rnd)
             w.add_scalar("time/round", result.get("time", 0.0), rnd)
             for phase, s in seconds.items():
                 w.add_scalar(f"time/{phase}", s, rnd)
