@@ -62,12 +62,15 @@ def bench_plain_defaults(seeds: int) -> dict:
 
 def bench_fedprox_vs_fedavg(seeds: int) -> dict:
     out = {"bench": "fedprox_vs_fedavg", "partition": "dirichlet", "alpha": 0.3, "seeds": seeds}
-    for agg in ("fedavg", "fedprox"):
-        curves = [_final(TrainConfig(mode="plain", aggregator=agg, partition="dirichlet", alpha=0.3, seed=s))[1] for s in range(seeds)]
-        arr = np.array(curves)
-        out[f"{agg}_final_mean"] = round(float(arr[:, -1].mean()), 4)
-        out[f"{agg}_round5_mean"] = round(float(arr[:, 4].mean()), 4)
-        out[f"{agg}_round10_mean"] = round(float(arr[:, 9].mean()), 4)
+    for epochs in (2, 10):
+        for agg, mu in (("fedavg", 0.0), ("fedprox", 0.01), ("fedprox", 0.1), ("fedprox", 1.0)):
+            cfg = dict(mode="plain", aggregator=agg, partition="dirichlet", alpha=0.3, local_epochs=epochs)
+            if mu:
+                cfg["mu"] = mu
+            arr = np.array([_final(TrainConfig(seed=s, **cfg))[1] for s in range(seeds)])
+            name = f"epochs{epochs}_{agg}" + (f"_mu{mu}" if mu else "")
+            out[name] = {"round5": round(float(arr[:, 4].mean()), 4), "round10": round(float(arr[:, 9].mean()), 4),
+                         "final": round(float(arr[:, -1].mean()), 4)}
     return out
 
 
