@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from torchhefl.exceptions import KeyMismatchError, MalformedMessageError
 from torchhefl.federated import TrainConfig, build
-from torchhefl.federated.messages import encode_request
+from torchhefl.federated.messages import decode_request, encode_request
 from torchhefl.secure import InsecureKeyWarning, SecureStateDict, generate_keypair
 
 DECLARED = (MalformedMessageError, KeyMismatchError)
@@ -220,6 +220,10 @@ def _server_and_replies(mode: dict):
         "fit_ins", {"round": 1, "attempt": 1, "participants": ids, "config": {}}, sim.server.exchange.global_payload()
     )
     fit_reply = sim.clients[0].handle(request)
+    seq = 0
+    while decode_request(fit_reply).kind == "refresh_req":  # HEM: served as the server's round loop does
+        seq += 1
+        fit_reply = sim.clients[0].handle(sim.server.answer_refresh("site0", fit_reply, server_round=1, attempt=1, seq=seq))
     stats_reply = sim.clients[0].handle(encode_request("stats_ins", {}))
     return sim.server, ids, fit_reply, stats_reply
 

@@ -132,6 +132,7 @@ def test_encrypted_local_training_equals_plain_sgd(aggregator):
         assert isinstance(hc, HEMClient)
         mu = cfg.fedprox_mu
         enc = EncryptedTensor.encrypt(theta0, hem.extras["public_key"])
+        hc.exchange.channel = hem.server.exchange.refresh  # direct calls refresh synchronously
         out = hc.fit_encrypted(enc, 1, proximal_mu=mu)
         pc.model.set_flat(theta0)
         pc.fit(1, proximal_mu=mu)

@@ -33,16 +33,17 @@ def other_key():
 
 
 class _Tamper:
-    """Wraps a client: its fit replies in ``rounds`` (and ``attempts``) go through ``edit(reply, request, sim)``."""
+    """Wraps a client: its ``kind`` replies (default ``fit_res``) in ``rounds`` (and ``attempts``) go
+    through ``edit(reply, parsed reply, tamper)``."""
 
-    def __init__(self, sim, client, edit, rounds=(1,), attempts=None):
+    def __init__(self, sim, client, edit, rounds=(1,), attempts=None, kind="fit_res"):
         self.sim, self.client, self.edit, self.rounds, self.attempts = sim, client, edit, rounds, attempts
-        self.cid = client.cid
+        self.cid, self.kind = client.cid, kind
 
     def handle(self, request: bytes) -> bytes:
         reply = self.client.handle(request)
-        msg = decode_request(request)
-        if msg.kind == "fit_ins" and msg.meta["round"] in self.rounds:
+        msg = decode_request(reply)  # the final answer to a fit (a HEM client answers refreshes first)
+        if msg.kind == self.kind and msg.meta["round"] in self.rounds:
             if self.attempts is None or msg.meta["attempt"] in self.attempts:
                 return self.edit(reply, msg, self)
         return reply
@@ -251,6 +252,39 @@ def test_he_server_refused_reply_reruns_the_round_without_its_sender(edit, reaso
     a, b = sim.final_state(), ref_sim.final_state()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "edit, reason",
+    [
+        pytest.param(lambda r, m, t: _rewrap(r, meta={"round": m.meta["round"] - 1}), "stale or replayed refresh request", id="stale round"),
+        pytest.param(lambda r, m, t: _rewrap(r, meta={"seq": 5}), "refresh request number 5, expected 1", id="wrong sequence number"),
+        pytest.param(lambda r, m, t: _rewrap(r, meta={"cid": "site2"}), "signed as client 'site2'", id="another sender"),
+        pytest.param(lambda r, m, t: _rewrap(r, payload=b"\x9a\x00 not a message " * 9), "bad magic", id="garbage request"),
+        pytest.param(lambda r, m, t: encode_request("refresh_req", m.meta), "has no payload", id="no payload"),
+    ],
+)
+def test_he_server_refused_refresh_request_reruns_the_round_without_its_sender(edit, reason):
+    cfg = _config(HE_SERVER)
+    tamper = lambda sim: sim.transport.clients.update(site1=_Tamper(sim, sim.clients[1], edit, kind="refresh_req"))  # noqa: E731
+    sim, results = _train(cfg, prepare=tamper)
+    first = results[0]
+    assert first["dropped"] == ["site1"] and first["clients"] == ["site0", "site2"] and first["attempts"] == 2
+    assert reason in first["rejected"]["site1"], first["rejected"]
+    ref_sim, _ = _train(cfg, prepare=_absent)
+    a, b = sim.final_state(), ref_sim.final_state()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-8)
+
+
+def test_he_server_bounds_the_refresh_requests_of_one_fit(caplog):
+    sim = build(_config(HE_SERVER, rounds=1))
+    sim.server.setup()
+    sim.server.max_refreshes = 0
+    with pytest.raises(ProtocolError, match="only 0 of 3 clients answered"):
+        sim.server.run_round(1)
+    assert "more than 0 refresh requests for one fit" in caplog.text
+    assert [p for p, _ in sim.server.exchange.decryptions] == ["statistics_sum"]
 
 
 # -- too few good replies -----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from torchhefl.exceptions import MalformedMessageError
+from torchhefl.exceptions import MalformedMessageError, ProtocolError
 from torchhefl.federated.messages import decode_state, encode_state
 from torchhefl.federated.strategies import Strategy
 
@@ -105,6 +105,13 @@ class ServerExchange:
     def global_state(self) -> OrderedDict | None:
         """The global state_dict, if the server may read it; else ``None``."""
         return None
+
+    def refresh(self, request: bytes) -> bytes:
+        """Serve a client's mid-training request to the key holder (bytes in, bytes out).
+
+        Only an exchange whose server holds the key serves these; default: refuse.
+        """
+        raise ProtocolError(f"{type(self).__name__} serves no refresh requests")
 
     def global_checkpoint(self) -> bytes:
         """The global parameters as the server holds them, as wire bytes for a checkpoint.

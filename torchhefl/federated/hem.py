@@ -36,7 +36,8 @@ import sys
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 
 import numpy as np
@@ -358,7 +359,9 @@ class HEMClientExchange(ClientExchange):
         self.step_bits, self.value_bits, self.base_scale = step_bits, value_bits, base_scale
         self.public_key: PublicKey | None = None
         self.masker: PairwiseMasker | None = None
-        #: sends a refresh request to the key holder and returns its reply (wired by ``connect``)
+        #: optional synchronous path to the key holder (request bytes -> reply bytes) for
+        #: :meth:`HEMClient.fit_encrypted` called directly; the protocol itself sends refresh
+        #: requests as ``refresh_req`` replies and needs none
         self.channel: Callable[[bytes], bytes] | None = None
         self._refresher: RefreshClient | None = None
 
@@ -380,9 +383,10 @@ class HEMClientExchange(ClientExchange):
 
     @property
     def refresher(self) -> RefreshClient:
-        if self.public_key is None or self.channel is None:
-            raise ProtocolError("no key or refresh channel yet: the server has not run the HEM set-up")
-        if self._refresher is None:
+        """Blinds and unblinds this client's refreshes (through :attr:`channel` when one is set)."""
+        if self.public_key is None:
+            raise ProtocolError("no key yet: the server has not run the HEM set-up")
+        if self._refresher is None or self._refresher.channel is not self.channel:
             self._refresher = RefreshClient(self.channel, self.public_key, value_bits=self.value_bits)
             if not self._refresher.can_refresh(self.base_scale + self.step_bits):
                 raise ProtocolError(f"a {self.public_key.bits}-bit key leaves no room for one encrypted step")
@@ -442,14 +446,83 @@ class HEMClientExchange(ClientExchange):
         return _read_plain_stats(payload)
 
 
+@dataclass
+class _Continuation:
+    """Where a HEM client is in one fit while it waits for a refresh: enough to carry on.
+
+    Kept by the client between its ``refresh_req`` reply and the server's ``refresh_ins`` (in
+    memory, or in a site's own state as :func:`_encode_continuation` bytes). ``pending`` holds the
+    target scale and the secret blinding masks of the refresh in flight.
+    """
+
+    server_round: int
+    attempt: int
+    participants: list[str]
+    proximal_mu: float
+    base: int
+    theta: EncryptedTensor
+    anchor0: EncryptedTensor | None = None
+    anchor: EncryptedTensor | None = None
+    step: int = 0
+    seq: int = 0
+    refreshes: int = 0
+    pending: tuple[int, list[int]] | None = None
+    seconds: dict = field(default_factory=dict)
+
+
+_CONTINUATION_KIND = "torchhefl.hem.continuation"
+
+
+def _encode_continuation(c: _Continuation) -> bytes:
+    """A continuation as wire bytes (for the site's own state only: it holds secret masks)."""
+    meta = {
+        "round": c.server_round, "attempt": c.attempt, "participants": list(c.participants),
+        "proximal_mu": c.proximal_mu, "base": c.base, "step": c.step, "seq": c.seq, "refreshes": c.refreshes,
+        "pending": None if c.pending is None else [c.pending[0], [format(m, "x") for m in c.pending[1]]],
+        "seconds": dict(c.seconds),
+    }
+    arrays = {"theta": np.frombuffer(c.theta.to_bytes(), dtype=np.uint8)}
+    if c.anchor0 is not None:
+        arrays["anchor0"] = np.frombuffer(c.anchor0.to_bytes(), dtype=np.uint8)
+        arrays["anchor"] = np.frombuffer(c.anchor.to_bytes(), dtype=np.uint8)
+    return wire.encode(_CONTINUATION_KIND, meta, arrays)
+
+
+def _decode_continuation(blob: bytes, pk: PublicKey) -> _Continuation:
+    msg = wire.decode(blob, kind=_CONTINUATION_KIND)
+    m = msg.meta
+
+    def tensor(name):
+        return EncryptedTensor.from_bytes(msg.arrays[name].tobytes(), public_key=pk) if name in msg.arrays else None
+
+    pending = m.get("pending")
+    try:
+        return _Continuation(
+            server_round=int(m["round"]), attempt=int(m["attempt"]), participants=list(m["participants"]),
+            proximal_mu=float(m["proximal_mu"]), base=int(m["base"]), theta=tensor("theta"),
+            anchor0=tensor("anchor0"), anchor=tensor("anchor"), step=int(m["step"]), seq=int(m["seq"]),
+            refreshes=int(m["refreshes"]),
+            pending=None if pending is None else (int(pending[0]), [int(h, 16) for h in pending[1]]),
+            seconds={str(k): float(v) for k, v in m["seconds"].items()},
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise MalformedMessageError(f"the site's saved training state is unreadable: {e}") from None
+
+
 class HEMClient(Client):
     """A site in HEM mode: trains the encrypted global weights it is sent, never seeing them.
 
     Takes :class:`~torchhefl.federated.client.Client`'s arguments with a
     :class:`HEMClientExchange`; ``clip_norm`` must be ``None`` (ciphertexts cannot be clipped).
+
+    A fit needs refreshes from the key-holding server. The client answers ``fit_ins`` (and each
+    ``refresh_ins``) with a ``refresh_req`` carrying a blinded refresh request whenever it needs
+    one, keeps where it is in local training, and carries on when the server's ``refresh_ins``
+    arrives; the last answer is the ``fit_res``. Only the server sends requests, so the same
+    protocol runs in process and over a network that lets clients only answer.
     """
 
-    REQUEST_KINDS = Client.REQUEST_KINDS + ("hem_keys_ins", "hem_peers_ins")
+    REQUEST_KINDS = Client.REQUEST_KINDS + ("hem_keys_ins", "hem_peers_ins", "refresh_ins")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -459,13 +532,33 @@ class HEMClient(Client):
             raise ConfigError(CLIP_NORM_MESSAGE)
         if self.privacy is not None:
             raise ConfigError("differential privacy needs plaintext gradients; HEM clients train on ciphertexts")
+        self._continuation: _Continuation | None = None
+        self._saved_continuation = b""
+        self._x25519: bytes | None = None
 
+    # -- a site's own state, for deployments that rebuild the client per message -------------------
+    def site_state(self) -> dict[str, bytes]:
+        """What this client must keep across messages, as bytes: its X25519 private key and the
+        continuation of a fit waiting for a refresh. Secret: for the site's own storage only."""
+        masker = self.exchange.masker
+        x25519 = masker.private_bytes() if masker is not None else (self._x25519 or b"")
+        continuation = _encode_continuation(self._continuation) if self._continuation is not None else b""
+        return {"x25519": x25519, "continuation": continuation}
+
+    def restore_site_state(self, state: Mapping[str, bytes]) -> None:
+        """Take back :meth:`site_state` (before the set-up requests are replayed)."""
+        x25519 = bytes(state.get("x25519", b""))
+        self._x25519 = x25519 or None
+        self._saved_continuation = bytes(state.get("continuation", b""))
+        self._continuation = None
+
+    # -- set-up ---------------------------------------------------------------------------------
     def _on_hem_keys(self, msg) -> bytes:
         description = msg.meta.get("public_key")
         if not isinstance(description, dict):
             raise MalformedMessageError("hem_keys request without the server's public key")
         self.exchange.set_public_key(description)
-        self.exchange.masker = PairwiseMasker(self.cid)
+        self.exchange.masker = PairwiseMasker(self.cid, self._x25519)
         return encode_request("hem_keys_res", {"cid": self.cid, "x25519": self.exchange.masker.public_bytes().hex()})
 
     def _on_hem_peers(self, msg) -> bytes:
@@ -481,6 +574,7 @@ class HEMClient(Client):
         self.exchange.masker.agree(keys)
         return encode_request("hem_peers_res", {"cid": self.cid})
 
+    # -- fit, in steps between refreshes ------------------------------------------------------------
     def _on_fit(self, msg) -> bytes:
         server_round, config = self._check_fit(msg)
         attempt, participants = msg.meta.get("attempt", 1), msg.meta.get("participants")
@@ -490,63 +584,124 @@ class HEMClient(Client):
             or self.cid not in participants
         ):
             raise MalformedMessageError("fit request without a participant list naming this client")
+        if self.standardizer is None:
+            raise ProtocolError(f"client {self.cid} was asked to train before standardisation")
         exchange = self.exchange
         theta = exchange.read_encrypted(payload_of(msg), self.X.shape[1] + 1)
-        before = exchange.refresher.count
+        mu = float(config.get("proximal_mu", 0.0))
+        anchor = theta if mu > 0 else None
+        self._continuation = _Continuation(
+            server_round, attempt, list(participants), mu, theta.scale, theta, anchor0=anchor, anchor=anchor
+        )
+        self._saved_continuation = b""
+        return self._carry_on(self._continuation)
+
+    def _on_refresh(self, msg) -> bytes:
+        c = self._continuation
+        if c is None and self._saved_continuation:
+            c = _decode_continuation(self._saved_continuation, self.exchange._key())
+        if c is None or c.pending is None:
+            raise ProtocolError(f"client {self.cid} got a refresh it did not ask for")
+        meta = msg.meta
+        if (meta.get("round"), meta.get("attempt"), meta.get("seq")) != (c.server_round, c.attempt, c.seq):
+            raise MalformedMessageError(
+                f"refresh for round {meta.get('round')!r} attempt {meta.get('attempt')!r} request {meta.get('seq')!r}, "
+                f"expected round {c.server_round} attempt {c.attempt} request {c.seq}"
+            )
+        self._continuation = c
+        target, masks = c.pending
+        with self.exchange.timer.phase("train"):
+            c.theta = self.exchange.refresher.finish(payload_of(msg), masks, c.theta.shape, c.theta.scale, target)
+        c.pending, c.anchor = None, c.anchor0
+        c.refreshes += 1
+        return self._carry_on(c)
+
+    def _carry_on(self, c: _Continuation) -> bytes:
+        """Train until a refresh is needed (a ``refresh_req`` reply) or the update is ready (``fit_res``)."""
+        exchange = self.exchange
         with exchange.timer.phase("train"):
-            theta = self.fit_encrypted(theta, server_round, proximal_mu=float(config.get("proximal_mu", 0.0)))
-            if theta.scale != exchange.base_scale:  # every upload at the common public scale
-                theta = exchange.refresher(theta, exchange.base_scale)
+            request = self._advance(c, to_base=True)
+        for phase, s in exchange.timer.take().items():
+            c.seconds[phase] = c.seconds.get(phase, 0.0) + s
+        if request is not None:
+            c.seq += 1
+            meta = {"cid": self.cid, "round": c.server_round, "attempt": c.attempt, "seq": c.seq}
+            return encode_request("refresh_req", meta, request)
+        self._continuation, self._saved_continuation = None, b""
         with exchange.timer.phase("encrypt"):
             payload = exchange.write_masked_update(
-                theta, self.num_examples, server_round=server_round, attempt=attempt, participants=participants
+                c.theta, self.num_examples, server_round=c.server_round, attempt=c.attempt, participants=c.participants
             )
+        for phase, s in exchange.timer.take().items():
+            c.seconds[phase] = c.seconds.get(phase, 0.0) + s
         meta = {
             "cid": self.cid,
-            "round": server_round,
-            "attempt": attempt,
-            "refreshes": exchange.refresher.count - before,
-            "seconds": _fixed_width(exchange.timer.take()),
+            "round": c.server_round,
+            "attempt": c.attempt,
+            "refreshes": c.refreshes,
+            "seconds": _fixed_width(c.seconds),
         }
         return encode_request("fit_res", meta, payload)
+
+    def _advance(self, c: _Continuation, *, to_base: bool) -> bytes | None:
+        """Run ``c``'s remaining local steps; stop at the first that needs a refresh and return its
+        blinded request (``c.pending`` keeps the masks). With ``to_base``, end with a refresh to the
+        common upload scale. ``None`` once training is done."""
+        ex = self.exchange
+        refresher = ex.refresher
+        batches = list(local_batches(self.num_examples, self.batch_size, self.local_epochs,
+                                     round_generator(self.seed, self.index, c.server_round)))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the plaintext matrices are tiny: BLAS threads would only contend
+        try:
+            while c.step < len(batches):
+                if not refresher.can_refresh(c.theta.scale + ex.step_bits):
+                    request, masks = refresher.begin(c.theta, c.base)
+                    c.pending = (c.base, masks)
+                    return request
+                idx = batches[c.step]
+                Xb, yb = add_bias_column(self.X[idx]).to(torch.float64), self.y[idx].to(torch.float64)
+                theta_next = apply_step(
+                    c.theta, Xb, yb, lr=self.lr, proximal_mu=c.proximal_mu, anchor=c.anchor,
+                    step_bits=ex.step_bits, value_bits=ex.value_bits,
+                )
+                if c.anchor is not None:  # keep the anchor at theta's scale
+                    k = 1 << ex.step_bits
+                    pk = c.anchor.public_key
+                    c.anchor = EncryptedTensor.from_ciphertexts(
+                        pk, [pk.raw_mul(ct, k) for ct in c.anchor.ciphertexts],
+                        c.anchor.shape, scale=theta_next.scale, bound_bits=theta_next.bound_bits,
+                    )
+                c.theta = theta_next
+                c.step += 1
+        finally:
+            torch.set_num_threads(threads)
+        if to_base and c.theta.scale != ex.base_scale:  # every upload at the common public scale
+            request, masks = refresher.begin(c.theta, ex.base_scale)
+            c.pending = (ex.base_scale, masks)
+            return request
+        return None
 
     def fit_encrypted(self, theta: EncryptedTensor, server_round: int, *, proximal_mu: float = 0.0) -> EncryptedTensor:
         """Local SGD on the encrypted ``theta`` over this round's batches (those of plain mode).
 
-        Refreshes (blinded, through the server) whenever the next step would leave no room for a
-        blinding mask. Returns ``theta`` at whatever scale the last step left.
+        Refreshes through the exchange's synchronous :attr:`HEMClientExchange.channel` whenever the
+        next step would leave no room for a blinding mask. Returns ``theta`` at whatever scale the
+        last step left. (The protocol path, :meth:`handle`, runs the same steps with refreshes as
+        separate messages.)
         """
         if self.standardizer is None:
             raise ProtocolError(f"client {self.cid} was asked to train before standardisation")
-        anchor0 = theta if proximal_mu > 0 else None
-        generator = round_generator(self.seed, self.index, server_round)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # the plaintext matrices are tiny: BLAS threads would only contend
-        try:
-            return self._encrypted_steps(theta, generator, proximal_mu, anchor0)
-        finally:
-            torch.set_num_threads(threads)
-
-    def _encrypted_steps(self, theta, generator, proximal_mu, anchor0) -> EncryptedTensor:
-        ex = self.exchange
-        refresher = ex.refresher
-        base, anchor = theta.scale, anchor0
-        for idx in local_batches(self.num_examples, self.batch_size, self.local_epochs, generator):
-            if not refresher.can_refresh(theta.scale + ex.step_bits):
-                theta, anchor = refresher(theta, base), anchor0
-            Xb, yb = add_bias_column(self.X[idx]).to(torch.float64), self.y[idx].to(torch.float64)
-            theta_next = apply_step(
-                theta, Xb, yb, lr=self.lr, proximal_mu=proximal_mu, anchor=anchor,
-                step_bits=ex.step_bits, value_bits=ex.value_bits,
-            )
-            if anchor is not None:  # keep the anchor at theta's scale
-                k = 1 << ex.step_bits
-                anchor = EncryptedTensor.from_ciphertexts(
-                    anchor.public_key, [anchor.public_key.raw_mul(c, k) for c in anchor.ciphertexts],
-                    anchor.shape, scale=theta_next.scale, bound_bits=theta_next.bound_bits,
-                )
-            theta = theta_next
-        return theta
+        if self.exchange.channel is None:
+            raise ProtocolError("fit_encrypted needs exchange.channel; the protocol path refreshes by message")
+        anchor = theta if proximal_mu > 0 else None
+        c = _Continuation(server_round, 0, [self.cid], proximal_mu, theta.scale, theta, anchor0=anchor, anchor=anchor)
+        refresher = self.exchange.refresher
+        while (request := self._advance(c, to_base=False)) is not None:
+            target, masks = c.pending
+            c.theta = refresher.finish(self.exchange.channel(request), masks, c.theta.shape, c.theta.scale, target)
+            c.pending, c.anchor = None, c.anchor0
+        return c.theta
 
 
 # -- server ---------------------------------------------------------------------------------------
@@ -775,23 +930,10 @@ def hem_parts(config: TrainConfig, initial: OrderedDict):
         HEMClientExchange(allow_insecure=allow_insecure, step_bits=step_bits) for _ in range(config.clients)
     ]
 
-    def connect(server, clients: Iterable[Client]) -> None:
-        transport = server.transport
-
-        def channel(request: bytes) -> bytes:
-            transport.bytes_up += len(request)
-            reply = server_exchange.refresh(request)
-            transport.bytes_down += len(reply)
-            return reply
-
-        for client in clients:
-            client.exchange.channel = channel
-
     return ModeParts(
         server_exchange=server_exchange,
         client_exchanges=client_exchanges,
         client_class=HEMClient,
         server_holds_test=True,
         extras={"public_key": public_key},
-        connect=connect,
     )

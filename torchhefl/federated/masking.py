@@ -51,12 +51,25 @@ class PairwiseMasker:
 
     Args:
         cid: this client's name (masks are signed by the order of names).
+        private_bytes: a 32-byte X25519 private key to reuse (:meth:`private_bytes` of an earlier
+            masker of this client, e.g. kept in a site's own state); default a fresh one.
     """
 
-    def __init__(self, cid: str) -> None:
+    def __init__(self, cid: str, private_bytes: bytes | None = None) -> None:
         self.cid = cid
-        self._key = X25519PrivateKey.generate()
+        if private_bytes is None:
+            self._key = X25519PrivateKey.generate()
+        else:
+            if not isinstance(private_bytes, bytes) or len(private_bytes) != PUBLIC_KEY_BYTES:
+                raise ValueError(f"an X25519 private key is {PUBLIC_KEY_BYTES} bytes")
+            self._key = X25519PrivateKey.from_private_bytes(private_bytes)
         self._seeds: dict[str, bytes] = {}
+
+    def private_bytes(self) -> bytes:
+        """This client's 32-byte X25519 private key: secret, for the site's own state only."""
+        return self._key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
 
     def public_bytes(self) -> bytes:
         """This client's 32-byte X25519 public key."""

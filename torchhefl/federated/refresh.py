@@ -39,7 +39,8 @@ class RefreshClient:
     """The client side: blinds a tensor, sends it through ``channel`` and unblinds the reply.
 
     Args:
-        channel: sends request bytes to the key holder and returns its reply bytes.
+        channel: sends request bytes to the key holder and returns its reply bytes (``None`` when
+            requests and replies travel as separate messages: see :meth:`begin`, :meth:`finish`).
         public_key: the key holder's public key.
         value_bits: public bound on the values: ``|v| < 2^value_bits``.
         mask_bits: mask width beyond the value's bound. Default: :data:`MIN_MASK_BITS`.
@@ -50,7 +51,7 @@ class RefreshClient:
 
     def __init__(
         self,
-        channel: Callable[[bytes], bytes],
+        channel: Callable[[bytes], bytes] | None,
         public_key: PublicKey,
         *,
         value_bits: int,
@@ -71,7 +72,22 @@ class RefreshClient:
         return self.masked_bits(scale) <= self.public_key.max_bits
 
     def __call__(self, tensor: EncryptedTensor, target_scale: int) -> EncryptedTensor:
-        """``tensor`` re-encrypted at ``target_scale`` (<= its scale) by the key holder, blinded."""
+        """``tensor`` re-encrypted at ``target_scale`` (<= its scale) by the key holder, blinded.
+
+        Sends the request through ``channel``; a client whose replies arrive as separate messages
+        uses :meth:`begin` and :meth:`finish` instead.
+        """
+        if self.channel is None:
+            raise ValueError("this RefreshClient has no channel: use begin() and finish()")
+        request, masks = self.begin(tensor, target_scale)
+        return self.finish(self.channel(request), masks, tensor.shape, tensor.scale, target_scale)
+
+    def begin(self, tensor: EncryptedTensor, target_scale: int) -> tuple[bytes, list[int]]:
+        """Blind ``tensor`` for a refresh to ``target_scale``: ``(request bytes, the secret masks)``.
+
+        The masks stay with the caller (they unblind the reply in :meth:`finish`); the request
+        bytes go to the key holder.
+        """
         pk = self.public_key
         scale = tensor.scale
         if not 0 <= target_scale <= scale:
@@ -91,19 +107,25 @@ class RefreshClient:
         blinded = EncryptedTensor.from_ciphertexts(
             pk, [c * r % n2 for c, r in zip(tensor.ciphertexts, enc_masks)], tensor.shape, scale=scale, bound_bits=bound
         )
-        request = encode_request(REFRESH_REQUEST, {"target_scale": int(target_scale)}, blinded.to_bytes())
-        msg = decode_request(self.channel(request), kind=REFRESH_REPLY)
-        reply = EncryptedTensor.from_bytes(payload_of(msg), public_key=pk)
-        if reply.shape != tensor.shape or reply.scale != target_scale:
+        return encode_request(REFRESH_REQUEST, {"target_scale": int(target_scale)}, blinded.to_bytes()), masks
+
+    def finish(self, reply: bytes, masks: list[int], shape, scale: int, target_scale: int) -> EncryptedTensor:
+        """Unblind the key holder's ``reply`` to a :meth:`begin` request of a tensor of ``shape`` at
+        ``scale``: the tensor at ``target_scale``. Raises :class:`MalformedMessageError` for a reply
+        that is not a refresh of that shape and scale."""
+        pk = self.public_key
+        msg = decode_request(reply, kind=REFRESH_REPLY)
+        out = EncryptedTensor.from_bytes(payload_of(msg), public_key=pk)
+        if tuple(out.shape) != tuple(shape) or out.scale != target_scale or len(masks) != out.numel():
             raise MalformedMessageError(
-                f"refresh reply of shape {tuple(reply.shape)} at scale {reply.scale}, expected "
-                f"{tuple(tensor.shape)} at scale {target_scale}"
+                f"refresh reply of shape {tuple(out.shape)} at scale {out.scale}, expected "
+                f"{tuple(shape)} at scale {target_scale}"
             )
         k = scale - target_scale
-        cts = [pk.raw_add_plain(c, -_round_shift(r, k)) for c, r in zip(reply.ciphertexts, masks)]
+        cts = [pk.raw_add_plain(c, -_round_shift(r, k)) for c, r in zip(out.ciphertexts, masks)]
         self.count += 1
         return EncryptedTensor.from_ciphertexts(
-            pk, cts, tensor.shape, scale=target_scale, bound_bits=target_scale + self.value_bits
+            pk, cts, tuple(shape), scale=target_scale, bound_bits=target_scale + self.value_bits
         )
 
 

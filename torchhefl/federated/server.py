@@ -51,6 +51,8 @@ class Server:
         seed: seeds client selection.
         max_message_bytes: the largest reply accepted; a bigger one is refused before parsing.
         max_retries: how often a round that got fewer than ``min_clients`` good replies is tried again.
+        max_refreshes: the most ``refresh_req`` replies one client may send while answering one fit
+            request (a client that needs the key holder mid-training; see :meth:`answer_refresh`).
     """
 
     def __init__(
@@ -68,9 +70,11 @@ class Server:
         seed: int = 0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_retries: int = 2,
+        max_refreshes: int = 10_000,
     ) -> None:
         self.model, self.strategy, self.transport, self.exchange = model, strategy, transport, exchange
         self.loss_fn = loss_fn
+        self.max_refreshes = max_refreshes
         self._X_test_raw = None if X_test is None else np.asarray(X_test, dtype=np.float64)
         self.y_test = None if y_test is None else torch.as_tensor(np.asarray(y_test), dtype=torch.float64)
         self.X_test: torch.Tensor | None = None
@@ -153,7 +157,7 @@ class Server:
                 self.exchange.global_payload(),
             )
             replies, updates, seen = {}, {}, {}
-            for cid, answer in self._deliver(participants, request):
+            for cid, answer in self._converse(participants, request, server_round=server_round, attempt=attempt):
                 try:
                     msg, update = self.read_fit_reply(
                         cid, answer, server_round=server_round, attempt=attempt, participants=participants
@@ -256,6 +260,30 @@ class Server:
         )
         return msg, update
 
+    def answer_refresh(self, cid: str, answer: bytes | Exception, *, server_round: int, attempt: int, seq: int) -> bytes:
+        """The ``refresh_ins`` request that answers a client's ``refresh_req`` reply.
+
+        A client that needs the key holder in the middle of a fit (HEM) answers the fit request, or
+        the previous ``refresh_ins``, with a ``refresh_req`` carrying its blinded request; the
+        exchange's :meth:`~torchhefl.federated.exchange.ServerExchange.refresh` serves it. The
+        envelope is checked like a fit reply: size, kind, sender, this ``server_round`` and
+        ``attempt``, and ``seq`` (the client's ``seq``-th request of this fit, at most
+        ``max_refreshes``). Raises only the client faults.
+        """
+        msg = self._read_reply(cid, answer, "refresh_req")
+        meta = msg.meta
+        if (meta.get("round"), meta.get("attempt")) != (server_round, attempt):
+            raise MalformedMessageError(
+                f"stale or replayed refresh request for round {meta.get('round')!r} attempt {meta.get('attempt')!r}, "
+                f"expected round {server_round} attempt {attempt}"
+            )
+        if meta.get("seq") != seq:
+            raise MalformedMessageError(f"refresh request number {meta.get('seq')!r}, expected {seq}")
+        if seq > self.max_refreshes:
+            raise ProtocolError(f"more than {self.max_refreshes} refresh requests for one fit")
+        reply = self.exchange.refresh(payload_of(msg))
+        return encode_request("refresh_ins", {"round": server_round, "attempt": attempt, "seq": seq}, reply)
+
     def read_stats_reply(self, cid: str, answer: bytes | Exception) -> wire.Message:
         """Check one client's answer to the statistics request (envelope, then the exchange's
         :meth:`~torchhefl.federated.exchange.ServerExchange.check_statistics`); same errors as
@@ -314,6 +342,52 @@ class Server:
                 continue
             replies[cid] = msg
         return replies
+
+    def _converse(
+        self, ids: list[str], request: bytes, *, server_round: int, attempt: int
+    ) -> list[tuple[str, bytes | Exception]]:
+        """Each client's final answer to the fit ``request``, after serving its refresh requests.
+
+        While a client answers with ``refresh_req``, it gets a ``refresh_ins`` back
+        (:meth:`answer_refresh`); the clients waiting for one are served together. A client whose
+        refresh request is refused ends with that fault as its answer.
+        """
+        answers = dict(self._deliver(ids, request))
+        asked = dict.fromkeys(ids, 0)
+        while True:
+            follow = {}
+            for cid, answer in answers.items():
+                if isinstance(answer, Exception) or self._kind(answer) != "refresh_req":
+                    continue
+                asked[cid] += 1
+                try:
+                    follow[cid] = self.answer_refresh(cid, answer, server_round=server_round, attempt=attempt, seq=asked[cid])
+                except _CLIENT_FAULTS as e:
+                    answers[cid] = e
+            if not follow:
+                return [(cid, answers[cid]) for cid in ids]
+            answers.update(self._deliver_each(follow))
+
+    def _kind(self, answer: bytes) -> str | None:
+        try:
+            return decode_request(answer, max_bytes=self.max_message_bytes).kind
+        except _CLIENT_FAULTS:
+            return None  # the caller's own check reports what is wrong with it
+
+    def _deliver_each(self, requests: dict[str, bytes]) -> Iterator[tuple[str, bytes | Exception]]:
+        """Each client's reply to its own request; all at once on a transport with ``send_each``."""
+        send_each = getattr(self.transport, "send_each", None)
+        if send_each is not None:
+            answers = send_each(dict(requests))
+            for cid in requests:
+                yield cid, answers[cid]
+            return
+        for cid, request in requests.items():
+            try:
+                answer: bytes | Exception = self.transport.send(cid, request)
+            except _CLIENT_FAULTS as e:
+                answer = e
+            yield cid, answer
 
     def _deliver(self, ids: list[str], request: bytes) -> Iterator[tuple[str, bytes | Exception]]:
         """Each client's reply to ``request``, or the client fault it raised.
