@@ -144,6 +144,84 @@ def test_run_over_fake_grid_equals_simulation(mode, key_dir, tmp_path):
     assert summary["test_accuracy"] == pytest.approx(results[-1]["test_accuracy"])
 
 
+def test_hem_run_over_fake_grid_equals_simulation(key_dir, tmp_path):
+    # --key-holder server: the ServerApp reads the key pair from its own folder; the sites hold no
+    # private key (no key-dir) and keep their pairwise-mask key and mid-fit state in the node state
+    common = {"rounds": 2, "clients": SITES, "seed": 1, "local-epochs": 3}
+    run_config = {
+        "mode": "he", "key-holder": "server", **common, "node-timeout": 5.0, "reply-timeout": 5.0,
+        "run-dir": str(tmp_path / "run"), "server-key-dir": str(key_dir), "server-allow-insecure-keys": True,
+    }
+    nodes = {n: {k: v for k, v in c.items() if k != "key-dir"} for n, c in _node_configs(key_dir).items()}
+    grid = FakeGrid(run_config, nodes)
+    lines = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyWarning)
+        summary = serve(grid, DeploymentSettings.from_run_config(run_config), echo=lines.append)
+
+    config = TrainConfig(
+        mode="he", key_holder="server", clip_norm=None, rounds=2, clients=SITES, seed=1, local_epochs=3,
+        extra={"key_dir": str(key_dir), "allow_insecure_keys": True},
+    )
+    expected, results = _simulate(config)
+    saved = torch.load(tmp_path / "run" / "model.pt")
+    for name, tensor in expected.items():  # a refresh rounds value + random mask: runs differ by ~1e-10
+        torch.testing.assert_close(saved[name], tensor, rtol=0, atol=1e-6)
+    assert lines[-1].split()[:2] == ["round", "2/2"]
+    # refreshes in the middle of local training too, not only the one before each upload
+    assert all(r["refreshes"] > SITES for r in results)
+    # one fresh ClientApp per message: hello, keys, peers, stats, standardize; then per round a fit
+    # and one message per refresh (the server evaluates the model it holds: no evaluate messages)
+    assert grid.builds == SITES * 5 + sum(SITES + r["refreshes"] for r in results)
+    assert summary["bytes_up"] == sum(r["bytes_up"] for r in results)
+    assert summary["bytes_down"] == sum(r["bytes_down"] for r in results)
+    assert summary["test_accuracy"] == pytest.approx(results[-1]["test_accuracy"])
+    # what a site keeps between messages: its own secrets, and no fit left half-done
+    for state in grid.states.values():
+        record = state.config_records["torchhefl.site"]
+        assert len(record["secret-x25519"]) == 32 and record["secret-continuation"] == b""
+
+
+def test_hem_site_resumes_a_fit_from_its_node_state(key_dir):
+    """A HEM fit that waits for a refresh continues in a rebuilt client from the node state alone."""
+    config = TrainConfig(
+        mode="he", key_holder="server", clip_norm=None, rounds=1, clients=SITES, seed=2, local_epochs=3,
+        extra={"key_dir": str(key_dir), "allow_insecure_keys": True},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyWarning)
+        sim = build(config)
+    node = {k: v for k, v in _node_configs(key_dir)[907].items() if k != "key-dir"}
+    state = RecordDict()
+    # site0 runs as a Site rebuilt per message; the other two stay in process
+    sim.transport.clients["site0"] = _Rebuilt(config, node, state)
+    sim.server.setup()
+    result = sim.server.run_round(1)
+    assert result["clients"] == ["site0", "site1", "site2"] and result["refreshes"] > SITES
+    assert sim.transport.clients["site0"].builds > 6  # set-up, the fit and its refreshes
+    reference = build(config)
+    reference.server.setup()
+    reference.server.run_round(1)
+    a, b = sim.final_state(), reference.final_state()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    # a refresh answer the site did not ask for is refused
+    stray = encode_request("refresh_ins", {"round": 1, "attempt": 1, "seq": 1}, b"")
+    with pytest.raises(ProtocolError, match="did not ask for"):
+        Site(config, node, state).handle(stray)
+
+
+class _Rebuilt:
+    """Answers each request with a Site built afresh from the node config and state, as a SuperNode does."""
+
+    def __init__(self, config, node, state):
+        self.config, self.node, self.state, self.builds = config, node, state, 0
+
+    def handle(self, request: bytes) -> bytes:
+        self.builds += 1
+        return Site(self.config, self.node, self.state).handle(request)
+
+
 def test_silent_node_is_left_out_of_the_round(key_dir):
     run_config = {"mode": "plain", "rounds": 1, "clients": SITES, "seed": 0}
     nodes = _node_configs(key_dir)
@@ -207,8 +285,11 @@ def test_run_config_errors():
         DeploymentSettings.from_run_config({"epochs": 3})
     with pytest.raises(ConfigError, match="rounds must be an integer, got 2.5"):
         DeploymentSettings.from_run_config({"rounds": 2.5})
-    with pytest.raises(ConfigError, match="--key-holder server is not available over Flower yet"):
-        DeploymentSettings.from_run_config({"key-holder": "server"})
+    assert DeploymentSettings.from_run_config({"key-holder": "server"}).config.clip_norm is None  # HEM: nothing to clip
+    with pytest.raises(ConfigError, match="clip-norm cannot be used with key-holder=\"server\""):
+        DeploymentSettings.from_run_config({"key-holder": "server", "clip-norm": 5.0})
+    with pytest.raises(ConfigError, match="server-test-data and server-test-label go together"):
+        DeploymentSettings.from_run_config({"server-test-data": "/data/test.csv"})
     with pytest.raises(ConfigError, match="--mode must be one of"):
         DeploymentSettings.from_run_config({"mode": "fhe"})
     assert DeploymentSettings.from_run_config({"clip-norm": 0.0}).config.clip_norm is None

@@ -12,14 +12,20 @@ Run config keys (hyphenated :class:`TrainConfig` fields): ``mode``, ``key-holder
 ``clip-norm`` (0 turns clipping off), ``aggregator``, ``mu``, ``partition``, ``alpha``, ``seed``,
 ``loss``, ``test-size``; and ``reply-timeout`` (seconds a request may wait for a site),
 ``node-timeout`` (seconds to wait for every site's SuperNode), ``run-dir`` (where the ServerApp
-records metrics; empty for none).
+records metrics and, in HEM, the final model; empty for none). With ``--key-holder server`` (HEM)
+the ServerApp also reads ``server-key-dir`` (a directory *on the server's machine* holding the
+server's ``private.json``; empty: a fresh 2048-bit key pair for the run), ``server-allow-insecure-keys``
+(accept a key under 2048 bits; tests and demos only), and ``server-test-data``/``server-test-label``
+(the server's own held-out CSV, on which it evaluates the model it holds; empty: the held-out split
+of WDBC, as the simulation makes it).
 
 Node config keys (one SuperNode per site): ``partition-id`` (this site's index), ``num-partitions``
-(must equal ``clients``), ``key-dir`` (the directory of the sites' ``private.json``; HE mode),
+(must equal ``clients``), ``key-dir`` (the directory of the sites' ``private.json``; ``--key-holder
+clients`` only: in HEM a site holds no private key and gets the server's public key from the server),
 ``data`` and ``label`` (the site's own CSV table; without them the site takes its share of WDBC
 exactly as the simulation splits it), ``model-out`` (where to save the latest global model the
-site has decrypted, as a plain state_dict), ``allow-insecure-keys`` (accept a key under 2048 bits;
-tests and demos only).
+site has decrypted, as a plain state_dict; HEM sites never see the model), ``allow-insecure-keys``
+(accept a key under 2048 bits; tests and demos only).
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from torchhefl.federated.exchange import PlainClientExchange, PlainServerExchang
 from torchhefl.federated.keyring import run_keypair
 from torchhefl.federated.messages import decode_request
 from torchhefl.federated.server import Server
-from torchhefl.federated.simulation import make_client, make_loss, site_data
+from torchhefl.federated.simulation import load_dataset, make_client, make_loss, site_data
 from torchhefl.federated.strategies import get_strategy
 from torchhefl.nn import LogisticRegression
 from torchhefl.secure import MAX_TOTAL_WEIGHT, PublicKey
@@ -83,8 +89,15 @@ RUN_CONFIG_DEFAULTS: dict[str, bool | int | float | str] = {
     "reply-timeout": 600.0,
     "node-timeout": 300.0,
     "run-dir": "",
+    "server-key-dir": "",
+    "server-allow-insecure-keys": False,
+    "server-test-data": "",
+    "server-test-label": "",
 }
-_DEPLOYMENT_KEYS = ("reply-timeout", "node-timeout", "run-dir")
+_DEPLOYMENT_KEYS = (
+    "reply-timeout", "node-timeout", "run-dir", "server-key-dir", "server-allow-insecure-keys",
+    "server-test-data", "server-test-label",
+)
 _NODE_KEYS = ("partition-id", "num-partitions", "key-dir", "allow-insecure-keys", "data", "label", "model-out")
 
 #: Flower message type of the first exchange, in which each SuperNode says which site it runs
@@ -93,7 +106,7 @@ HELLO_TYPE = "query.hello"
 _HELLO_RECORD = "torchhefl.hello"
 _STATE_RECORD = "torchhefl.site"
 #: requests whose effect a site keeps for the rest of the run; replayed when the client is rebuilt
-_REPLAYED_KINDS = ("standardize_ins",)
+_REPLAYED_KINDS = ("hem_keys_ins", "hem_peers_ins", "standardize_ins")
 
 
 @dataclass
@@ -104,6 +117,12 @@ class DeploymentSettings:
     reply_timeout: float = 600.0
     node_timeout: float = 300.0
     run_dir: str = ""
+    #: HEM only, all on the server's machine: its key folder, whether a small key is accepted, and
+    #: its held-out CSV and label column
+    server_key_dir: str = ""
+    server_allow_insecure_keys: bool = False
+    server_test_data: str = ""
+    server_test_label: str = ""
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, object]) -> "DeploymentSettings":
@@ -113,6 +132,9 @@ class DeploymentSettings:
             raise ConfigError(f"unknown run config keys: {', '.join(unknown)} (known: {', '.join(RUN_CONFIG_DEFAULTS)})")
         values = {**RUN_CONFIG_DEFAULTS, **run_config}
         fields = {k.replace("-", "_"): v for k, v in values.items() if k not in _DEPLOYMENT_KEYS}
+        hem = values["mode"] == "he" and values["key-holder"] == "server"
+        if hem and "clip-norm" not in run_config:
+            fields["clip_norm"] = 0.0  # HEM clients train on ciphertexts: nothing to clip
         fields["clip_norm"] = float(fields["clip_norm"]) or None
         for name in ("rounds", "clients", "min_clients", "batch_size", "local_epochs", "seed"):
             fields[name] = _integer(name, fields[name])
@@ -120,12 +142,22 @@ class DeploymentSettings:
             fields[name] = float(fields[name])
         config = TrainConfig(**fields)
         config.validate()
-        if config.mode == "he" and config.key_holder == "server":
-            raise ConfigError("--key-holder server is not available over Flower yet; use --key-holder clients or --mode plain")
+        if hem and config.clip_norm is not None:
+            raise ConfigError(
+                "clip-norm cannot be used with key-holder=\"server\": clients train on encrypted weights and never "
+                "see a plaintext gradient to clip (leave clip-norm out, or set clip-norm=0)"
+            )
         reply_timeout, node_timeout = float(values["reply-timeout"]), float(values["node-timeout"])
         if reply_timeout <= 0 or node_timeout <= 0:
             raise ConfigError("reply-timeout and node-timeout must be positive numbers of seconds")
-        return cls(config, reply_timeout, node_timeout, str(values["run-dir"]))
+        if not isinstance(values["server-allow-insecure-keys"], bool):
+            raise ConfigError("run config server-allow-insecure-keys must be true or false")
+        if bool(values["server-test-data"]) != bool(values["server-test-label"]):
+            raise ConfigError("run config server-test-data and server-test-label go together")
+        return cls(
+            config, reply_timeout, node_timeout, str(values["run-dir"]), str(values["server-key-dir"]),
+            values["server-allow-insecure-keys"], str(values["server-test-data"]), str(values["server-test-label"]),
+        )
 
 
 def _integer(name: str, value: object) -> int:
@@ -148,10 +180,12 @@ class Site:
 
     Flower runs a fresh ClientApp process for every message, so the client object cannot live
     across rounds in memory. What it must keep is kept in Flower's per-run node state
-    (``context.state``): the set-up requests it answered (replayed into the rebuilt client, which
-    re-derives the same standardisation from them) and the last round it trained (replay
-    protection). Everything else a client holds is either rebuilt identically from the node
-    config (rows, key) or sent again by the server (the global model).
+    (``context.state``, which never leaves the node): the set-up requests it answered (replayed
+    into the rebuilt client, which re-derives the same keys, pairwise seeds and standardisation
+    from them), the last round it trained (replay protection), and in HEM the client's own secrets
+    as bytes (its X25519 private key, and where it is in a fit that waits for a refresh, with that
+    refresh's blinding masks). Everything else a client holds is either rebuilt identically from
+    the node config (rows, key) or sent again by the server (the global model).
 
     Args:
         config: the run's training configuration.
@@ -178,8 +212,14 @@ class Site:
     def _build_client(self) -> Client:
         config = self.config
         X, y, X_test, y_test = self._rows()
+        client_class = Client
         if config.mode == "plain":
             exchange = PlainClientExchange()
+        elif config.key_holder == "server":
+            from torchhefl.federated.hem import HEMClient, HEMClientExchange
+
+            exchange = HEMClientExchange(allow_insecure=self.node_config.get("allow-insecure-keys") is True)
+            client_class = HEMClient
         else:
             key_dir = self.node_config.get("key-dir")
             if not key_dir:
@@ -188,7 +228,8 @@ class Site:
             _, private_key = run_keypair(dataclasses.replace(config, extra=extra))
             exchange = ClientKeyClientExchange(private_key, weight_bound=MAX_TOTAL_WEIGHT // config.clients)
         return make_client(
-            config, self.index, X, y, model=initial_model(config, X.shape[1]), exchange=exchange, X_test=X_test, y_test=y_test
+            config, self.index, X, y, model=initial_model(config, X.shape[1]), exchange=exchange, X_test=X_test, y_test=y_test,
+            client_class=client_class,
         )
 
     def _rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -225,6 +266,8 @@ class Site:
         if kind in _REPLAYED_KINDS:
             record["setup"] = [*record.get("setup", []), bytes(request)]
         record["last-round"] = list(self.client.last_round)
+        for name, value in self._secrets().items():
+            record[name] = value
         self.state[_STATE_RECORD] = record
         if kind == "evaluate_ins" and self.node_config.get("model-out"):
             _save_state(self.client.model.state_dict(), Path(str(self.node_config["model-out"])))
@@ -234,10 +277,17 @@ class Site:
         record = self.state.config_records.get(_STATE_RECORD)
         return ConfigRecord(dict(record)) if record is not None else ConfigRecord()
 
+    def _secrets(self) -> dict[str, bytes]:
+        site_state = getattr(self.client, "site_state", None)
+        return {} if site_state is None else {f"secret-{k}": v for k, v in site_state().items()}
+
     def _restore(self) -> None:
         record = self.state.config_records.get(_STATE_RECORD)
         if record is None:
             return
+        restore = getattr(self.client, "restore_site_state", None)
+        if restore is not None:
+            restore({k.removeprefix("secret-"): bytes(v) for k, v in record.items() if k.startswith("secret-")})
         for request in record.get("setup", []):
             self.client.handle(bytes(request))
         last = record.get("last-round", [0, 0])
@@ -296,22 +346,34 @@ def read_hellos(config: TrainConfig, replies: Mapping[int, RecordDict]) -> Hello
     if len(keys) != 1:
         raise ConfigError("the sites hold different key pairs; every site needs the same private.json")
     key = keys.pop()
-    if config.mode == "he" and not key:
+    if config.mode == "he" and config.key_holder == "clients" and not key:
         raise ConfigError("--mode he, but the sites sent no public key")
     ordered = {f"site{i}": nodes[f"site{i}"] for i in range(config.clients)}
     return Hellos(ordered, features.pop(), PublicKey(int(key, 16)) if key else None)
 
 
-def build_server(config: TrainConfig, transport, hellos: Hellos) -> Server:
-    """The run's :class:`Server` over ``transport``; in HE mode it gets the sites' public key only.
+def build_server(config: TrainConfig, transport, hellos: Hellos, settings: DeploymentSettings | None = None) -> Server:
+    """The run's :class:`Server` over ``transport``.
 
-    The server holds no data in a deployment: the sites evaluate the model on their shares of the
-    held-out set and the server adds up their counts (in plain mode too).
+    With ``--key-holder clients`` it gets the sites' public key only, and holds no data: the sites
+    evaluate the model on their shares of the held-out set and the server adds up their counts (in
+    plain mode too). With ``--key-holder server`` (HEM) it holds the key pair, read from
+    ``settings.server_key_dir`` on its own machine (never from the app bundle), and evaluates the
+    model it holds on its own held-out set (``settings.server_test_data``, else WDBC's held-out split).
     """
+    settings = settings or DeploymentSettings(config)
     model = initial_model(config, hellos.num_features)
     initial = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
+    X_test = y_test = None
     if config.mode == "plain":
         exchange = PlainServerExchange(initial)
+    elif config.key_holder == "server":
+        from torchhefl.federated.hem import HEMServerExchange
+
+        extra = {"key_dir": settings.server_key_dir or None, "allow_insecure_keys": settings.server_allow_insecure_keys}
+        _, private_key = run_keypair(dataclasses.replace(config, extra=extra))
+        exchange = HEMServerExchange(private_key, initial)
+        X_test, y_test = _server_held_out(config, settings, hellos.num_features)
     else:
         exchange = ClientKeyServerExchange(hellos.public_key, initial)
     return Server(
@@ -320,7 +382,22 @@ def build_server(config: TrainConfig, transport, hellos: Hellos) -> Server:
         transport=transport,
         exchange=exchange,
         loss_fn=make_loss(config.loss, reduction="sum"),
+        X_test=X_test,
+        y_test=y_test,
         fraction=config.fraction,
         min_clients=config.min_clients,
         seed=config.seed,
     )
+
+
+def _server_held_out(config: TrainConfig, settings: DeploymentSettings, num_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """The HEM server's held-out rows (raw features) and labels."""
+    if settings.server_test_data:
+        table = load_csv(settings.server_test_data, settings.server_test_label)
+        X, y = table.X, table.y
+    else:
+        _, test = train_test_split(load_dataset(config), test_size=config.test_size, seed=config.seed)
+        X, y = test.X, test.y
+    if X.shape[1] != num_features:
+        raise ConfigError(f"the server's held-out set has {X.shape[1]} features, the sites have {num_features}")
+    return X, y

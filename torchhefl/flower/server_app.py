@@ -56,7 +56,7 @@ def serve(grid: Grid, settings: DeploymentSettings, *, echo: Callable[[str], Non
     hellos = read_hellos(config, {int(name): r.content for name, r in replies.items() if not r.has_error()})
     echo("sites: " + ", ".join(f"{cid} on node {node}" for cid, node in hellos.nodes.items()))
     transport = FlowerTransport(grid, hellos.nodes, timeout=settings.reply_timeout)
-    server = build_server(config, transport, hellos)
+    server = build_server(config, transport, hellos, settings)
     recorder = RunRecorder(settings.run_dir, config.to_dict(), list(hellos.nodes)) if settings.run_dir else None
     if recorder is not None:
         recorder.start()

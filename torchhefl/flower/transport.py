@@ -96,14 +96,20 @@ class FlowerTransport:
         """Send ``request`` to every client in ``ids`` at once; each one's reply bytes, or why there is none."""
         if not isinstance(request, (bytes, bytearray)):
             raise TypeError("the transport carries bytes only")
+        return self.send_each({cid: request for cid in ids})
+
+    def send_each(self, requests: Mapping[str, bytes]) -> dict[str, bytes | Exception]:
+        """Send each client its own request (``{cid: bytes}``) at once; each one's reply bytes, or why there is none."""
         answers: dict[str, bytes | Exception] = {}
         outgoing = {}
-        for cid in ids:
+        for cid, request in requests.items():
+            if not isinstance(request, (bytes, bytearray)):
+                raise TypeError("the transport carries bytes only")
             if cid in self.nodes:
                 outgoing[cid] = (self.nodes[cid], MESSAGE_TYPE, pack(request))
+                self.bytes_down += len(request)
             else:
                 answers[cid] = ClientUnavailableError(f"client {cid} has no SuperNode")
-        self.bytes_down += len(request) * len(outgoing)
         replies = exchange(self.grid, outgoing, timeout=self.timeout, poll_interval=self.poll_interval)
         for cid in outgoing:
             reply = replies.get(cid)
@@ -119,4 +125,4 @@ class FlowerTransport:
                     continue
                 self.bytes_up += len(blob)
                 answers[cid] = blob
-        return {cid: answers[cid] for cid in ids}
+        return {cid: answers[cid] for cid in requests}
