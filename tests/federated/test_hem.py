@@ -17,7 +17,7 @@ from torchhefl.federated.hem import (
     sgd_step,
     step_map,
 )
-from torchhefl.federated.messages import decode_request, payload_of
+from torchhefl.federated.messages import decode_request, encode_request, payload_of
 from torchhefl.federated.transport import ClientUnavailableError
 from torchhefl.nn.functional import add_bias_column
 from torchhefl.secure import EncryptedTensor, InsecureKeyWarning, generate_keypair
@@ -347,3 +347,46 @@ def test_end_to_end_with_a_2048_bit_key():
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=ATOL)
     assert results[-1]["test_accuracy"] == presults[-1]["test_accuracy"]
     assert [r["refreshes"] for r in results] == [3, 3]  # only the one before each upload
+
+
+def test_refreshes_travel_as_replies_and_count_in_the_bytes():
+    # the client answers a fit with refresh_req until its update is ready; a stray or out-of-order
+    # refresh answer is refused, and the refresh traffic is part of the round's byte counts
+    sim = build(_config(rounds=1, local_epochs=3, extra={"allow_insecure_keys": True}))
+    sim.server.setup()
+    client, ids = sim.clients[0], sim.transport.client_ids
+    fit = encode_request("fit_ins", {"round": 1, "attempt": 1, "participants": ids, "config": {}}, sim.server.exchange.global_payload())
+    reply, kinds, seq = client.handle(fit), [], 0
+    while decode_request(reply).kind == "refresh_req":
+        seq += 1
+        kinds.append("refresh_req")
+        answer = sim.server.answer_refresh("site0", reply, server_round=1, attempt=1, seq=seq)
+        if seq == 1:
+            wrong = encode_request("refresh_ins", {"round": 1, "attempt": 1, "seq": 2}, payload_of(decode_request(answer)))
+            with pytest.raises(MalformedMessageError, match="request 2, expected round 1 attempt 1 request 1"):
+                client.handle(wrong)
+        reply = client.handle(answer)
+    final = decode_request(reply)
+    assert final.kind == "fit_res" and final.meta["refreshes"] == seq == len(kinds) >= 2
+    with pytest.raises(ProtocolError, match="did not ask for"):
+        client.handle(answer)
+    # in a whole round every refresh is a message pair the transport counts
+    sim = build(_config(rounds=1, local_epochs=3, extra={"allow_insecure_keys": True}))
+    sim.server.setup()
+    seen = {"down": 0, "up": 0, "refresh_ins": 0}
+
+    class _Counting:
+        def __init__(self, client):
+            self.client = client
+
+        def handle(self, request):
+            reply = self.client.handle(request)
+            seen["down"] += len(request)
+            seen["up"] += len(reply)
+            seen["refresh_ins"] += decode_request(request).kind == "refresh_ins"
+            return reply
+
+    sim.transport.clients = {c.cid: _Counting(c) for c in sim.clients}
+    r = sim.server.run_round(1)
+    assert (r["bytes_down"], r["bytes_up"]) == (seen["down"], seen["up"])
+    assert seen["refresh_ins"] == r["refreshes"] == sim.server.exchange.refreshes > len(sim.clients)

@@ -91,3 +91,15 @@ def test_mask_rejects_unknown_or_absent_participants():
         maskers["a"].mask(b"l", ["a", "b", "z"], 1, MODULUS)
     with pytest.raises(ProtocolError, match="names a client twice"):
         maskers["a"].mask(b"l", ["a", "b", "b"], 1, MODULUS)
+
+
+def test_a_masker_rebuilt_from_its_private_key_makes_the_same_masks():
+    maskers = _agreed(["a", "b", "c"])
+    again = PairwiseMasker("a", maskers["a"].private_bytes())
+    assert again.public_bytes() == maskers["a"].public_bytes()
+    again.agree({c: m.public_bytes() for c, m in maskers.items()})
+    label = mask_label("update", ["a", "b", "c"], round=1, attempt=1)
+    assert again.mask(label, ["a", "b", "c"], 3, MODULUS) == maskers["a"].mask(label, ["a", "b", "c"], 3, MODULUS)
+    assert PairwiseMasker("a").public_bytes() != maskers["a"].public_bytes()
+    with pytest.raises(ValueError, match="32 bytes"):
+        PairwiseMasker("a", b"short")

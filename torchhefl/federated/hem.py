@@ -18,7 +18,10 @@ step count, never of its data.
 
 When the next step would leave no room for a blinding mask, the client refreshes its weights
 through the server (:mod:`torchhefl.federated.refresh`); before upload it refreshes once more to the
-common base scale. It then uploads ``Enc(n_i * theta_i + mask_i)`` and ``Enc(n_i + mask'_i)``,
+common base scale. A refresh is server-driven, so it runs over transports where only the server
+sends requests (Flower): the client answers the fit request with a ``refresh_req`` holding the
+blinded ciphertexts, keeps its place in local training (a continuation: step, ciphertexts, secret
+masks), and resumes when the server's ``refresh_ins`` arrives; its last answer is the ``fit_res``. It then uploads ``Enc(n_i * theta_i + mask_i)`` and ``Enc(n_i + mask'_i)``,
 re-randomised, where the pairwise masks (:mod:`torchhefl.federated.masking`) of the round's
 participants sum to zero modulo ``n``. The server multiplies the uploads together and decrypts only
 the two sums: ``theta = sum(n_i theta_i) / sum(n_i)`` (FedAvg, Eq 14), then evaluates on its
