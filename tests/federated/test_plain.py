@@ -137,3 +137,27 @@ def test_plain_state_roundtrip_keeps_dtypes_and_rejects_nan():
         decode_state(encode_state({"w": torch.tensor([float("nan")])}))
     with pytest.raises(MalformedMessageError, match="shape"):
         decode_state(encode_state({"w": torch.zeros(2)}), expected={"w": torch.zeros(3)})
+
+
+def test_evaluation_counts_travel_sparse_and_add_up():
+    from torchhefl.federated.evaluation import (
+        add_counts,
+        counts_from_wire,
+        counts_to_wire,
+        evaluation_counts,
+        metrics_from_counts,
+    )
+    from torchhefl.nn import TaylorLoss
+
+    gen = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(40, generator=gen, dtype=torch.float64), (torch.rand(40, generator=gen) > 0.5).double()
+    loss = TaylorLoss(reduction="sum")
+    whole = evaluation_counts(logits, y, loss)
+    halves = [counts_from_wire(counts_to_wire(evaluation_counts(logits[s], y[s], loss))) for s in (slice(0, 17), slice(17, 40))]
+    total = add_counts(add_counts(None, halves[0]), halves[1])
+    assert metrics_from_counts(total) == pytest.approx(metrics_from_counts(whole), abs=1e-12)
+    wire = counts_to_wire(whole)
+    assert len(wire["pos_hist_bins"]) <= 40  # only the non-empty bins are sent
+    bad = dict(wire, pos_hist_bins=wire["pos_hist_bins"] + 5000)
+    with pytest.raises(ValueError, match="outside"):
+        counts_from_wire(bad)

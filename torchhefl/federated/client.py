@@ -11,7 +11,7 @@ from torch import nn
 
 from torchhefl.data import Moments, Standardizer, local_moments
 from torchhefl.exceptions import MalformedMessageError, ProtocolError
-from torchhefl.federated.evaluation import evaluation_counts
+from torchhefl.federated.evaluation import counts_to_wire, evaluation_counts
 from torchhefl.federated.exchange import ClientExchange
 from torchhefl.federated.messages import decode_request, encode_request, encode_state, payload_of
 
@@ -157,7 +157,7 @@ class Client:
         self.model.eval()
         with torch.no_grad():
             counts = evaluation_counts(self.model(self.X_test), self.y_test, self.eval_loss_fn)
-        return encode_request("evaluate_res", {"cid": self.cid}, encode_state(counts))
+        return encode_request("evaluate_res", {"cid": self.cid}, encode_state(counts_to_wire(counts)))
 
     # -- local training -----------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 
-__all__ = ["AUC_BINS", "add_counts", "evaluation_counts", "metrics_from_counts"]
+__all__ = ["AUC_BINS", "add_counts", "counts_from_wire", "counts_to_wire", "evaluation_counts", "metrics_from_counts"]
 
 AUC_BINS = 1024
 
@@ -44,6 +44,45 @@ def evaluation_counts(
         "pos_hist": np.bincount(bins[yb], minlength=AUC_BINS).astype(np.int32),
         "neg_hist": np.bincount(bins[~yb], minlength=AUC_BINS).astype(np.int32),
     }
+
+
+_SCALARS = ("n", "tp", "fp", "fn", "loss_sum")
+_HISTS = ("pos_hist", "neg_hist")
+
+
+def counts_to_wire(counts: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays a holder sends: the scalars, and each histogram as its non-empty bins and their counts."""
+    out = {k: np.asarray(counts[k], dtype=np.float64).reshape(1) for k in _SCALARS}
+    for k in _HISTS:
+        hist = np.asarray(counts[k])
+        bins = np.flatnonzero(hist)
+        out[f"{k}_bins"] = bins.astype(np.int32)
+        out[f"{k}_counts"] = hist[bins].astype(np.int32)
+    return out
+
+
+def counts_from_wire(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Inverse of :func:`counts_to_wire`; raises ``ValueError`` on anything a holder could not have sent."""
+    expected = set(_SCALARS) | {f"{k}_{part}" for k in _HISTS for part in ("bins", "counts")}
+    if set(arrays) != expected:
+        raise ValueError(f"evaluation counts hold {sorted(arrays)}, expected {sorted(expected)}")
+    out = {}
+    for k in _SCALARS:
+        v = np.asarray(arrays[k], dtype=np.float64)
+        if v.shape != (1,) or not np.isfinite(v).all() or (v < 0).any():
+            raise ValueError(f"evaluation count {k!r} must be one finite non-negative number")
+        out[k] = v
+    for k in _HISTS:
+        bins, values = np.asarray(arrays[f"{k}_bins"]), np.asarray(arrays[f"{k}_counts"])
+        if bins.ndim != 1 or bins.shape != values.shape or not np.issubdtype(bins.dtype, np.integer) \
+                or not np.issubdtype(values.dtype, np.integer):
+            raise ValueError(f"histogram {k!r} needs integer bins and counts of one length")
+        if len(bins) and (bins.min() < 0 or bins.max() >= AUC_BINS or len(np.unique(bins)) != len(bins) or values.min() < 0):
+            raise ValueError(f"histogram {k!r} has bins outside [0, {AUC_BINS}), repeated bins or negative counts")
+        hist = np.zeros(AUC_BINS, dtype=np.float64)
+        hist[bins.astype(np.int64)] = values
+        out[k] = hist
+    return out
 
 
 def add_counts(a: Mapping[str, np.ndarray] | None, b: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -15,7 +15,7 @@ from torch import nn
 
 from torchhefl.data import Moments, Standardizer
 from torchhefl.exceptions import KeyMismatchError, MalformedMessageError, ProtocolError
-from torchhefl.federated.evaluation import AUC_BINS, add_counts, evaluation_counts, metrics_from_counts
+from torchhefl.federated.evaluation import add_counts, counts_from_wire, evaluation_counts, metrics_from_counts
 from torchhefl.federated.exchange import ServerExchange
 from torchhefl.federated.messages import decode_request, decode_state, encode_request, payload_of
 from torchhefl.federated.strategies import Strategy
@@ -422,14 +422,10 @@ def _seconds(value) -> float:
     return out
 
 
-_COUNT_SHAPES = {"n": (1,), "tp": (1,), "fp": (1,), "fn": (1,), "loss_sum": (1,), "pos_hist": (AUC_BINS,), "neg_hist": (AUC_BINS,)}
-
-
 def _read_counts(payload: bytes) -> dict[str, np.ndarray]:
     """A client's evaluation counts: the expected names and shapes, finite, non-negative."""
-    expected = {k: torch.empty(shape) for k, shape in _COUNT_SHAPES.items()}
-    counts, _ = decode_state(payload, expected=expected)
-    out = {k: v.to(torch.float64).numpy() for k, v in counts.items()}
-    if any((v < 0).any() for v in out.values()):
-        raise MalformedMessageError("evaluation counts must be non-negative")
-    return out
+    counts, _ = decode_state(payload)
+    try:
+        return counts_from_wire({k: v.numpy() for k, v in counts.items()})
+    except ValueError as e:
+        raise MalformedMessageError(str(e)) from None
