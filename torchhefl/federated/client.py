@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -16,8 +16,6 @@ from torchhefl.federated.exchange import ClientExchange
 from torchhefl.federated.messages import decode_request, encode_request, encode_state, payload_of
 
 __all__ = ["Client", "local_batches", "round_generator"]
-
-LossFactory = Callable[[str], nn.Module]
 
 
 def round_generator(seed: int, client_index: int, server_round: int) -> torch.Generator:

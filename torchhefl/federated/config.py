@@ -93,11 +93,6 @@ class TrainConfig:
             raise ConfigError("--data and --label go together: give both, or neither for WDBC")
         return self
 
-    @property
-    def fedprox_mu(self) -> float:
-        """The proximal coefficient the clients use: ``mu`` with FedProx, 0 with FedAvg."""
-        return self.mu if self.aggregator == "fedprox" else 0.0
-
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -29,7 +29,18 @@ from torchhefl.federated.strategies import get_strategy
 from torchhefl.federated.transport import InProcessTransport
 from torchhefl.nn import LogisticRegression, TaylorLoss
 
-__all__ = ["ModeParts", "Simulation", "build", "make_client", "round_line", "check_resume", "describe_dataset", "load_dataset", "make_loss", "run"]
+__all__ = [
+    "ModeParts",
+    "Simulation",
+    "build",
+    "check_resume",
+    "describe_dataset",
+    "load_dataset",
+    "make_client",
+    "make_loss",
+    "round_line",
+    "run",
+]
 
 log = logging.getLogger(__name__)
 
