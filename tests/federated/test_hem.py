@@ -130,7 +130,7 @@ def test_encrypted_local_training_equals_plain_sgd(aggregator):
     theta0 = hem.server.exchange.theta.clone()
     for hc, pc in zip(hem.clients, plain.clients):
         assert isinstance(hc, HEMClient)
-        mu = cfg.fedprox_mu
+        mu = hem.server.strategy.configure_fit(1)["proximal_mu"]  # what a round sends the clients
         enc = EncryptedTensor.encrypt(theta0, hem.extras["public_key"])
         hc.exchange.channel = hem.server.exchange.refresh  # direct calls refresh synchronously
         out = hc.fit_encrypted(enc, 1, proximal_mu=mu)
