@@ -14,7 +14,7 @@ from torchhefl.secure import (
     load_private_key,
     load_public_key,
 )
-from torchhefl.secure._parallel import map_chunks
+from torchhefl.secure._parallel import map_chunks, powmod_lists
 
 pytestmark = pytest.mark.filterwarnings("ignore::torchhefl.secure.keys.InsecureKeyWarning")
 
@@ -27,6 +27,19 @@ def test_small_keys_need_explicit_opt_in():
     assert pk.bits == 512 and sk.public_key == pk
     with pytest.raises(ValueError, match="too small"):
         generate_keypair(128, allow_insecure=True)
+
+
+@pytest.mark.parametrize("bits", [512, 514, 768])
+def test_generated_primes_fill_exactly_the_asked_size(bits):
+    for _ in range(3):
+        pk, sk = generate_keypair(bits, allow_insecure=True)
+        p, q = int(sk._p), int(sk._q)
+        assert pk.bits == bits == int(pk.n).bit_length() and p * q == int(pk.n)
+        assert sorted([p.bit_length(), q.bit_length()]) == sorted([bits // 2, bits - bits // 2])
+        for prime in (p, q):
+            assert gmpy2.is_prime(prime, 50)
+            assert prime >> (prime.bit_length() - 2) == 0b11  # two top bits set: n never falls a bit short
+        assert abs(p - q).bit_length() > bits // 2 - 100
 
 
 def test_fingerprint_is_sha256_of_n_and_stable(keypair):
@@ -145,3 +158,43 @@ def test_bulk_operations_in_worker_processes_match_serial(keypair):
     dec = map_chunks(lambda chunk: [sk.decrypt_int(c) for c in chunk], cts, seconds_per_item=1.0)
     assert dec == ms
     assert all(isinstance(c, gmpy2.mpz().__class__) for c in cts)
+
+
+@pytest.mark.parametrize("workers", ["1", "2", "3"])
+def test_threaded_powmods_match_pow_in_order(monkeypatch, workers):
+    monkeypatch.setenv("TORCHHEFL_NUM_WORKERS", workers)
+    mods = [gmpy2.mpz(2**127 - 1), gmpy2.mpz(2**89 - 1)]
+    jobs = [(list(range(2, 9)), 65537, mods[0]), ([], 3, mods[1]), (list(range(100, 103)), 12345, mods[1])]
+    out = powmod_lists(jobs, seconds_per_item=1.0)  # forced onto threads when workers > 1
+    assert out == [[pow(b, e, int(m)) for b in bases] for bases, e, m in jobs]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_threaded_decryption_matches_phe(keypair, monkeypatch, workers):
+    monkeypatch.setenv("TORCHHEFL_NUM_WORKERS", workers)
+    pk, sk = keypair
+    ms = list(range(-60, 60))
+    cts = [pk.encrypt_int(m) for m in ms]
+    assert [sk.phe.raw_decrypt(int(c)) for c in cts] == [m % int(pk.n) for m in ms]
+    assert sk.decrypt_raw_many(cts) == [m % int(pk.n) for m in ms]
+    assert sk.decrypt_ints(cts) == ms == sk.decrypt_ints(cts, bound_bits=16)
+
+
+@pytest.mark.parametrize("window", [1, 3, 5, 8])
+def test_fixed_base_table_matches_pow_at_every_window(window):
+    from torchhefl.secure._fastmath import FixedBaseTable
+
+    modulus, base = gmpy2.mpz(2**521 - 1), 3**50
+    table = FixedBaseTable(base, modulus, 70, window=window)
+    for e in (0, 1, 2**70 - 1, 0x2F_0123_4567_89AB_CDEF, 2**(window * 3)):
+        assert table.pow(e) == pow(base, e, int(modulus))
+
+
+def test_keys_switch_to_the_wide_randomness_table_after_heavy_use(keypair):
+    pk = PublicKey(int(keypair[0].n))  # a fresh key object: no table yet
+    _, sk = keypair
+    assert sk.decrypt_ints([pk.encrypt_int(5)]) == [5]
+    assert set(pk._djn_tables) == {5}
+    cts = pk.encrypt_ints(range(600))
+    assert set(pk._djn_tables) == {5, 8}
+    assert sk.decrypt_ints(cts) == list(range(600)) and sk.decrypt_ints(pk.rerandomize_ints(cts[:3])) == [0, 1, 2]

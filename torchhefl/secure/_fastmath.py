@@ -22,29 +22,41 @@ ONE = mpz(1)
 
 
 class FixedBaseTable:
-    """Precomputed powers of one base modulo ``modulus`` for exponents in ``[0, 2^exp_bits)``."""
+    """Precomputed powers of one base modulo ``modulus`` for exponents in ``[0, 2^exp_bits)``.
+
+    A table of ``window``-bit digits costs ``ceil(exp_bits / window) * (2^window - 1)``
+    multiplications to build and ``ceil(exp_bits / window)`` per exponentiation: wide windows pay
+    off over many exponentiations, narrow ones over a few.
+    """
 
     def __init__(self, base: mpz, modulus: mpz, exp_bits: int, window: int = 8) -> None:
-        if window != 8:
-            raise ValueError("FixedBaseTable uses byte windows")
+        if not 1 <= window <= 8:
+            raise ValueError(f"window must be 1..8 bits, got {window}")
         self.modulus = modulus
         self.exp_bits = exp_bits
+        self.window = window
         self.n_windows = -(-exp_bits // window)
+        size = 1 << window
         tables = []
         g = mpz(base) % modulus
         for _ in range(self.n_windows):
             row = [ONE, g]
-            for _d in range(2, 256):
+            for _d in range(2, size):
                 row.append(row[-1] * g % modulus)
             tables.append(row)
-            g = row[-1] * g % modulus  # g^256
+            g = row[-1] * g % modulus  # g^(2^window)
         self._tables = tables
 
     def pow(self, e: int) -> mpz:
         """``base^e mod modulus`` for ``0 <= e < 2^exp_bits``."""
         m = self.modulus
         acc = ONE
-        for row, digit in zip(self._tables, int(e).to_bytes(self.n_windows, "little")):
+        if self.window == 8:
+            digits = int(e).to_bytes(self.n_windows, "little")
+        else:
+            w, mask = self.window, (1 << self.window) - 1
+            digits = [(e >> (w * i)) & mask for i in range(self.n_windows)]
+        for row, digit in zip(self._tables, digits):
             if digit:
                 acc = acc * row[digit] % m
         return acc
