@@ -44,7 +44,8 @@ class ClientKeyServerExchange(ServerExchange):
         self.public_key = public_key
         self.weight_bound = weight_bound
         with self.timer.phase("encrypt"):
-            self._global = SecureStateDict.encrypt(initial_state, public_key).to_bytes()
+            # the initial model is public (drawn before any data is seen): no random factor needed
+            self._global = SecureStateDict.encrypt(initial_state, public_key, public=True).to_bytes()
         reference = SecureStateDict.from_bytes(self._global, public_key=public_key)
         self._layout = reference.keys()
         self._reference_entries = reference.layout()
@@ -132,13 +133,15 @@ class ClientKeyClientExchange(ClientExchange):
     def write_update(self, state: Mapping[str, torch.Tensor], num_examples: int) -> bytes:
         if num_examples > self.weight_bound:
             raise OverflowError(f"{num_examples} examples exceed the public cap of {self.weight_bound} per site")
-        enc = SecureStateDict.encrypt(state, self.public_key, weight=num_examples, weight_bound=self.weight_bound)
+        enc = SecureStateDict.encrypt(
+            state, self.public_key, weight=num_examples, weight_bound=self.weight_bound, coins=self.private_key.coins()
+        )
         return enc.to_bytes()
 
     def write_statistics(self, stats: Mapping[str, np.ndarray]) -> bytes:
         vector = np.concatenate([np.asarray(stats[k], dtype=np.float64).reshape(-1) for k in _STAT_FIELDS])
         self._d = (len(vector) - 1) // 2
-        return PackedSum.encrypt(vector, self.public_key).to_bytes()
+        return PackedSum.encrypt(vector, self.public_key, coins=self.private_key.coins()).to_bytes()
 
     def read_statistics(self, payload: bytes) -> dict[str, np.ndarray]:
         vector = PackedSum.from_bytes(payload, public_key=self.public_key).decrypt(self.private_key)

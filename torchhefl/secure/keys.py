@@ -28,7 +28,7 @@ import phe
 from gmpy2 import mpz
 
 from torchhefl.secure import _parallel
-from torchhefl.secure._fastmath import FixedBaseTable
+from torchhefl.secure._fastmath import AdaptiveFixedBase
 
 __all__ = [
     "DEFAULT_KEY_BITS",
@@ -55,15 +55,15 @@ _PRIVATE_KIND = "torchhefl.paillier.private"
 # seconds per operation on a 2048-bit key, for deciding when forking workers pays off
 _DECRYPT_SECONDS_2048 = 2.3e-3
 _ENCRYPT_SECONDS_2048 = 1.2e-4
-# randomness tables (see PublicKey._randomness_table): for 2048-bit keys (224-bit exponents) a
-# 5-bit window costs 1,395 multiplications to build and 45 per factor, an 8-bit one 7,140 and 28:
-# the wide table pays for itself after a few hundred factors
-_NARROW_WINDOW, _WIDE_WINDOW = 5, 8
-_WIDE_TABLE_AFTER = 500
 
 
 class InsecureKeyWarning(UserWarning):
     """A key shorter than :data:`MIN_SECURE_KEY_BITS` was generated or loaded on request."""
+
+
+def coin_bits(n_bits: int) -> int:
+    """Bits of a DJN random exponent for an ``n_bits`` key: twice its security level."""
+    return 2 * _security_bits(n_bits)
 
 
 def _security_bits(n_bits: int) -> int:
@@ -96,10 +96,8 @@ class PublicKey:
         self._nsquare = n * n
         self._bits = int(n.bit_length())
         self._fingerprint = hashlib.sha256(int(n).to_bytes((self._bits + 7) // 8, "big")).hexdigest()
-        self._hs: mpz | None = None
-        self._djn_tables: dict[int, FixedBaseTable] = {}
+        self._djn: AdaptiveFixedBase | None = None
         self._djn_lock = threading.Lock()
-        self._exponentiations = 0
         self._phe: phe.PaillierPublicKey | None = None
 
     # -- identity -------------------------------------------------------------------------------
@@ -162,31 +160,20 @@ class PublicKey:
         _write_json(path, self.to_dict(), mode=0o644)
 
     # -- randomness -----------------------------------------------------------------------------
-    def _randomness_table(self, count: int) -> FixedBaseTable:
-        """The fixed-base table of ``h_s`` for the next ``count`` random factors.
-
-        A key starts with a narrow table (cheap to build, slower per factor) and builds the wide
-        one once its use so far plus ``count`` reaches :data:`_WIDE_TABLE_AFTER` factors.
-        """
+    def _randomness_table(self, count: int):
+        """The fixed-base table of ``h_s`` for the next ``count`` random factors (sized to the work)."""
         with self._djn_lock:
-            if self._hs is None:
+            if self._djn is None:
                 n = self._n
                 while True:
                     x = mpz(secrets.randbelow(int(n) - 2) + 2)
                     if gmpy2.gcd(x, n) == 1:
                         break
                 h = (-x * x) % n
-                self._hs = gmpy2.powmod(h, n, self._nsquare)
-            self._exponentiations += count
-            wide = self._exponentiations >= _WIDE_TABLE_AFTER or _WIDE_WINDOW in self._djn_tables
-            window = _WIDE_WINDOW if wide else _NARROW_WINDOW
-            table = self._djn_tables.get(window)
-            if table is None:
-                table = FixedBaseTable(self._hs, self._nsquare, 2 * _security_bits(self._bits), window=window)
-                self._djn_tables[window] = table
-        return table
+                self._djn = AdaptiveFixedBase(gmpy2.powmod(h, n, self._nsquare), self._nsquare, coin_bits(self._bits))
+        return self._djn.for_count(count)
 
-    def precompute(self, encryptions: int = _WIDE_TABLE_AFTER) -> None:
+    def precompute(self, encryptions: int = AdaptiveFixedBase.WIDE_AFTER) -> None:
         """Build now, not on first use, the randomness table for about ``encryptions`` encryptions."""
         self._randomness_table(encryptions)
 
@@ -270,11 +257,13 @@ class PrivateKey:
         self._public_key = public_key
         self._p, self._q = p, q
         self._p2, self._q2 = p * p, q * q
-        g = public_key.n + 1
-        self._hp = gmpy2.invert(self._l(gmpy2.powmod(g, p - 1, self._p2), p), p)
-        self._hq = gmpy2.invert(self._l(gmpy2.powmod(g, q - 1, self._q2), q), q)
+        # with g = n + 1, g^(p-1) = 1 + (p-1) n (mod p^2), so L_p(g^(p-1) mod p^2) = -q (mod p)
+        self._hp = gmpy2.invert(-q % p, p)
+        self._hq = gmpy2.invert(-p % q, q)
         self._q_inv_p = gmpy2.invert(q, p)
         self._phe: phe.PaillierPrivateKey | None = None
+        self._coins = None
+        self._coins_lock = threading.Lock()
 
     @staticmethod
     def _l(x: mpz, p: mpz) -> mpz:
@@ -310,6 +299,19 @@ class PrivateKey:
 
     def __hash__(self) -> int:
         return hash(("torchhefl.PrivateKey", self.fingerprint))
+
+    def coins(self):
+        """This key pair's :class:`~torchhefl.secure.coins.CoinKey` (derived once, then cached).
+
+        Encrypting with it lets any holder of the key decrypt sums of the ciphertexts with one
+        fixed-base exponentiation each (see :mod:`torchhefl.secure.coins`).
+        """
+        from torchhefl.secure.coins import CoinKey
+
+        with self._coins_lock:
+            if self._coins is None:
+                self._coins = CoinKey(self)
+        return self._coins
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the private key as JSON to ``path`` with mode 0600 (the file is created private)."""

@@ -16,6 +16,7 @@ from gmpy2 import mpz
 
 from torchhefl.exceptions import KeyMismatchError, MalformedMessageError
 from torchhefl.secure import wire
+from torchhefl.secure.coins import CoinKey, CoinList, coins_from_wire, coins_to_wire, new_nonce
 from torchhefl.secure.keys import PrivateKey, PublicKey
 from torchhefl.secure.tensor import _check_key, _is_int, array_to_cts, check_fingerprint, cts_to_array
 
@@ -30,6 +31,7 @@ MAX_TERMS = 1 << 10
 MAX_ABS_VALUE = float(2 ** (_MAG_BITS - SCALE))
 _KIND = "torchhefl.PackedSum"
 _META_KEYS = {"format", "fingerprint", "key_bits", "length", "terms"}
+_OPTIONAL_META_KEYS = {"coins"}
 
 
 def _slots(public_key: PublicKey) -> int:
@@ -39,8 +41,11 @@ def _slots(public_key: PublicKey) -> int:
 class PackedSum:
     """An encrypted float64 vector that supports ``+`` with others of its kind under the same key."""
 
-    def __init__(self, public_key: PublicKey, ciphertexts: list[mpz], length: int, terms: int) -> None:
+    def __init__(
+        self, public_key: PublicKey, ciphertexts: list[mpz], length: int, terms: int, coins: CoinList | None = None
+    ) -> None:
         self._pk, self._cts, self._length, self._terms = public_key, ciphertexts, length, terms
+        self._coins = coins  # the coin list when the random factors are known (torchhefl.secure.coins)
 
     @property
     def public_key(self) -> PublicKey:
@@ -50,9 +55,15 @@ class PackedSum:
         return self._length
 
     @classmethod
-    def encrypt(cls, vector, public_key: PublicKey) -> PackedSum:
-        """Encrypt a 1-D float vector (|v| < :data:`MAX_ABS_VALUE`, resolution 2^-56)."""
+    def encrypt(cls, vector, public_key: PublicKey, *, coins: CoinKey | None = None) -> PackedSum:
+        """Encrypt a 1-D float vector (|v| < :data:`MAX_ABS_VALUE`, resolution 2^-56).
+
+        ``coins``: the key pair's :meth:`PrivateKey.coins`, for an encryptor holding the private key
+        (key holders then decrypt sums fast; see :mod:`torchhefl.secure.coins`).
+        """
         _check_key(public_key)
+        if coins is not None and (not isinstance(coins, CoinKey) or coins.public_key != public_key):
+            raise KeyMismatchError("coins must be the CoinKey of this public key's key pair")
         v = np.asarray(vector, dtype=np.float64).reshape(-1)
         if not np.isfinite(v).all():
             raise ValueError("PackedSum values must be finite")
@@ -63,7 +74,10 @@ class PackedSum:
         plaintexts = [
             sum(m << (SLOT_BITS * j) for j, m in enumerate(ints[i : i + k])) for i in range(0, len(ints), k)
         ]
-        return cls(public_key, public_key.encrypt_ints(plaintexts), len(v), 1)
+        if coins is None:
+            return cls(public_key, public_key.encrypt_ints(plaintexts), len(v), 1)
+        nonce = new_nonce()
+        return cls(public_key, coins.encrypt_ints(plaintexts, nonce), len(v), 1, [(nonce, 1)])
 
     def __add__(self, other: PackedSum) -> PackedSum:
         if not isinstance(other, PackedSum):
@@ -76,7 +90,8 @@ class PackedSum:
         if terms > MAX_TERMS:
             raise OverflowError(f"a PackedSum adds at most {MAX_TERMS} vectors")
         cts = [self._pk.raw_add(a, b) for a, b in zip(self._cts, other._cts)]
-        return PackedSum(self._pk, cts, self._length, terms)
+        coins = None if self._coins is None or other._coins is None else self._coins + other._coins
+        return PackedSum(self._pk, cts, self._length, terms, coins)
 
     def decrypt(self, private_key: PrivateKey) -> np.ndarray:
         """The summed vector, float64."""
@@ -86,7 +101,8 @@ class PackedSum:
             raise KeyMismatchError("this private key does not match the PackedSum's public key")
         mask, k = (1 << SLOT_BITS) - 1, _slots(self._pk)
         slots = []
-        for pt in private_key.decrypt_raw_many(self._cts):
+        plaintexts = None if self._coins is None else private_key.coins().strip(self._cts, self._coins)
+        for pt in plaintexts if plaintexts is not None else private_key.decrypt_raw_many(self._cts):
             pt = int(pt)
             if pt >> (SLOT_BITS * k):
                 raise OverflowError("a PackedSum plaintext is out of range: corrupt ciphertext")
@@ -107,6 +123,8 @@ class PackedSum:
             "length": self._length,
             "terms": self._terms,
         }
+        if self._coins is not None:
+            meta["coins"] = coins_to_wire(self._coins)
         return wire.encode(_KIND, meta, {"ciphertexts": cts_to_array(self._cts, self._pk)})
 
     @classmethod
@@ -116,7 +134,7 @@ class PackedSum:
         try:
             msg = wire.decode(blob, kind=_KIND)
             meta = msg.meta
-            if set(meta) != _META_KEYS or meta["format"] != 1:
+            if not _META_KEYS <= set(meta) <= _META_KEYS | _OPTIONAL_META_KEYS or meta["format"] != 1:
                 raise MalformedMessageError("PackedSum header fields or format are not recognised")
             check_fingerprint(meta, public_key)
             length, terms = meta["length"], meta["terms"]
@@ -125,7 +143,8 @@ class PackedSum:
             if set(msg.arrays) != {"ciphertexts"}:
                 raise MalformedMessageError("a PackedSum message holds exactly one array, 'ciphertexts'")
             count = -(-(length + 1) // _slots(public_key))
-            return cls(public_key, array_to_cts(msg.arrays["ciphertexts"], public_key, count), length, terms)
+            coins = coins_from_wire(meta["coins"]) if "coins" in meta else None
+            return cls(public_key, array_to_cts(msg.arrays["ciphertexts"], public_key, count), length, terms, coins)
         except (MalformedMessageError, KeyMismatchError):
             raise
         except Exception as e:  # noqa: BLE001 - a malformed message must never leak another error type

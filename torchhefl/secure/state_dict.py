@@ -29,6 +29,7 @@ from gmpy2 import mpz
 
 from torchhefl.exceptions import KeyMismatchError, MalformedMessageError
 from torchhefl.secure import _parallel, packing, wire
+from torchhefl.secure.coins import CoinKey, CoinList, coins_from_wire, coins_to_wire, new_nonce, scale_coins
 from torchhefl.secure.keys import PrivateKey, PublicKey
 from torchhefl.secure.tensor import _check_key, _is_int, array_to_cts, check_fingerprint, cts_to_array
 
@@ -37,6 +38,7 @@ __all__ = ["SecureStateDict"]
 _WIRE_KIND = "torchhefl.SecureStateDict"
 _FORMAT = 2
 _META_KEYS = {"format", "fingerprint", "key_bits", "encoding", "weight_bound", "entries"}
+_OPTIONAL_META_KEYS = {"coins"}
 _DTYPES = {
     str(d).removeprefix("torch."): d
     for d in (
@@ -78,12 +80,14 @@ class SecureStateDict:
     (no private key needed); read with :meth:`decrypt`.
     """
 
-    def __init__(self, public_key, entries, ciphertexts, weight_bound):
+    def __init__(self, public_key, entries, ciphertexts, weight_bound, coins: CoinList | None = None):
         # private: use encrypt / from_bytes / weighted_average. The last slot holds the weight.
+        # ``coins``: the coin list (see torchhefl.secure.coins) when the random factors are known
         self._pk: PublicKey = public_key
         self._entries: list[tuple[str, tuple[int, ...], str]] = entries
         self._cts: list[mpz] = ciphertexts
         self._weight_bound: int = weight_bound
+        self._coins: CoinList | None = coins
 
     # -- properties -----------------------------------------------------------------------------
     @property
@@ -131,6 +135,8 @@ class SecureStateDict:
         *,
         weight: int = 1,
         weight_bound: int | None = None,
+        coins: CoinKey | None = None,
+        public: bool = False,
     ) -> SecureStateDict:
         """Encrypt a ``state_dict`` (packed), each value pre-multiplied by the integer ``weight``.
 
@@ -141,8 +147,20 @@ class SecureStateDict:
             weight_bound: public upper bound on ``weight`` used for overflow checks (default:
                 ``weight`` itself). Pass a public cap (e.g. the largest possible sample count) to keep
                 the weight hidden.
+            coins: the key pair's :meth:`PrivateKey.coins` (for an encryptor holding the private key):
+                the random factors are derived from it, so key holders decrypt sums of such state
+                dicts several times faster (see :mod:`torchhefl.secure.coins`). Default: OS randomness.
+            public: no random factor at all, for values that are public anyway (such as an initial
+                model drawn before any data is seen): the ciphertexts reveal the values to anyone.
         """
         _check_key(public_key)
+        if coins is not None:
+            if not isinstance(coins, CoinKey):
+                raise TypeError(f"coins must be a CoinKey (PrivateKey.coins()), not {type(coins).__name__}")
+            if coins.public_key != public_key:
+                raise KeyMismatchError("the coin key belongs to another key pair")
+            if public:
+                raise ValueError("an encryption is either public or uses coins, not both")
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"expected a state_dict (a mapping of names to tensors), got {type(state_dict).__name__}")
         weight = _check_weight(weight, "weight")
@@ -169,8 +187,13 @@ class SecureStateDict:
         u = (m + _OFFSET).astype(np.uint64) * np.uint64(weight)
         u = np.append(u, np.uint64(weight))
         slots = packing.slots_per_plaintext(public_key.bits)
-        cts = public_key.encrypt_ints(packing.pack(u, slots))
-        return cls(public_key, entries, cts, weight_bound)
+        plaintexts = packing.pack(u, slots)
+        if public:
+            return cls(public_key, entries, [public_key.encrypt_int(m, obfuscate=False) for m in plaintexts], weight_bound, [])
+        if coins is not None:
+            nonce = new_nonce()
+            return cls(public_key, entries, coins.encrypt_ints(plaintexts, nonce), weight_bound, [(nonce, 1)])
+        return cls(public_key, entries, public_key.encrypt_ints(plaintexts), weight_bound)
 
     # -- aggregate ------------------------------------------------------------------------------
     @classmethod
@@ -232,7 +255,11 @@ class SecureStateDict:
         columns = list(zip(*[it._cts for it, _ in pairs])) if first._cts else []
         per_item = len(pairs) * _POWMOD_SECONDS_2048 * (first._pk.bits / 2048.0) ** 2
         cts = _parallel.map_chunks(combine, columns, seconds_per_item=per_item)
-        return cls(first._pk, list(first._entries), cts, bound)
+        coins: CoinList | None = []
+        for it, w in pairs:
+            scaled = scale_coins(it._coins, w)
+            coins = None if coins is None or scaled is None else coins + scaled
+        return cls(first._pk, list(first._entries), cts, bound, coins)
 
     def rerandomize(self) -> SecureStateDict:
         """The same values and weight under fresh randomness."""
@@ -247,7 +274,7 @@ class SecureStateDict:
         self._check_private(private_key)
         slots = packing.slots_per_plaintext(self._pk.bits)
         first_slot = (len(self._cts) - 1) * slots
-        last = packing.unpack(private_key.decrypt_raw_many(self._cts[-1:]), slots, self.num_values + 1 - first_slot)
+        last = packing.unpack(self._plaintexts(private_key, len(self._cts) - 1), slots, self.num_values + 1 - first_slot)
         return self._checked_weight(last[-1])
 
     def _checked_weight(self, w) -> int:
@@ -273,7 +300,7 @@ class SecureStateDict:
         self._check_private(private_key)
         slots = packing.slots_per_plaintext(self._pk.bits)
         count = self.num_values
-        u = packing.unpack(private_key.decrypt_raw_many(self._cts), slots, count + 1)
+        u = packing.unpack(self._plaintexts(private_key), slots, count + 1)
         W = self._checked_weight(u[-1])
         u = u[:-1]
         if (u >= np.uint64(1 << 62)).any():
@@ -299,6 +326,15 @@ class SecureStateDict:
             out[name] = vals.to(dtype).reshape(shape)
         return out
 
+    def _plaintexts(self, private_key: PrivateKey, start: int = 0) -> list[mpz]:
+        # with known coins: strip them (one fixed-base power each); else, or if that fails, CRT
+        cts = self._cts[start:]
+        if self._coins is not None:
+            out = private_key.coins().strip(cts, self._coins, start)
+            if out is not None:
+                return out
+        return private_key.decrypt_raw_many(cts)
+
     def _check_private(self, private_key) -> None:
         if not isinstance(private_key, PrivateKey):
             raise TypeError(f"decrypt needs a torchhefl PrivateKey, not {type(private_key).__name__}")
@@ -316,6 +352,8 @@ class SecureStateDict:
             "weight_bound": self._weight_bound,
             "entries": [{"name": n, "shape": list(s), "dtype": d} for n, s, d in self._entries],
         }
+        if self._coins is not None:
+            meta["coins"] = coins_to_wire(self._coins)
         arrays = {"ciphertexts": cts_to_array(self._cts, self._pk)}
         return wire.encode(_WIRE_KIND, meta, arrays)
 
@@ -333,7 +371,7 @@ class SecureStateDict:
         try:
             msg = wire.decode(blob, kind=_WIRE_KIND, max_bytes=max_bytes)
             meta = msg.meta
-            if set(meta) != _META_KEYS:
+            if not _META_KEYS <= set(meta) <= _META_KEYS | _OPTIONAL_META_KEYS:
                 raise MalformedMessageError(f"SecureStateDict header fields {sorted(meta)} != {sorted(_META_KEYS)}")
             if meta["format"] != _FORMAT:
                 raise MalformedMessageError(f"unsupported SecureStateDict format {meta['format']!r}")
@@ -349,7 +387,8 @@ class SecureStateDict:
             total = sum(_numel(s) for _, s, _ in entries)
             slots = packing.slots_per_plaintext(public_key.bits)
             cts = array_to_cts(msg.arrays["ciphertexts"], public_key, -(-(total + 1) // slots))
-            return cls(public_key, entries, cts, wb)
+            coins = coins_from_wire(meta["coins"]) if "coins" in meta else None
+            return cls(public_key, entries, cts, wb, coins)
         except (MalformedMessageError, KeyMismatchError):
             raise
         except Exception as e:  # noqa: BLE001 - a malformed message must never leak another error type
