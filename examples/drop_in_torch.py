@@ -63,7 +63,7 @@ def main() -> None:
             torch.manual_seed(1000 * rnd + site)
             local_train(model, loader, epochs=1, lr=0.1)
             n = len(loader.dataset)
-            uploads.append(SecureStateDict.encrypt(model.state_dict(), public_key, weight=n).to_bytes())  # torchhefl
+            uploads.append(SecureStateDict.encrypt(model.state_dict(), public_key, weight=n, coins=private_key.coins()).to_bytes())  # torchhefl
 
             twin = make_model()
             twin.load_state_dict(plain_model.state_dict())
