@@ -167,3 +167,14 @@ def test_the_coin_secret_is_never_serialised(keypair, tmp_path):
     blob = enc.to_bytes() + PackedSum.encrypt([1.0, 2.0], pk, coins=ck).to_bytes()
     assert ck._secret not in blob and ck._secret.hex().encode() not in blob
     assert isinstance(ck, CoinKey)
+
+
+def test_weights_beyond_the_table_range_still_strip(keypair):
+    pk, sk = keypair
+    states, weights = _states(seed=3), [2**20, 2**20 + 5, 7]
+    encs = [SecureStateDict.encrypt(s, pk, coins=sk.coins()) for s in states]
+    agg = SecureStateDict.weighted_average(encs, weights=weights)
+    assert sum(w for _, w in agg._coins) > 2**16  # the summed coin exponent exceeds the table
+    assert sk.coins().strip(agg._cts, agg._coins) == sk.decrypt_raw_many(agg._cts)
+    ref = _plain_fedavg(states, weights)
+    assert float((agg.decrypt(sk)["weight"].to(torch.float64) - ref["weight"]).abs().max()) < 1e-6

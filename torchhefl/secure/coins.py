@@ -49,7 +49,7 @@ NONCE_BYTES = 16
 MAX_COIN_TERMS = 1 << 12
 """Most (nonce, weight) terms a coin list on the wire may hold."""
 _MAX_WEIGHT = 1 << 32
-_HEADROOM_BITS = 48  # a weighted sum of coins stays within the table up to a total weight of 2^48
+_HEADROOM_BITS = 16  # weighted sums of coins up to a total weight of 2^16 use the table, larger ones powmod
 _LABEL = b"torchhefl coins v1"
 _ENCRYPT_SECONDS_2048 = 2e-4
 _NONCE_HEX = re.compile(r"[0-9a-f]{%d}" % (2 * NONCE_BYTES))
