@@ -94,6 +94,16 @@ def bench_state_dict_roundtrip(ctx: BenchContext, *, clients: int = 3, phe_sampl
         v = psk.decrypt(agg) / total_w
         phe_err = max(phe_err, abs(v - sum(w * float(f[i]) for w, f in zip(weights, flat)) / total_w))
     t_phe = (time.perf_counter() - t0) / phe_sample * n_params
+
+    # the same round with coins derived from the private key (the sites hold it in he-clients mode)
+    coins = sk.coins()
+    c_encs, tc_enc = _timed(lambda: [SecureStateDict.encrypt(s, pk, coins=coins) for s in states])
+    c_avg = SecureStateDict.weighted_average(c_encs, weights=weights)
+    c_out, tc_dec = _timed(lambda: c_avg.decrypt(sk))
+    for k in states[0]:
+        ref = sum(w * s[k].to(torch.float64) for w, s in zip(weights, states)) / total_w
+        err = max(err, float((c_out[k].to(torch.float64) - ref).abs().max()))
+    total_coins = tc_enc + t_ser + t_parse + t_agg + tc_dec
     bytes_up = len(blobs[0])
     return {
         "bench": "state_dict_roundtrip",
@@ -109,6 +119,9 @@ def bench_state_dict_roundtrip(ctx: BenchContext, *, clients: int = 3, phe_sampl
         "phe_seconds_estimated": round(t_phe, 2),
         "phe_sample_values": phe_sample,
         "speedup_vs_phe": round(t_phe / total, 1),
+        "seconds_encrypt_with_coins": round(tc_enc, 4),
+        "seconds_decrypt_with_coins": round(tc_dec, 4),
+        "speedup_vs_phe_with_coins": round(t_phe / total_coins, 1),
         "bytes_per_client": bytes_up,
         "bytes_per_param": round(bytes_up / n_params, 3),
         "phe_bytes_per_param": pk.ciphertext_bytes,
