@@ -15,6 +15,11 @@ decrypted total weight, so
 Integer buffers are averaged with the same weights and rounded to the nearest integer (half up).
 The total weight must stay at most :data:`~torchhefl.secure.packing.MAX_TOTAL_WEIGHT` (2^24 - 1);
 it is checked against public per-message bounds before any arithmetic.
+
+An encryptor holding the private key may pass ``coins=private_key.coins()``: the header then names
+the nonce of its coins, sums carry the nonces (scaled by their weights), and :meth:`decrypt`
+removes the known random factors instead of running the full decryption; see
+:mod:`torchhefl.secure.coins`.
 """
 
 from __future__ import annotations
