@@ -11,7 +11,7 @@ import torch
 
 from torchhefl.exceptions import KeyMismatchError, MalformedMessageError
 from torchhefl.secure import PackedSum, PrivateKey, PublicKey, SecureStateDict
-from torchhefl.secure.coins import MAX_COIN_TERMS, NONCE_BYTES, CoinKey, _nth_power, coins_from_wire
+from torchhefl.secure.coins import MAX_COIN_TERMS, NONCE_BYTES, CoinKey, _nth_power, coins_from_wire, combine_coins
 
 pytestmark = pytest.mark.filterwarnings("ignore::torchhefl.secure.keys.InsecureKeyWarning")
 
@@ -178,3 +178,12 @@ def test_weights_beyond_the_table_range_still_strip(keypair):
     assert sk.coins().strip(agg._cts, agg._coins) == sk.decrypt_raw_many(agg._cts)
     ref = _plain_fedavg(states, weights)
     assert float((agg.decrypt(sk)["weight"].to(torch.float64) - ref["weight"]).abs().max()) < 1e-6
+
+
+def test_coin_lists_that_would_not_fit_on_the_wire_become_unknown():
+    term = [(bytes(NONCE_BYTES), 1)]
+    assert combine_coins([(term, 2), (term, 3)]) == [(bytes(NONCE_BYTES), 2), (bytes(NONCE_BYTES), 3)]
+    assert combine_coins([(term, 1), (None, 1)]) is None
+    assert combine_coins([(term, 1)] * MAX_COIN_TERMS) is not None
+    assert combine_coins([(term, 1)] * (MAX_COIN_TERMS + 1)) is None
+    assert combine_coins([(term, 2**33)]) is None

@@ -6,12 +6,13 @@ Two mechanisms:
   the GIL, so the threads run on separate cores with no process, fork or pickling at all. Paillier
   decryption (two exponentiations per ciphertext, one per prime) goes this way.
 * :func:`map_chunks`: Python-level loops of big-integer multiplications (which hold the GIL) in
-  forked processes. Work is split into contiguous chunks; the parent process computes the first chunk and forked
-children compute the others. The children inherit the function and the inputs through ``fork``
-(copy-on-write), so nothing but the results (lists of integers) is ever pickled: no key object
-crosses a process boundary. Where ``fork`` is unavailable (Windows, macOS' default), inside a
-daemonic process, or inside a worker, everything runs serially. ``TORCHHEFL_NUM_WORKERS``
-overrides the number of processes (``1`` disables parallelism).
+  forked processes. Work is split into contiguous chunks; the parent process computes the first
+  chunk and forked children compute the others. The children inherit the function and the inputs
+  through ``fork`` (copy-on-write), so nothing but the results (lists of integers) is ever
+  pickled: no key object crosses a process boundary. Where ``fork`` is unavailable (Windows,
+  macOS' default), inside a daemonic process, or inside a worker, it runs serially.
+
+``TORCHHEFL_NUM_WORKERS`` overrides the number of threads or processes (``1`` disables both).
 """
 
 from __future__ import annotations

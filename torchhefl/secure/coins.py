@@ -43,7 +43,7 @@ from torchhefl.secure import _parallel
 from torchhefl.secure._fastmath import AdaptiveFixedBase
 from torchhefl.secure.keys import PrivateKey, PublicKey, coin_bits
 
-__all__ = ["NONCE_BYTES", "CoinKey", "CoinList", "coins_from_wire", "coins_to_wire", "new_nonce", "scale_coins"]
+__all__ = ["MAX_COIN_TERMS", "NONCE_BYTES", "CoinKey", "CoinList", "coins_from_wire", "coins_to_wire", "combine_coins", "new_nonce"]
 
 NONCE_BYTES = 16
 MAX_COIN_TERMS = 1 << 12
@@ -62,11 +62,20 @@ def new_nonce() -> bytes:
     return secrets.token_bytes(NONCE_BYTES)
 
 
-def scale_coins(coins: CoinList | None, weight: int) -> CoinList | None:
-    """The coin list of ``weight`` times an aggregate (``None`` stays unknown)."""
-    if coins is None:
+def combine_coins(parts: Sequence[tuple[CoinList | None, int]]) -> CoinList | None:
+    """The coin list of ``sum(weight * aggregate)`` over ``(coin list, weight)`` pairs.
+
+    ``None`` (unknown: decrypt the usual way) if any part's coins are unknown, or if the result
+    would not fit on the wire (more than :data:`MAX_COIN_TERMS` terms, or a weight above 2^32).
+    """
+    out: CoinList = []
+    for coins, weight in parts:
+        if coins is None:
+            return None
+        out += [(nonce, w * weight) for nonce, w in coins]
+    if len(out) > MAX_COIN_TERMS or any(w > _MAX_WEIGHT for _, w in out):
         return None
-    return [(nonce, w * weight) for nonce, w in coins]
+    return out
 
 
 def coins_to_wire(coins: CoinList) -> list[list]:
@@ -98,9 +107,9 @@ class CoinKey:
 
     def __init__(self, private_key: PrivateKey) -> None:
         pk = private_key.public_key
-        p, q = private_key._p, private_key._q  # noqa: SLF001 - the coin key is part of the private key
-        width = (pk.bits + 1) // 2 // 8 + 1
-        secret = hmac.new(_LABEL, int(p).to_bytes(width, "big") + int(q).to_bytes(width, "big"), hashlib.sha256).digest()
+        p, q = (int(x) for x in (private_key._p, private_key._q))  # noqa: SLF001 - part of the private key
+        pb, qb = (x.to_bytes((x.bit_length() + 7) // 8, "big") for x in (p, q))
+        secret = hmac.new(_LABEL, len(pb).to_bytes(4, "big") + pb + qb, hashlib.sha256).digest()
         self._public_key = pk
         self._secret = secret
         self._bits = coin_bits(pk.bits)

@@ -22,6 +22,7 @@ import threading
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gmpy2
 import phe
@@ -29,6 +30,9 @@ from gmpy2 import mpz
 
 from torchhefl.secure import _parallel
 from torchhefl.secure._fastmath import AdaptiveFixedBase
+
+if TYPE_CHECKING:
+    from torchhefl.secure.coins import CoinKey
 
 __all__ = [
     "DEFAULT_KEY_BITS",
@@ -265,10 +269,6 @@ class PrivateKey:
         self._coins = None
         self._coins_lock = threading.Lock()
 
-    @staticmethod
-    def _l(x: mpz, p: mpz) -> mpz:
-        return (x - 1) // p
-
     @property
     def public_key(self) -> PublicKey:
         """The matching public key."""
@@ -300,7 +300,7 @@ class PrivateKey:
     def __hash__(self) -> int:
         return hash(("torchhefl.PrivateKey", self.fingerprint))
 
-    def coins(self):
+    def coins(self) -> CoinKey:
         """This key pair's :class:`~torchhefl.secure.coins.CoinKey` (derived once, then cached).
 
         Encrypting with it lets any holder of the key decrypt sums of the ciphertexts with one

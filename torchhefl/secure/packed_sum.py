@@ -16,7 +16,7 @@ from gmpy2 import mpz
 
 from torchhefl.exceptions import KeyMismatchError, MalformedMessageError
 from torchhefl.secure import wire
-from torchhefl.secure.coins import CoinKey, CoinList, coins_from_wire, coins_to_wire, new_nonce
+from torchhefl.secure.coins import CoinKey, CoinList, coins_from_wire, coins_to_wire, combine_coins, new_nonce
 from torchhefl.secure.keys import PrivateKey, PublicKey
 from torchhefl.secure.tensor import _check_key, _is_int, array_to_cts, check_fingerprint, cts_to_array
 
@@ -90,8 +90,7 @@ class PackedSum:
         if terms > MAX_TERMS:
             raise OverflowError(f"a PackedSum adds at most {MAX_TERMS} vectors")
         cts = [self._pk.raw_add(a, b) for a, b in zip(self._cts, other._cts)]
-        coins = None if self._coins is None or other._coins is None else self._coins + other._coins
-        return PackedSum(self._pk, cts, self._length, terms, coins)
+        return PackedSum(self._pk, cts, self._length, terms, combine_coins([(self._coins, 1), (other._coins, 1)]))
 
     def decrypt(self, private_key: PrivateKey) -> np.ndarray:
         """The summed vector, float64."""

@@ -34,7 +34,7 @@ from gmpy2 import mpz
 
 from torchhefl.exceptions import KeyMismatchError, MalformedMessageError
 from torchhefl.secure import _parallel, packing, wire
-from torchhefl.secure.coins import CoinKey, CoinList, coins_from_wire, coins_to_wire, new_nonce, scale_coins
+from torchhefl.secure.coins import CoinKey, CoinList, coins_from_wire, coins_to_wire, combine_coins, new_nonce
 from torchhefl.secure.keys import PrivateKey, PublicKey
 from torchhefl.secure.tensor import _check_key, _is_int, array_to_cts, check_fingerprint, cts_to_array
 
@@ -260,10 +260,7 @@ class SecureStateDict:
         columns = list(zip(*[it._cts for it, _ in pairs])) if first._cts else []
         per_item = len(pairs) * _POWMOD_SECONDS_2048 * (first._pk.bits / 2048.0) ** 2
         cts = _parallel.map_chunks(combine, columns, seconds_per_item=per_item)
-        coins: CoinList | None = []
-        for it, w in pairs:
-            scaled = scale_coins(it._coins, w)
-            coins = None if coins is None or scaled is None else coins + scaled
+        coins = combine_coins([(it._coins, w) for it, w in pairs])
         return cls(first._pk, list(first._entries), cts, bound, coins)
 
     def rerandomize(self) -> SecureStateDict:
