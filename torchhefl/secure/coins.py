@@ -11,9 +11,9 @@ exponentiation and one inversion per ciphertext instead of two full exponentiati
 
 Security:
 
-* Without the private key the coins are pseudorandom: BLAKE2b keyed with
-  ``HMAC-SHA256("torchhefl coins v1", p || q)`` (HKDF-Extract) over the nonce and the ciphertext's
-  index. The ciphertexts are therefore indistinguishable from DJN ciphertexts with fresh random
+* Without the private key the coins are pseudorandom: BLAKE2b, salted with the nonce, over the
+  ciphertext's index, keyed with ``HMAC-SHA256("torchhefl coins v1", len(p) || p || q)`` (an
+  HKDF-Extract of the primes). The ciphertexts are therefore indistinguishable from DJN ciphertexts with fresh random
   coins, and the server, which never holds the key, learns nothing it did not learn before.
 * A key holder learns nothing new: it can decrypt every one of these ciphertexts anyway.
 * Every encryption draws a fresh random nonce (``secrets.token_bytes(16)``) and every ciphertext in
