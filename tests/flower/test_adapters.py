@@ -19,6 +19,7 @@ from flwr.app import Context, Error, Message, RecordDict  # noqa: E402
 
 from torchhefl.exceptions import ConfigError, MalformedMessageError, ProtocolError  # noqa: E402
 from torchhefl.federated import ClientUnavailableError, TrainConfig, build  # noqa: E402
+from torchhefl.federated.config import DP_CLIP_NORM, DP_LR  # noqa: E402
 from torchhefl.federated.messages import decode_request, encode_request, payload_of  # noqa: E402
 from torchhefl.flower import client_app  # noqa: E402
 from torchhefl.flower.app import write_app  # noqa: E402
@@ -142,6 +143,28 @@ def test_run_over_fake_grid_equals_simulation(mode, key_dir, tmp_path):
         assert summary["bytes_up"] == sum(r["bytes_up"] for r in results)
         assert summary["bytes_down"] == sum(r["bytes_down"] for r in results)
     assert summary["test_accuracy"] == pytest.approx(results[-1]["test_accuracy"])
+
+
+@pytest.mark.parametrize("mode", ["plain", "he"])
+def test_dp_run_over_fake_grid_equals_simulation(mode, key_dir, tmp_path):
+    run_config = {"mode": mode, "rounds": 2, "clients": SITES, "seed": 2, "epsilon": 1.0, "node-timeout": 5.0, "reply-timeout": 5.0}
+    grid = FakeGrid(run_config, _node_configs(key_dir, **{"model-out": str(tmp_path / "model.pt")}))
+    lines = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyWarning)
+        summary = serve(grid, DeploymentSettings.from_run_config(run_config), echo=lines.append)
+
+    config = TrainConfig(
+        mode=mode, rounds=2, clients=SITES, seed=2, epsilon=1.0, lr=DP_LR, clip_norm=DP_CLIP_NORM,
+        extra={"key_dir": str(key_dir), "allow_insecure_keys": True},
+    )
+    expected, results = _simulate(config)
+    saved = torch.load(tmp_path / "model.pt")
+    for name, tensor in expected.items():  # the same noise: it comes from each site's round generator
+        torch.testing.assert_close(saved[name], tensor, rtol=0, atol=1e-6)
+    assert summary["epsilon"] == pytest.approx(results[-1]["epsilon"])
+    assert 0 < summary["epsilon"] <= 1.0 + 1e-9
+    assert " eps " in lines[-2] and lines[-1].startswith("privacy: epsilon spent")
 
 
 def test_hem_run_over_fake_grid_equals_simulation(key_dir, tmp_path):
@@ -293,6 +316,22 @@ def test_run_config_errors():
     with pytest.raises(ConfigError, match="--mode must be one of"):
         DeploymentSettings.from_run_config({"mode": "fhe"})
     assert DeploymentSettings.from_run_config({"clip-norm": 0.0}).config.clip_norm is None
+    with pytest.raises(ConfigError, match="epsilon must be a number"):
+        DeploymentSettings.from_run_config({"epsilon": "one"})
+    with pytest.raises(ConfigError, match="--epsilon needs plaintext local gradients"):
+        DeploymentSettings.from_run_config({"epsilon": 1.0, "key-holder": "server"})
+    with pytest.raises(ConfigError, match="--epsilon needs a clipping bound"):
+        DeploymentSettings.from_run_config({"epsilon": 1.0, "clip-norm": 0.0})
+    with pytest.raises(ConfigError, match="--epsilon must be a positive number"):
+        DeploymentSettings.from_run_config({"epsilon": -1.0})
+
+
+def test_run_config_epsilon_takes_the_cli_defaults():
+    assert DeploymentSettings.from_run_config({"epsilon": 0.0}).config.epsilon is None  # 0: no DP
+    config = DeploymentSettings.from_run_config({"epsilon": 2.0}).config
+    assert (config.epsilon, config.lr, config.clip_norm) == (2.0, DP_LR, DP_CLIP_NORM)
+    config = DeploymentSettings.from_run_config({"epsilon": 2.0, "lr": 0.2, "clip-norm": 1.0, "dp-steps": 3}).config
+    assert (config.lr, config.clip_norm, config.dp_steps) == (0.2, 1.0, 3)
 
 
 def test_node_config_errors(key_dir):

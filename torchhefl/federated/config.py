@@ -89,6 +89,13 @@ class TrainConfig:
             raise ConfigError(f"--dp-steps must be at least 1, got {self.dp_steps}")
         if not 0.0 < self.delta < 1.0:
             raise ConfigError(f"--delta must be in (0, 1), got {self.delta}")
+        if self.epsilon is not None and self.mode == "he" and self.key_holder == "server":
+            raise ConfigError(
+                "--epsilon needs plaintext local gradients; with --key-holder server clients train on "
+                "ciphertexts, so no gradient can be clipped or noised"
+            )
+        if self.epsilon is not None and self.clip_norm is None:
+            raise ConfigError("--epsilon needs a clipping bound: give --clip-norm a number, not 'none'")
         if (self.data is None) != (self.label is None):
             raise ConfigError("--data and --label go together: give both, or neither for WDBC")
         return self

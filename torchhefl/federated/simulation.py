@@ -89,11 +89,6 @@ def build(
     """
     config.validate()
     data = dataset if dataset is not None else load_dataset(config)
-    if config.epsilon is not None and config.mode == "he" and config.key_holder == "server":
-        raise ConfigError(
-            "--epsilon needs plaintext local gradients; with --key-holder server clients train on "
-            "ciphertexts, so no gradient can be clipped or noised"
-        )
     train, test, parts = _split(config, data)
 
     torch.manual_seed(config.seed)
@@ -119,7 +114,7 @@ def build(
                 exchange=parts_of_mode.client_exchanges[i],
                 X_test=X_test,
                 y_test=y_test,
-                privacy=_privacy(config, len(idx)),
+                privacy=site_privacy(config, len(idx)),
                 client_class=parts_of_mode.client_class,
                 **parts_of_mode.client_kwargs,
             )
@@ -251,13 +246,23 @@ def _mode_parts(config: TrainConfig, initial: OrderedDict) -> ModeParts:
     return clients_key_parts(config, initial)
 
 
-def _privacy(config: TrainConfig, num_examples: int):
+def site_privacy(config: TrainConfig, num_examples: int):
     """The site's DP-SGD under ``--epsilon`` (None without it)."""
     if config.epsilon is None:
         return None
     from torchhefl.federated.dp import SiteDP
 
     return SiteDP(dp_config(config), num_examples)
+
+
+def privacy_summary(config: TrainConfig, last: dict) -> dict:
+    """``{"epsilon", "privacy"}`` for the summary of a run under ``--epsilon`` (empty without it)."""
+    if "epsilon" not in last:
+        return {}
+    return {
+        "epsilon": last["epsilon"],
+        "privacy": f"privacy: epsilon spent {last['epsilon']:.3f} of {config.epsilon}; " + dp_config(config).describe(),
+    }
 
 
 def dp_config(config: TrainConfig):
@@ -348,12 +353,7 @@ def run(
         "test_loss": last["test_loss"],
         **totals,
     }
-    if "epsilon" in last:
-        summary["epsilon"] = last["epsilon"]
-        summary["privacy"] = (
-            f"privacy: epsilon spent {last['epsilon']:.3f} of {config.epsilon}; "
-            + dp_config(config).describe()
-        )
+    summary.update(privacy_summary(config, last))
     if checkpoint is not None:
         summary["resumed_after"] = checkpoint.round
     recorder.finish(final_state, summary)

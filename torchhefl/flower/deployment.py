@@ -46,12 +46,12 @@ from torchhefl.data import load_csv, train_test_split
 from torchhefl.exceptions import ConfigError, MalformedMessageError, ProtocolError
 from torchhefl.federated.client import Client
 from torchhefl.federated.clients_key import ClientKeyClientExchange, ClientKeyServerExchange
-from torchhefl.federated.config import TrainConfig
+from torchhefl.federated.config import DP_CLIP_NORM, DP_LR, TrainConfig
 from torchhefl.federated.exchange import PlainClientExchange, PlainServerExchange
 from torchhefl.federated.keyring import run_keypair
 from torchhefl.federated.messages import decode_request
 from torchhefl.federated.server import Server
-from torchhefl.federated.simulation import load_dataset, make_client, make_loss, site_data
+from torchhefl.federated.simulation import load_dataset, make_client, make_loss, site_data, site_privacy
 from torchhefl.federated.strategies import get_strategy
 from torchhefl.nn import LogisticRegression
 from torchhefl.secure import MAX_TOTAL_WEIGHT, PublicKey
@@ -86,6 +86,10 @@ RUN_CONFIG_DEFAULTS: dict[str, bool | int | float | str] = {
     "seed": 0,
     "loss": "taylor",
     "test-size": 0.2,
+    "epsilon": 0.0,
+    "delta": 1e-5,
+    "dp-sample-rate": 1.0,
+    "dp-steps": 1,
     "reply-timeout": 600.0,
     "node-timeout": 300.0,
     "run-dir": "",
@@ -136,10 +140,17 @@ class DeploymentSettings:
         if hem and "clip-norm" not in run_config:
             fields["clip_norm"] = 0.0  # HEM clients train on ciphertexts: nothing to clip
         fields["clip_norm"] = float(fields["clip_norm"]) or None
-        for name in ("rounds", "clients", "min_clients", "batch_size", "local_epochs", "seed"):
+        for name in ("rounds", "clients", "min_clients", "batch_size", "local_epochs", "seed", "dp_steps"):
             fields[name] = _integer(name, fields[name])
-        for name in ("fraction", "lr", "mu", "alpha", "test_size"):
-            fields[name] = float(fields[name])
+        for name in ("fraction", "lr", "mu", "alpha", "test_size", "epsilon", "delta", "dp_sample_rate"):
+            fields[name] = _number(name, fields[name])
+        # epsilon = 0 (the default) trains without DP; with a budget, the CLI's --epsilon defaults apply
+        fields["epsilon"] = fields["epsilon"] or None
+        if fields["epsilon"] is not None:
+            if "lr" not in run_config:
+                fields["lr"] = DP_LR
+            if "clip-norm" not in run_config:
+                fields["clip_norm"] = DP_CLIP_NORM
         config = TrainConfig(**fields)
         config.validate()
         if hem and config.clip_norm is not None:
@@ -158,6 +169,12 @@ class DeploymentSettings:
             config, reply_timeout, node_timeout, str(values["run-dir"]), str(values["server-key-dir"]),
             values["server-allow-insecure-keys"], str(values["server-test-data"]), str(values["server-test-label"]),
         )
+
+
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"run config {name.replace('_', '-')} must be a number, got {value!r}")
+    return float(value)
 
 
 def _integer(name: str, value: object) -> int:
@@ -229,7 +246,7 @@ class Site:
             exchange = ClientKeyClientExchange(private_key, weight_bound=MAX_TOTAL_WEIGHT // config.clients)
         return make_client(
             config, self.index, X, y, model=initial_model(config, X.shape[1]), exchange=exchange, X_test=X_test, y_test=y_test,
-            client_class=client_class,
+            client_class=client_class, privacy=site_privacy(config, len(y)),
         )
 
     def _rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

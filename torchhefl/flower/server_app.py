@@ -16,7 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from torchhefl.exceptions import ProtocolError
 from torchhefl.federated.recorder import RunRecorder
-from torchhefl.federated.simulation import round_line
+from torchhefl.federated.simulation import privacy_summary, round_line
 from torchhefl.flower.deployment import HELLO_TYPE, DeploymentSettings, build_server, read_hellos
 from torchhefl.flower.transport import DEFAULT_POLL_INTERVAL, FlowerTransport, exchange
 
@@ -73,6 +73,9 @@ def serve(grid: Grid, settings: DeploymentSettings, *, echo: Callable[[str], Non
         echo(round_line(last, config.rounds))
     summary = {k: last[k] for k in ("test_accuracy", "test_auc", "test_f1", "test_loss")}
     summary.update(rounds=config.rounds, **totals)
+    summary.update(privacy_summary(config, last))
+    if "privacy" in summary:
+        echo(summary["privacy"])
     if recorder is not None:
         recorder.finish(server.global_state(), summary)
     return summary
