@@ -174,6 +174,10 @@ def restore_checkpoint(sim, checkpoint: Checkpoint) -> None:
         raise ConfigError(f"the checkpointed model does not fit this run: {e}") from None
     _load_strategy_state(server.strategy, checkpoint.strategy)
     server.round = checkpoint.round
+    if checkpoint.round and server.assume_sites_hold_global():
+        # the simulated sites stand for machines that kept the model they last evaluated
+        for client in sim.clients:
+            client.remember_global(server.exchange.global_payload())
     if checkpoint.torch_rng is not None:
         torch.set_rng_state(torch.from_numpy(np.asarray(checkpoint.torch_rng, dtype=np.uint8).copy()))
     if checkpoint.numpy_rng is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -90,6 +91,8 @@ class Client:
         self.privacy = privacy
         self.standardizer: Standardizer | None = None
         self.last_round: tuple[int, int] = (0, 0)
+        self._global: bytes | None = None  # the last global model received (see remember_global)
+        self._asked_global: tuple[int, int] | None = None  # the fit whose model this client asked for
 
     @property
     def num_examples(self) -> int:
@@ -117,10 +120,34 @@ class Client:
             self.X_test = torch.as_tensor(self.standardizer.transform(self._X_test_raw), dtype=self.dtype)
         return encode_request("standardize_res", {"cid": self.cid})
 
+    def remember_global(self, payload: bytes) -> None:
+        """Keep ``payload`` as the global model a later fit request may name by its digest."""
+        self._global = bytes(payload)
+
+    def _global_of(self, msg) -> bytes | None:
+        """The global model a fit request carries, or the one it names by digest if held here."""
+        if "payload" in msg.arrays:
+            self.remember_global(payload_of(msg))
+            return self._global
+        digest = msg.meta.get("global")
+        if not isinstance(digest, str):
+            raise MalformedMessageError("fit request with neither a global model nor its digest")
+        if self._global is not None and hashlib.sha256(self._global).hexdigest() == digest:
+            return self._global
+        return None
+
     def _on_fit(self, msg) -> bytes:
-        server_round, config = self._check_fit(msg)
+        if "payload" in msg.arrays and self._asked_global == (msg.meta.get("round"), msg.meta.get("attempt", 1)):
+            self._asked_global = None  # the model this client asked for: same round and attempt
+            server_round, config = self._fit_settings(msg)
+        else:
+            server_round, config = self._check_fit(msg)
+        payload = self._global_of(msg)
+        if payload is None:  # named by a digest this client does not hold: ask for the model
+            self._asked_global = (server_round, self.last_round[1])
+            return encode_request("global_req", {"cid": self.cid, "round": server_round, "attempt": self.last_round[1]})
         with self.exchange.timer.phase("decrypt"):
-            state = self.exchange.read_global(payload_of(msg))
+            state = self.exchange.read_global(payload)
         self.model.load_state_dict(state, strict=True)
         with self.exchange.timer.phase("train"):
             train_loss = self.fit(server_round, proximal_mu=float(config.get("proximal_mu", 0.0)))
@@ -137,12 +164,17 @@ class Client:
             meta["epsilon"] = self.privacy.epsilon(server_round)
         return encode_request("fit_res", meta, payload)
 
-    def _check_fit(self, msg) -> tuple[int, dict]:
-        """The round and config of a fit request; rejects stale or replayed requests."""
+    def _fit_settings(self, msg) -> tuple[int, dict]:
         server_round, attempt = msg.meta.get("round"), msg.meta.get("attempt", 1)
         config = msg.meta.get("config", {})
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (server_round, attempt)) or not isinstance(config, dict):
             raise MalformedMessageError("fit request with an invalid round, attempt or config")
+        return server_round, config
+
+    def _check_fit(self, msg) -> tuple[int, dict]:
+        """The round and config of a fit request; rejects stale or replayed requests."""
+        server_round, config = self._fit_settings(msg)
+        attempt = msg.meta.get("attempt", 1)
         if (server_round, attempt) <= self.last_round:
             raise MalformedMessageError(f"fit request for stale round {server_round} (attempt {attempt})")
         self.last_round = (server_round, attempt)
@@ -151,7 +183,9 @@ class Client:
     def _on_evaluate(self, msg) -> bytes:
         if self.X_test is None:
             raise ProtocolError(f"client {self.cid} holds no test rows to evaluate on")
-        self.model.load_state_dict(self.exchange.read_global(payload_of(msg)), strict=True)
+        payload = payload_of(msg)
+        self.model.load_state_dict(self.exchange.read_global(payload), strict=True)
+        self.remember_global(payload)
         self.model.eval()
         with torch.no_grad():
             counts = evaluation_counts(self.model(self.X_test), self.y_test, self.eval_loss_fn)

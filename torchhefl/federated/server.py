@@ -82,6 +82,10 @@ class Server:
         self.max_message_bytes, self.max_retries = int(max_message_bytes), int(max_retries)
         self.round = 0
         self.standardizer: Standardizer | None = None
+        #: client id -> SHA-256 of the global payload it received in an evaluation it answered; a
+        #: fit request to a client that holds the current global names it by that digest instead
+        #: of carrying it again (the client asks for it with ``global_req`` if it no longer has it)
+        self.holders: dict[str, str] = {}
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -146,18 +150,19 @@ class Server:
         rejected: dict[str, str] = {}
         while True:
             attempt += 1
-            request = encode_request(
-                "fit_ins",
-                {
-                    "round": server_round,
-                    "attempt": attempt,
-                    "participants": participants,
-                    "config": self.strategy.configure_fit(server_round),
-                },
-                self.exchange.global_payload(),
-            )
+            meta = {
+                "round": server_round,
+                "attempt": attempt,
+                "participants": participants,
+                "config": self.strategy.configure_fit(server_round),
+            }
+            payload = self.exchange.global_payload()
+            digest = hashlib.sha256(payload).hexdigest()
+            full = encode_request("fit_ins", meta, payload)
+            named = encode_request("fit_ins", {**meta, "global": digest})
+            requests = {cid: named if self.holders.get(cid) == digest else full for cid in participants}
             replies, updates, seen = {}, {}, {}
-            for cid, answer in self._converse(participants, request, server_round=server_round, attempt=attempt):
+            for cid, answer in self._converse(requests, full, server_round=server_round, attempt=attempt):
                 try:
                     msg, update = self.read_fit_reply(
                         cid, answer, server_round=server_round, attempt=attempt, participants=participants
@@ -309,7 +314,9 @@ class Server:
             with torch.no_grad():
                 logits = self.model(self.X_test.to(next(self.model.parameters()).dtype))
             return metrics_from_counts(evaluation_counts(logits, self.y_test, self.loss_fn))
-        request = encode_request("evaluate_ins", {"round": self.round}, self.exchange.global_payload())
+        payload = self.exchange.global_payload()
+        digest = hashlib.sha256(payload).hexdigest()
+        request = encode_request("evaluate_ins", {"round": self.round}, payload)
         total = None
         for cid, msg in self._broadcast(self.transport.client_ids, request, "evaluate_res").items():
             try:
@@ -318,9 +325,20 @@ class Server:
                 log.warning("client %s left out of evaluate: %s", cid, e)
                 continue
             total = add_counts(total, counts)
+            self.holders[cid] = digest
         if total is None:
             raise ProtocolError("no client could evaluate the model")
         return metrics_from_counts(total)
+
+    def assume_sites_hold_global(self) -> bool:
+        """After a restart: take every site to hold the current global model, as it would had the
+        server never stopped (a site that does not hold it asks for it). ``False`` when this server
+        evaluates the model itself, so that sites only ever get it in fit requests."""
+        if self.exchange.global_state() is not None and self._X_test_raw is not None:
+            return False
+        digest = hashlib.sha256(self.exchange.global_payload()).hexdigest()
+        self.holders = {cid: digest for cid in self.transport.client_ids}
+        return True
 
     def global_state(self) -> OrderedDict | None:
         """The global state_dict if this server may read it (plain mode, server-held key)."""
@@ -344,29 +362,64 @@ class Server:
         return replies
 
     def _converse(
-        self, ids: list[str], request: bytes, *, server_round: int, attempt: int
+        self, requests: dict[str, bytes], full: bytes, *, server_round: int, attempt: int
     ) -> list[tuple[str, bytes | Exception]]:
-        """Each client's final answer to the fit ``request``, after serving its refresh requests.
+        """Each client's final answer to its fit request, after serving its follow-up requests.
 
-        While a client answers with ``refresh_req``, it gets a ``refresh_ins`` back
-        (:meth:`answer_refresh`); the clients waiting for one are served together. A client whose
-        refresh request is refused ends with that fault as its answer.
+        ``requests`` maps each client to its fit request; ``full`` is the one that carries the
+        global model. A client that answers with ``global_req`` (it was sent the model's digest but
+        no longer holds the model) gets ``full``, once; while a client answers with ``refresh_req``,
+        it gets a ``refresh_ins`` back (:meth:`answer_refresh`). The clients waiting for an answer
+        are served together. A client whose follow-up request is refused ends with that fault as
+        its answer.
         """
-        answers = dict(self._deliver(ids, request))
+        ids = list(requests)
+        if not ids:
+            return []
+        if len(set(requests.values())) == 1:
+            answers = dict(self._deliver(ids, requests[ids[0]]))
+        else:
+            answers = dict(self._deliver_each(requests))
         asked = dict.fromkeys(ids, 0)
+        resent: set[str] = set()
         while True:
             follow = {}
             for cid, answer in answers.items():
-                if isinstance(answer, Exception) or self._kind(answer) != "refresh_req":
-                    continue
-                asked[cid] += 1
+                kind = None if isinstance(answer, Exception) else self._kind(answer)
                 try:
-                    follow[cid] = self.answer_refresh(cid, answer, server_round=server_round, attempt=attempt, seq=asked[cid])
+                    if kind == "global_req":
+                        follow[cid] = self.answer_global_request(
+                            cid, answer, full, server_round=server_round, attempt=attempt, already=cid in resent
+                        )
+                        resent.add(cid)
+                    elif kind == "refresh_req":
+                        asked[cid] += 1
+                        follow[cid] = self.answer_refresh(cid, answer, server_round=server_round, attempt=attempt, seq=asked[cid])
                 except _CLIENT_FAULTS as e:
                     answers[cid] = e
             if not follow:
                 return [(cid, answers[cid]) for cid in ids]
             answers.update(self._deliver_each(follow))
+
+    def answer_global_request(
+        self, cid: str, answer: bytes, full: bytes, *, server_round: int, attempt: int, already: bool
+    ) -> bytes:
+        """``full`` (the fit request with the global model) for a client that asked for the model.
+
+        The ``global_req`` is checked like a fit reply (size, kind, sender, this ``server_round``
+        and ``attempt``); a client may ask once per fit request. Raises only the client faults.
+        """
+        msg = self._read_reply(cid, answer, "global_req")
+        meta = msg.meta
+        if (meta.get("round"), meta.get("attempt")) != (server_round, attempt):
+            raise MalformedMessageError(
+                f"stale or replayed request for the model, for round {meta.get('round')!r} attempt "
+                f"{meta.get('attempt')!r}, expected round {server_round} attempt {attempt}"
+            )
+        if already:
+            raise ProtocolError("asked for the global model twice in one fit")
+        self.holders.pop(cid, None)
+        return full
 
     def _kind(self, answer: bytes) -> str | None:
         try:

@@ -49,7 +49,7 @@ from torchhefl.federated.clients_key import ClientKeyClientExchange, ClientKeySe
 from torchhefl.federated.config import DP_CLIP_NORM, DP_LR, TrainConfig
 from torchhefl.federated.exchange import PlainClientExchange, PlainServerExchange
 from torchhefl.federated.keyring import run_keypair
-from torchhefl.federated.messages import decode_request
+from torchhefl.federated.messages import decode_request, payload_of
 from torchhefl.federated.server import Server
 from torchhefl.federated.simulation import load_dataset, make_client, make_loss, site_data, site_privacy
 from torchhefl.federated.strategies import get_strategy
@@ -277,16 +277,18 @@ class Site:
 
     def handle(self, request: bytes) -> bytes:
         """Answer one server request (wire-format bytes in and out) and keep what must outlive it."""
-        kind = decode_request(request).kind
+        msg = decode_request(request)
         reply = self.client.handle(request)
         record = self._record()
-        if kind in _REPLAYED_KINDS:
+        if msg.kind in _REPLAYED_KINDS:
             record["setup"] = [*record.get("setup", []), bytes(request)]
+        if msg.kind in ("fit_ins", "evaluate_ins") and "payload" in msg.arrays:
+            record["global"] = payload_of(msg)  # a later fit request may name it by its digest
         record["last-round"] = list(self.client.last_round)
         for name, value in self._secrets().items():
             record[name] = value
         self.state[_STATE_RECORD] = record
-        if kind == "evaluate_ins" and self.node_config.get("model-out"):
+        if msg.kind == "evaluate_ins" and self.node_config.get("model-out"):
             _save_state(self.client.model.state_dict(), Path(str(self.node_config["model-out"])))
         return reply
 
@@ -307,6 +309,8 @@ class Site:
             restore({k.removeprefix("secret-"): bytes(v) for k, v in record.items() if k.startswith("secret-")})
         for request in record.get("setup", []):
             self.client.handle(bytes(request))
+        if "global" in record:
+            self.client.remember_global(bytes(record["global"]))
         last = record.get("last-round", [0, 0])
         self.client.last_round = (int(last[0]), int(last[1]))
 
