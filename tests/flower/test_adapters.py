@@ -167,6 +167,43 @@ def test_dp_run_over_fake_grid_equals_simulation(mode, key_dir, tmp_path):
     assert " eps " in lines[-2] and lines[-1].startswith("privacy: epsilon spent")
 
 
+class _ForgetfulGrid(FakeGrid):
+    """A FakeGrid whose node ``forget`` loses the model it kept whenever a fit request names it."""
+
+    def __init__(self, *args, forget: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.forget = forget
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        for msg in messages:
+            try:
+                request = decode_request(unpack(msg.content))
+            except MalformedMessageError:  # the hello carries no torchhefl message
+                continue
+            if msg.metadata.dst_node_id == self.forget and request.kind == "fit_ins" and "payload" not in request.arrays:
+                del self.states[self.forget].config_records["torchhefl.site"]["global"]
+        return super().push_messages(messages)
+
+
+def test_a_site_that_lost_its_model_asks_for_it_over_flower(key_dir, tmp_path):
+    run_config = {"mode": "he", "rounds": 2, "clients": SITES, "seed": 1, "node-timeout": 5.0, "reply-timeout": 5.0}
+    nodes = _node_configs(key_dir)
+    node = list(nodes)[1]
+    nodes[node]["model-out"] = str(tmp_path / "model.pt")
+    grid = _ForgetfulGrid(run_config, nodes, forget=node)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyWarning)
+        serve(grid, DeploymentSettings.from_run_config(run_config), echo=lambda line: None)
+    config = TrainConfig(mode="he", rounds=2, clients=SITES, seed=1, extra={"key_dir": str(key_dir), "allow_insecure_keys": True})
+    expected, _ = _simulate(config)
+    saved = torch.load(tmp_path / "model.pt")
+    for name, tensor in expected.items():
+        torch.testing.assert_close(saved[name], tensor, rtol=0, atol=1e-6)
+    # round 2's fit took it one more message: its request for the model, answered with the model
+    assert grid.builds == SITES * (3 + 2 * 2) + 1
+
+
 def test_hem_run_over_fake_grid_equals_simulation(key_dir, tmp_path):
     # --key-holder server: the ServerApp reads the key pair from its own folder; the sites hold no
     # private key (no key-dir) and keep their pairwise-mask key and mid-fit state in the node state

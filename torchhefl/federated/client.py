@@ -92,7 +92,8 @@ class Client:
         self.standardizer: Standardizer | None = None
         self.last_round: tuple[int, int] = (0, 0)
         self._global: bytes | None = None  # the last global model received (see remember_global)
-        self._asked_global: tuple[int, int] | None = None  # the fit whose model this client asked for
+        #: the (round, attempt) of the fit whose model this client asked for with ``global_req``
+        self.asked_global: tuple[int, int] | None = None
 
     @property
     def num_examples(self) -> int:
@@ -137,14 +138,14 @@ class Client:
         return None
 
     def _on_fit(self, msg) -> bytes:
-        if "payload" in msg.arrays and self._asked_global == (msg.meta.get("round"), msg.meta.get("attempt", 1)):
-            self._asked_global = None  # the model this client asked for: same round and attempt
+        if "payload" in msg.arrays and self.asked_global == (msg.meta.get("round"), msg.meta.get("attempt", 1)):
+            self.asked_global = None  # the model this client asked for: same round and attempt
             server_round, config = self._fit_settings(msg)
         else:
             server_round, config = self._check_fit(msg)
         payload = self._global_of(msg)
         if payload is None:  # named by a digest this client does not hold: ask for the model
-            self._asked_global = (server_round, self.last_round[1])
+            self.asked_global = (server_round, self.last_round[1])
             return encode_request("global_req", {"cid": self.cid, "round": server_round, "attempt": self.last_round[1]})
         with self.exchange.timer.phase("decrypt"):
             state = self.exchange.read_global(payload)

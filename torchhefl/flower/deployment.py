@@ -285,6 +285,7 @@ class Site:
         if msg.kind in ("fit_ins", "evaluate_ins") and "payload" in msg.arrays:
             record["global"] = payload_of(msg)  # a later fit request may name it by its digest
         record["last-round"] = list(self.client.last_round)
+        record["asked-global"] = list(self.client.asked_global or [])
         for name, value in self._secrets().items():
             record[name] = value
         self.state[_STATE_RECORD] = record
@@ -313,6 +314,8 @@ class Site:
             self.client.remember_global(bytes(record["global"]))
         last = record.get("last-round", [0, 0])
         self.client.last_round = (int(last[0]), int(last[1]))
+        asked = record.get("asked-global", [])
+        self.client.asked_global = (int(asked[0]), int(asked[1])) if len(asked) == 2 else None
 
 
 def _node_int(node_config: Mapping[str, object], key: str) -> int:
