@@ -123,15 +123,7 @@ class _AsksTwice:
     ],
 )
 def test_a_refused_request_for_the_model_excludes_only_its_sender(wrap, reason):
-    cfg = _config()
-    sim = build(cfg)
-    sim.transport.clients["site1"] = wrap(sim.clients[1])
-    sim.server.setup()
-    results = []
-    for r in range(1, cfg.rounds + 1):
-        if r == 2:
-            sim.clients[1]._global = None
-        results.append(sim.server.run_round(r))
+    _, results, _ = _train(_config(), before_round=_forget(1, 2), wrap=lambda c: wrap(c) if c.cid == "site1" else c)
     assert results[1]["dropped"] == ["site1"] and results[1]["clients"] == ["site0", "site2"]
     assert reason in results[1]["rejected"]["site1"], results[1]["rejected"]
     assert results[2]["clients"] == ["site0", "site1", "site2"]  # it evaluated round 2's model, so it holds it

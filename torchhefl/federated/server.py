@@ -275,13 +275,8 @@ class Server:
         ``attempt``, and ``seq`` (the client's ``seq``-th request of this fit, at most
         ``max_refreshes``). Raises only the client faults.
         """
-        msg = self._read_reply(cid, answer, "refresh_req")
+        msg = self._read_follow_up(cid, answer, "refresh_req", "refresh request", server_round=server_round, attempt=attempt)
         meta = msg.meta
-        if (meta.get("round"), meta.get("attempt")) != (server_round, attempt):
-            raise MalformedMessageError(
-                f"stale or replayed refresh request for round {meta.get('round')!r} attempt {meta.get('attempt')!r}, "
-                f"expected round {server_round} attempt {attempt}"
-            )
         if meta.get("seq") != seq:
             raise MalformedMessageError(f"refresh request number {meta.get('seq')!r}, expected {seq}")
         if seq > self.max_refreshes:
@@ -409,17 +404,24 @@ class Server:
         The ``global_req`` is checked like a fit reply (size, kind, sender, this ``server_round``
         and ``attempt``); a client may ask once per fit request. Raises only the client faults.
         """
-        msg = self._read_reply(cid, answer, "global_req")
-        meta = msg.meta
-        if (meta.get("round"), meta.get("attempt")) != (server_round, attempt):
-            raise MalformedMessageError(
-                f"stale or replayed request for the model, for round {meta.get('round')!r} attempt "
-                f"{meta.get('attempt')!r}, expected round {server_round} attempt {attempt}"
-            )
+        self._read_follow_up(cid, answer, "global_req", "request for the model", server_round=server_round, attempt=attempt)
         if already:
             raise ProtocolError("asked for the global model twice in one fit")
         self.holders.pop(cid, None)
         return full
+
+    def _read_follow_up(
+        self, cid: str, answer: bytes, kind: str, what: str, *, server_round: int, attempt: int
+    ) -> wire.Message:
+        """A client's ``kind`` request in the middle of a fit: a reply from ``cid`` for this round and attempt."""
+        msg = self._read_reply(cid, answer, kind)
+        got = (msg.meta.get("round"), msg.meta.get("attempt"))
+        if got != (server_round, attempt):
+            raise MalformedMessageError(
+                f"stale or replayed {what} for round {got[0]!r} attempt {got[1]!r}, "
+                f"expected round {server_round} attempt {attempt}"
+            )
+        return msg
 
     def _kind(self, answer: bytes) -> str | None:
         try:

@@ -32,7 +32,7 @@ from torchhefl.secure import _parallel
 from torchhefl.secure._fastmath import AdaptiveFixedBase
 
 if TYPE_CHECKING:
-    from torchhefl.secure.coins import CoinKey
+    from torchhefl.secure.coins import CoinKey, CoinList
 
 __all__ = [
     "DEFAULT_KEY_BITS",
@@ -324,13 +324,20 @@ class PrivateKey:
         """The plaintext of ``c`` in ``[0, n)``."""
         return self.decrypt_raw_many([c])[0]
 
-    def decrypt_raw_many(self, cs: Iterable[int]) -> list[mpz]:
+    def decrypt_raw_many(self, cs: Iterable[int], *, coins: CoinList | None = None, start: int = 0) -> list[mpz]:
         """:meth:`decrypt_raw` for many ciphertexts.
 
-        The exponentiations modulo ``p^2`` and ``q^2`` run on separate threads (and cores) when the
-        work pays for the hand-off: one 2048-bit ciphertext already does.
+        With ``coins`` (the coin list of ciphertexts ``start, start + 1, ...`` of encryptions made
+        with :meth:`coins`), the known random factors are removed instead (one fixed-base power
+        each); if that fails, or without ``coins``, the exponentiations modulo ``p^2`` and ``q^2``
+        run on separate threads (and cores) when the work pays for the hand-off: one 2048-bit
+        ciphertext already does.
         """
         cs = [mpz(c) for c in cs]
+        if coins is not None:
+            out = self.coins().strip(cs, coins, start)
+            if out is not None:
+                return out
         p, q, p2, q2 = self._p, self._q, self._p2, self._q2
         xp, xq = _parallel.powmod_lists(
             [([c % p2 for c in cs], p - 1, p2), ([c % q2 for c in cs], q - 1, q2)],

@@ -100,8 +100,7 @@ class PackedSum:
             raise KeyMismatchError("this private key does not match the PackedSum's public key")
         mask, k = (1 << SLOT_BITS) - 1, _slots(self._pk)
         slots = []
-        plaintexts = None if self._coins is None else private_key.coins().strip(self._cts, self._coins)
-        for pt in plaintexts if plaintexts is not None else private_key.decrypt_raw_many(self._cts):
+        for pt in private_key.decrypt_raw_many(self._cts, coins=self._coins):
             pt = int(pt)
             if pt >> (SLOT_BITS * k):
                 raise OverflowError("a PackedSum plaintext is out of range: corrupt ciphertext")

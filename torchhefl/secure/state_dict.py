@@ -276,7 +276,8 @@ class SecureStateDict:
         self._check_private(private_key)
         slots = packing.slots_per_plaintext(self._pk.bits)
         first_slot = (len(self._cts) - 1) * slots
-        last = packing.unpack(self._plaintexts(private_key, len(self._cts) - 1), slots, self.num_values + 1 - first_slot)
+        last_ct = private_key.decrypt_raw_many(self._cts[-1:], coins=self._coins, start=len(self._cts) - 1)
+        last = packing.unpack(last_ct, slots, self.num_values + 1 - first_slot)
         return self._checked_weight(last[-1])
 
     def _checked_weight(self, w) -> int:
@@ -302,7 +303,7 @@ class SecureStateDict:
         self._check_private(private_key)
         slots = packing.slots_per_plaintext(self._pk.bits)
         count = self.num_values
-        u = packing.unpack(self._plaintexts(private_key), slots, count + 1)
+        u = packing.unpack(private_key.decrypt_raw_many(self._cts, coins=self._coins), slots, count + 1)
         W = self._checked_weight(u[-1])
         u = u[:-1]
         if (u >= np.uint64(1 << 62)).any():
@@ -327,15 +328,6 @@ class SecureStateDict:
                     vals = vals != 0
             out[name] = vals.to(dtype).reshape(shape)
         return out
-
-    def _plaintexts(self, private_key: PrivateKey, start: int = 0) -> list[mpz]:
-        # with known coins: strip them (one fixed-base power each); else, or if that fails, CRT
-        cts = self._cts[start:]
-        if self._coins is not None:
-            out = private_key.coins().strip(cts, self._coins, start)
-            if out is not None:
-                return out
-        return private_key.decrypt_raw_many(cts)
 
     def _check_private(self, private_key) -> None:
         if not isinstance(private_key, PrivateKey):

@@ -13,7 +13,6 @@ much is left), and decryption detects any value in the guard band.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import gmpy2
