@@ -31,8 +31,7 @@ site has decrypted, as a plain state_dict; HEM sites never see the model), ``all
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
+import io
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ from torchhefl.federated.simulation import load_dataset, make_client, make_loss,
 from torchhefl.federated.strategies import get_strategy
 from torchhefl.nn import LogisticRegression
 from torchhefl.secure import MAX_TOTAL_WEIGHT, PublicKey
+from torchhefl.secure.files import write_private_file
 
 __all__ = [
     "DeploymentSettings",
@@ -326,11 +326,11 @@ def _node_int(node_config: Mapping[str, object], key: str) -> int:
 
 
 def _save_state(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Save a decrypted model as a plain state_dict, mode 0600 (the server must not read it), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    torch.save(OrderedDict((k, v.detach().clone()) for k, v in state.items()), tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(OrderedDict((k, v.detach().clone()) for k, v in state.items()), buffer)
+    write_private_file(path, buffer.getvalue())
 
 
 # -- the server side ----------------------------------------------------------------------------
