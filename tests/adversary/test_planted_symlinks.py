@@ -88,8 +88,8 @@ def test_a_link_at_the_temporary_name_is_not_followed(tmp_path, bait, monkeypatc
     # the attacker knows the next temporary name (here we hand it to them) and plants a link there
     target = tmp_path / "keys" / "private.json"
     target.parent.mkdir()
-    names = iter([target.with_name(".private.json.guessed.tmp"), target.with_name(".private.json.fresh.tmp")])
-    monkeypatch.setattr(files, "_temporary_name", lambda path: next(names))
+    names = iter(["guessed", "fresh"])
+    monkeypatch.setattr(files.secrets, "token_hex", lambda nbytes: next(names))
     _plant(target.with_name(".private.json.guessed.tmp"), bait)
     write_private_file(target, b"secret")
     assert bait.read_bytes() == b"untouched"
@@ -102,7 +102,7 @@ def test_a_link_at_the_temporary_name_is_not_followed(tmp_path, bait, monkeypatc
 def test_when_every_temporary_name_is_taken_nothing_is_written(tmp_path, bait, monkeypatch):
     target = tmp_path / "keys" / "private.json"
     _plant(target.with_name(".private.json.guessed.tmp"), bait)
-    monkeypatch.setattr(files, "_temporary_name", lambda path: path.with_name(".private.json.guessed.tmp"))
+    monkeypatch.setattr(files.secrets, "token_hex", lambda nbytes: "guessed")
     with pytest.raises(FileExistsError, match=r"could not create a temporary file beside .*private.json \(16 names were taken\)"):
         write_private_file(target, b"secret")
     assert bait.read_bytes() == b"untouched" and not os.path.lexists(target)

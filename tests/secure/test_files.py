@@ -100,10 +100,12 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["private.json"]
 
 
-def test_a_crash_mid_write_leaves_the_old_file(tmp_path):
+@pytest.mark.parametrize("old", [b'{"the": "old key"}\n', None])
+def test_a_crash_mid_write_leaves_the_old_file_or_none(tmp_path, old):
     # the process dies (no cleanup runs) after writing the new bytes but before they are in place
     target = tmp_path / "private.json"
-    target.write_bytes(b'{"the": "old key"}\n')
+    if old is not None:
+        target.write_bytes(old)
     script = textwrap.dedent(
         f"""
         import os
@@ -115,10 +117,14 @@ def test_a_crash_mid_write_leaves_the_old_file(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert done.returncode == 3, done.stderr
-    assert target.read_bytes() == b'{"the": "old key"}\n'
+    if old is None:
+        assert not target.exists()
+    else:
+        assert target.read_bytes() == old
     left = [p for p in tmp_path.iterdir() if p.name != "private.json"]
-    # at most the dead writer's temporary file, private, under a name no reader looks for
-    assert all(p.name.startswith(".private.json.") and p.name.endswith(".tmp") and _mode(p) == 0o600 for p in left)
+    # only the dead writer's temporary file, private, under a name no reader looks for
+    assert len(left) == 1 and left[0].name.startswith(".private.json.") and left[0].name.endswith(".tmp")
+    assert _mode(left[0]) == 0o600
 
 
 def test_a_checkpoint_is_private(tmp_path, open_umask):

@@ -7,7 +7,7 @@
    ``O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW`` and mode 0600, so it is a new file of ours (a file
    or symlink already at that name is never opened, let alone followed) and is private from its
    first byte whatever the umask (``fchmod`` then sets the final mode exactly);
-2. the data is written, flushed and ``fsync``-ed;
+2. the data is written and ``fsync``-ed;
 3. ``os.replace`` puts it at the target path. A symlink at the target is replaced by the file,
    never written through; the file it pointed to is left untouched;
 4. the folder is ``fsync``-ed, so the rename itself survives a power cut.
@@ -127,11 +127,14 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
     else:
         raise FileExistsError(f"could not create a temporary file beside {path} ({_NAME_ATTEMPTS} names were taken)")
     try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         try:
