@@ -31,7 +31,10 @@ def _spy_timings(sim) -> list[dict]:
     return taken
 
 
-@pytest.mark.parametrize("mode", [dict(mode="plain"), dict(mode="he"), dict(mode="he", key_holder="server", clip_norm=None)])
+@pytest.mark.parametrize(
+    "mode", [dict(mode="plain"), dict(mode="he"), dict(mode="he", key_holder="server", clip_norm=None)],
+    ids=["plain", "he-clients", "he-server"],
+)
 def test_the_simulation_adds_the_sites_own_seconds(mode):
     sim = build(_config(**mode))
     sim.server.setup()

@@ -100,7 +100,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["private.json"]
 
 
-@pytest.mark.parametrize("old", [b'{"the": "old key"}\n', None])
+@pytest.mark.parametrize("old", [b'{"the": "old key"}\n', None], ids=["old-file", "no-file"])
 def test_a_crash_mid_write_leaves_the_old_file_or_none(tmp_path, old):
     # the process dies (no cleanup runs) after writing the new bytes but before they are in place
     target = tmp_path / "private.json"
