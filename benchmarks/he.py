@@ -249,7 +249,7 @@ def bench_encrypted_training_run(ctx: BenchContext, *, rounds: int = 30, clients
     def train(cfg):
         sim = build(cfg)
         sim.server.setup()
-        return sim, [sim.server.run_round(r) for r in range(1, cfg.rounds + 1)]
+        return sim, [sim.run_round(r) for r in range(1, cfg.rounds + 1)]
 
     g = torch.Generator().manual_seed(ctx.seed)
     X = torch.randn(64, 31, generator=g, dtype=torch.float64)

@@ -1,6 +1,6 @@
 """Generate and inspect Paillier key files.
 
-    python -m train.keys generate --bits 2048 --out keys/     # writes public.json (0644), private.json (0600)
+    python -m train.keys generate --bits 2048 --out keys/     # keys/ (0700 if new): public.json (0644), private.json (0600)
     python -m train.keys show keys/public.json                 # kind, bits, fingerprint (never p or q)
 """
 
@@ -11,7 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from torchhefl.secure import DEFAULT_KEY_BITS, generate_keypair, load_private_key, load_public_key
+from torchhefl.secure import DEFAULT_KEY_BITS, InsecureKeyWarning, generate_keypair, load_private_key, load_public_key
+from torchhefl.secure.files import private_directory
 
 __all__ = ["main"]
 
@@ -43,7 +44,7 @@ def _generate(args) -> None:
     if not args.force and (pub.exists() or priv.exists()):
         raise ValueError(f"{out} already holds key files; pass --force to overwrite them")
     public_key, private_key = generate_keypair(args.bits, allow_insecure=args.allow_insecure)
-    out.mkdir(parents=True, exist_ok=True)
+    private_directory(out)  # mode 0700 if new; refused if others may write to it
     public_key.save(pub)
     private_key.save(priv)
     print(f"wrote {pub} (public) and {priv} (private, mode 0600)")
@@ -73,13 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # insecure sizes are reported on stdout instead
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("ignore")
+            warnings.simplefilter("always", UserWarning)  # e.g. a key folder others can read: printed below
+            warnings.simplefilter("ignore", InsecureKeyWarning)  # insecure sizes are reported on stdout instead
             (_generate if args.command == "generate" else _show)(args)
     except (OSError, ValueError, TypeError) as e:
         msg = e.strerror + f": {e.filename}" if isinstance(e, OSError) and e.strerror else str(e)
         print(f"python -m train.keys: error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        for w in caught:
+            print(f"python -m train.keys: warning: {w.message}", file=sys.stderr)
     return 0
 
 

@@ -3,7 +3,9 @@ runs over a grid that hands every message to a freshly built ClientApp, as a Sup
 
 from __future__ import annotations
 
+import csv
 import ipaddress
+import logging
 import stat
 import warnings
 
@@ -143,6 +145,26 @@ def test_run_over_fake_grid_equals_simulation(mode, key_dir, tmp_path):
         assert summary["bytes_up"] == sum(r["bytes_up"] for r in results)
         assert summary["bytes_down"] == sum(r["bytes_down"] for r in results)
     assert summary["test_accuracy"] == pytest.approx(results[-1]["test_accuracy"])
+
+
+def test_sites_keep_their_timings_unless_they_share_them(key_dir, tmp_path, caplog):
+    # a site's training time reveals its number of local steps: by default it stays in the site's
+    # log, and the server's timings.csv has only what the server measured itself
+    caplog.set_level(logging.INFO, logger="flwr")
+
+    def train_seconds(nodes, name):
+        run_config = {"mode": "plain", "rounds": 1, "clients": SITES, "node-timeout": 5.0, "reply-timeout": 5.0,
+                      "run-dir": str(tmp_path / name)}
+        serve(FakeGrid(run_config, nodes), DeploymentSettings.from_run_config(run_config), echo=lambda line: None)
+        with (tmp_path / name / "timings.csv").open() as f:
+            (row,) = csv.DictReader(f)
+        return float(row["seconds_train"])
+
+    assert train_seconds(_node_configs(key_dir), "private") == 0.0
+    logged = [r.getMessage() for r in caplog.records if "fit of round 1 took" in r.getMessage()]
+    assert sorted(m.split(":")[0] for m in logged) == ["site 0", "site 1", "site 2"]
+    assert all("train " in m and "encrypt " in m for m in logged)
+    assert train_seconds(_node_configs(key_dir, **{"share-timings": True}), "shared") > 0.0
 
 
 @pytest.mark.parametrize("mode", ["plain", "he"])
@@ -381,6 +403,8 @@ def test_node_config_errors(key_dir):
         Site(config, {"partition-id": 0, "num-partitions": 4})
     with pytest.raises(ConfigError, match="partition-id=3 is outside 0..2"):
         Site(config, {"partition-id": 3, "num-partitions": SITES})
+    with pytest.raises(ConfigError, match="share-timings must be true or false, got 'yes'"):
+        Site(config, {"partition-id": 0, "num-partitions": SITES, "share-timings": "yes"})
     with pytest.raises(ConfigError, match='needs the site\'s key: node config key-dir="/path/to/keys"'):
         Site(config, {"partition-id": 0, "num-partitions": SITES})
     with pytest.raises(ConfigError, match="a 512-bit key is insecure"):

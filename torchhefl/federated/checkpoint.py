@@ -1,8 +1,9 @@
 """Checkpoints of a federated run, written after every round so a stopped server can resume.
 
 A checkpoint is one file in the torchhefl wire format (no pickle), replaced atomically each round
-(written to a temporary file, flushed, then ``os.replace``): a crash mid-write leaves the previous
-round's checkpoint intact. It holds
+with mode 0600 (:func:`torchhefl.secure.files.write_private_file`: a fresh temporary file beside
+it, fsync, ``os.replace``; a symlink at either name is never followed): a crash mid-write leaves
+the previous round's checkpoint intact. It holds
 
 * the round just completed and the run's configuration;
 * the global model as the server holds it: a plaintext state_dict in plain mode and with the
@@ -18,7 +19,6 @@ function of (seed, client, round), so nothing of theirs needs saving.
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,7 @@ import torch
 
 from torchhefl.exceptions import ConfigError, KeyMismatchError, MalformedMessageError
 from torchhefl.secure import wire
+from torchhefl.secure.files import write_private_file
 
 __all__ = ["CHECKPOINT_FILE", "Checkpoint", "load_checkpoint", "restore_checkpoint", "save_checkpoint"]
 
@@ -120,23 +121,11 @@ def checkpoint_of(sim, config_dict: dict) -> Checkpoint:
 
 
 def save_checkpoint(directory: str | Path, sim, config_dict: dict) -> Path:
-    """Write ``sim``'s checkpoint to ``directory/checkpoint.thefl``, replacing the last one atomically."""
+    """Write ``sim``'s checkpoint to ``directory/checkpoint.thefl`` (mode 0600), replacing the last one atomically."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CHECKPOINT_FILE
-    tmp = directory / (CHECKPOINT_FILE + ".tmp")
-    blob = checkpoint_of(sim, config_dict).to_bytes()
-    with open(tmp, "wb") as f:
-        f.write(blob)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    if hasattr(os, "O_DIRECTORY"):
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    write_private_file(path, checkpoint_of(sim, config_dict).to_bytes())
     return path
 
 

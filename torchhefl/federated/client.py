@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 from collections.abc import Iterator
 
 import numpy as np
@@ -17,6 +18,8 @@ from torchhefl.federated.exchange import ClientExchange
 from torchhefl.federated.messages import decode_request, encode_request, encode_state, payload_of
 
 __all__ = ["Client", "local_batches", "round_generator"]
+
+log = logging.getLogger(__name__)
 
 
 def round_generator(seed: int, client_index: int, server_round: int) -> torch.Generator:
@@ -49,6 +52,9 @@ class Client:
         seed: the run's seed.
         X_test, y_test: this client's share of the held-out set, for federated evaluation.
         privacy: optional differentially private trainer (see :mod:`torchhefl.privacy`).
+        share_timings: send the seconds of each fit phase to the server in the reply (default
+            ``False``: they stay here, in :attr:`timings` and this site's log, since a site's
+            training time reveals its number of local steps and so its sample count).
     """
 
     #: the requests this client answers; each ``X_ins`` is handled by ``_on_X``
@@ -72,6 +78,7 @@ class Client:
         X_test: np.ndarray | None = None,
         y_test: np.ndarray | None = None,
         privacy=None,
+        share_timings: bool = False,
     ) -> None:
         self.cid, self.index = cid, index
         self._X_raw = np.asarray(X, dtype=np.float64)
@@ -94,10 +101,19 @@ class Client:
         self._global: bytes | None = None  # the last global model received (see remember_global)
         #: the (round, attempt) of the fit whose model this client asked for with ``global_req``
         self.asked_global: tuple[int, int] | None = None
+        self.share_timings = bool(share_timings)
+        #: seconds per phase (``decrypt``, ``train``, ``encrypt``) of the fits answered since the
+        #: last :meth:`take_timings`; this site's own figures, not sent unless ``share_timings``
+        self.timings: dict[str, float] = {}
 
     @property
     def num_examples(self) -> int:
         return len(self.y)
+
+    def take_timings(self) -> dict[str, float]:
+        """The seconds per phase of the fits answered since the last call (then cleared)."""
+        out, self.timings = self.timings, {}
+        return out
 
     # -- protocol -------------------------------------------------------------------------------
 
@@ -154,15 +170,19 @@ class Client:
             train_loss = self.fit(server_round, proximal_mu=float(config.get("proximal_mu", 0.0)))
         with self.exchange.timer.phase("encrypt"):
             payload = self.exchange.write_update(self.model.state_dict(), self.num_examples)
-        meta = {
-            "cid": self.cid,
-            "round": server_round,
-            "attempt": self.last_round[1],
-            "train_loss": train_loss,
-            "seconds": _fixed_width(self.exchange.timer.take()),
-        }
+        meta = {"cid": self.cid, "round": server_round, "attempt": self.last_round[1], "train_loss": train_loss}
         if self.privacy is not None:
             meta["epsilon"] = self.privacy.epsilon(server_round)
+        return self._fit_reply(meta, payload, self.exchange.timer.take())
+
+    def _fit_reply(self, meta: dict, payload: bytes, seconds: dict[str, float]) -> bytes:
+        """The ``fit_res`` of a finished fit; its phase ``seconds`` are kept here (and logged) and
+        go into the reply only with ``share_timings``."""
+        for phase, s in seconds.items():
+            self.timings[phase] = self.timings.get(phase, 0.0) + s
+        log.debug("%s round %d: %s", self.cid, meta["round"], ", ".join(f"{k} {v:.3f} s" for k, v in sorted(seconds.items())))
+        if self.share_timings:
+            meta = {**meta, "seconds": _fixed_width(seconds)}
         return encode_request("fit_res", meta, payload)
 
     def _fit_settings(self, msg) -> tuple[int, dict]:

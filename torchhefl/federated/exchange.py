@@ -55,6 +55,9 @@ class ServerExchange:
     #: whether a round must be re-run when a selected client does not answer (masked aggregation,
     #: where the survivors' masks do not cancel without every participant)
     needs_every_participant: bool = False
+    #: whether clients may ask this exchange for refreshes mid-fit (:meth:`refresh`); the server
+    #: then reports how many it served each round
+    serves_refreshes: bool = False
 
     def __init__(self) -> None:
         self.timer = Timer()

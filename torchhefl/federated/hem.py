@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from torchhefl.exceptions import ConfigError, MalformedMessageError, ProtocolError
-from torchhefl.federated.client import Client, _fixed_width, local_batches, round_generator
+from torchhefl.federated.client import Client, local_batches, round_generator
 from torchhefl.federated.config import TrainConfig
 from torchhefl.federated.exchange import ClientExchange, ServerExchange
 from torchhefl.federated.keyring import run_keypair
@@ -455,7 +455,9 @@ class _Continuation:
 
     Kept by the client between its ``refresh_req`` reply and the server's ``refresh_ins`` (in
     memory, or in a site's own state as :func:`_encode_continuation` bytes). ``pending`` holds the
-    target scale and the secret blinding masks of the refresh in flight.
+    target scale and the secret blinding masks of the refresh in flight; ``refreshes`` and
+    ``seconds`` are the site's own record of this fit (never sent: the server counts the refreshes
+    it serves itself, and a site's seconds reveal its number of steps).
     """
 
     server_round: int
@@ -637,14 +639,8 @@ class HEMClient(Client):
             )
         for phase, s in exchange.timer.take().items():
             c.seconds[phase] = c.seconds.get(phase, 0.0) + s
-        meta = {
-            "cid": self.cid,
-            "round": c.server_round,
-            "attempt": c.attempt,
-            "refreshes": c.refreshes,
-            "seconds": _fixed_width(c.seconds),
-        }
-        return encode_request("fit_res", meta, payload)
+        meta = {"cid": self.cid, "round": c.server_round, "attempt": c.attempt}
+        return self._fit_reply(meta, payload, c.seconds)
 
     def _advance(self, c: _Continuation, *, to_base: bool) -> bytes | None:
         """Run ``c``'s remaining local steps; stop at the first that needs a refresh and return its
@@ -723,6 +719,7 @@ class HEMServerExchange(ServerExchange):
     """
 
     needs_every_participant = True
+    serves_refreshes = True
 
     def __init__(
         self,

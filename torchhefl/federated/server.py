@@ -86,6 +86,9 @@ class Server:
         #: fit request to a client that holds the current global names it by that digest instead
         #: of carrying it again (the client asks for it with ``global_req`` if it no longer has it)
         self.holders: dict[str, str] = {}
+        #: client id -> refresh requests this server served it in the current round (what it
+        #: counts itself; a reply carries no count)
+        self.refreshes_served: dict[str, int] = {}
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -139,9 +142,15 @@ class Server:
         The round completes with the rest if at least ``min_clients`` remain; otherwise it is tried
         again with every selected client, at most ``max_retries`` times, then :class:`ProtocolError`.
         A refused reply never reaches the global model.
+
+        The result's figures are the server's own: ``seconds`` are its phases (``aggregate``, and
+        ``encrypt``/``decrypt``/``refresh`` where it does them; plus the phases of sites that chose
+        to share theirs), ``time`` the round's wall time, ``refreshes`` (where the exchange serves
+        them) the refresh requests it served in the round, retried attempts included.
         """
         server_round = self.round + 1 if server_round is None else server_round
         start = time.perf_counter()
+        self.refreshes_served = {}
         up0, down0 = self.transport.bytes_up, self.transport.bytes_down
         selected = self.select(server_round)
         participants = list(selected)
@@ -215,9 +224,8 @@ class Server:
         epsilons = [float(m.meta["epsilon"]) for m in replies.values() if "epsilon" in m.meta]
         if epsilons:
             result["epsilon"] = max(epsilons)
-        refreshes = [int(m.meta["refreshes"]) for m in replies.values() if "refreshes" in m.meta]
-        if refreshes:
-            result["refreshes"] = sum(refreshes)
+        if self.exchange.serves_refreshes:
+            result["refreshes"] = sum(self.refreshes_served.values())
         result.update({f"test_{k}": v for k, v in self.evaluate().items()})
         result["seconds"] = seconds
         result["bytes_up"] = self.transport.bytes_up - up0
@@ -252,10 +260,10 @@ class Server:
         loss = meta.get("train_loss", 0.0)
         if not isinstance(loss, (int, float)) or isinstance(loss, bool):
             raise MalformedMessageError(f"train_loss {loss!r} is not a number")
-        for key in ("epsilon", "refreshes"):
-            if key in meta and (not isinstance(meta[key], (int, float)) or isinstance(meta[key], bool) or not meta[key] >= 0):
-                raise MalformedMessageError(f"{key} {meta[key]!r} is not a non-negative number")
-        seconds = meta.get("seconds", {})
+        eps = meta.get("epsilon", 0.0)
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps >= 0:
+            raise MalformedMessageError(f"epsilon {eps!r} is not a non-negative number")
+        seconds = meta.get("seconds", {})  # only from a site that chose to share its timings
         if not isinstance(seconds, dict) or not all(isinstance(k, str) for k in seconds):
             raise MalformedMessageError("seconds must map phase names to durations")
         for v in seconds.values():
@@ -282,6 +290,7 @@ class Server:
         if seq > self.max_refreshes:
             raise ProtocolError(f"more than {self.max_refreshes} refresh requests for one fit")
         reply = self.exchange.refresh(payload_of(msg))
+        self.refreshes_served[cid] = self.refreshes_served.get(cid, 0) + 1
         return encode_request("refresh_ins", {"round": server_round, "attempt": attempt, "seq": seq}, reply)
 
     def read_stats_reply(self, cid: str, answer: bytes | Exception) -> wire.Message:

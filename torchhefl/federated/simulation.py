@@ -72,6 +72,22 @@ class Simulation:
     transport: InProcessTransport
     extras: dict = field(default_factory=dict)
 
+    def run_round(self, server_round: int | None = None) -> dict:
+        """One round (:meth:`Server.run_round`), with the sites' own phase seconds added to its
+        ``seconds``: the simulation reads them from the clients it holds (as each site would from
+        its own log); they never cross the wire. (A site that shares its timings is counted once,
+        from its replies.)"""
+        result = self.server.run_round(server_round)
+        seconds = dict(result.get("seconds", {}))
+        for client in self.clients:
+            own = client.take_timings()
+            if client.share_timings:
+                continue
+            for phase, s in own.items():
+                seconds[phase] = seconds.get(phase, 0.0) + s
+        result["seconds"] = seconds
+        return result
+
     def final_state(self) -> OrderedDict:
         """The final global state_dict, read by whoever may read it (the server, or a key-holding site)."""
         state = self.server.global_state()
@@ -331,7 +347,7 @@ def run(
         "seconds": sum(float(r["seconds_round"]) for r in recorder.kept_timings),
     }
     for rnd in rounds:
-        last = sim.server.run_round(rnd)
+        last = sim.run_round(rnd)
         recorder.record(last)
         save_checkpoint(checkpoint_dir, sim, config.to_dict())
         totals["bytes_up"] += last["bytes_up"]

@@ -3,7 +3,9 @@
     python -m torchhefl.flower.certificates --out certs/ --host superlink.example.org
 
 writes ``ca.crt`` (give it to every site), ``ca.key`` (keep it offline), ``server.crt`` and
-``server.key`` (the SuperLink's; the key is mode 0600). The server certificate's subject
+``server.key`` (the SuperLink's). Key files are mode 0600 and the folder, if created, 0700; every
+file is replaced atomically and a symlink at its path is replaced, not followed
+(:mod:`torchhefl.secure.files`). The server certificate's subject
 alternative names always include ``localhost`` and ``127.0.0.1`` besides the ``--host`` names,
 because TLS clients check the address they dialled against them.
 
@@ -15,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import ipaddress
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from torchhefl.secure.files import private_directory, write_private_file, write_public_file
 
 __all__ = ["CertificatePaths", "generate_certificates", "main"]
 
@@ -46,12 +49,13 @@ def generate_certificates(out: str | Path, hosts: Sequence[str] = (), *, days: i
     """Write a CA and a server certificate for ``hosts`` (DNS names or IP addresses) into ``out``.
 
     ``localhost`` and ``127.0.0.1`` are always among the server's names. Keys are ECDSA P-256;
-    private key files are written with mode 0600. Existing files are overwritten.
+    private key files are written with mode 0600, ``out`` is created with mode 0700 (an existing
+    ``out`` that others may write to is refused with :class:`PermissionError`). Existing files are
+    replaced atomically.
     """
     if days < 1:
         raise ValueError(f"days must be at least 1, got {days}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = private_directory(out)
     now = datetime.datetime.now(datetime.timezone.utc)
     start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
 
@@ -117,11 +121,7 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _write(path: Path, data: bytes, *, private: bool) -> None:
-    mode = 0o600 if private else 0o644
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(path, mode)
+    (write_private_file if private else write_public_file)(path, data)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,23 +24,26 @@ Node config keys (one SuperNode per site): ``partition-id`` (this site's index),
 clients`` only: in HEM a site holds no private key and gets the server's public key from the server),
 ``data`` and ``label`` (the site's own CSV table; without them the site takes its share of WDBC
 exactly as the simulation splits it), ``model-out`` (where to save the latest global model the
-site has decrypted, as a plain state_dict; HEM sites never see the model), ``allow-insecure-keys``
-(accept a key under 2048 bits; tests and demos only).
+site has decrypted, as a plain state_dict, mode 0600; HEM sites never see the model), ``allow-insecure-keys``
+(accept a key under 2048 bits; tests and demos only), ``share-timings`` (send the seconds of each
+fit phase to the server; default false: a site logs its timings and keeps them, since they reveal
+its number of local steps and so its sample count).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
+import io
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from logging import INFO
 from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.app import ConfigRecord, RecordDict
+from flwr.common.logger import log
 
 from torchhefl.data import load_csv, train_test_split
 from torchhefl.exceptions import ConfigError, MalformedMessageError, ProtocolError
@@ -55,6 +58,7 @@ from torchhefl.federated.simulation import load_dataset, make_client, make_loss,
 from torchhefl.federated.strategies import get_strategy
 from torchhefl.nn import LogisticRegression
 from torchhefl.secure import MAX_TOTAL_WEIGHT, PublicKey
+from torchhefl.secure.files import write_private_file
 
 __all__ = [
     "DeploymentSettings",
@@ -102,7 +106,9 @@ _DEPLOYMENT_KEYS = (
     "reply-timeout", "node-timeout", "run-dir", "server-key-dir", "server-allow-insecure-keys",
     "server-test-data", "server-test-label",
 )
-_NODE_KEYS = ("partition-id", "num-partitions", "key-dir", "allow-insecure-keys", "data", "label", "model-out")
+_NODE_KEYS = (
+    "partition-id", "num-partitions", "key-dir", "allow-insecure-keys", "data", "label", "model-out", "share-timings",
+)
 
 #: Flower message type of the first exchange, in which each SuperNode says which site it runs
 HELLO_TYPE = "query.hello"
@@ -222,6 +228,9 @@ class Site:
             raise ConfigError(f"node config num-partitions={partitions}, but the run has clients={config.clients}")
         if not 0 <= self.index < partitions:
             raise ConfigError(f"node config partition-id={self.index} is outside 0..{partitions - 1}")
+        self.share_timings = node_config.get("share-timings", False)
+        if not isinstance(self.share_timings, bool):
+            raise ConfigError(f"node config share-timings must be true or false, got {self.share_timings!r}")
         self.state = state if state is not None else RecordDict()
         self.client = self._build_client()
         self._restore()
@@ -246,7 +255,7 @@ class Site:
             exchange = ClientKeyClientExchange(private_key, weight_bound=MAX_TOTAL_WEIGHT // config.clients)
         return make_client(
             config, self.index, X, y, model=initial_model(config, X.shape[1]), exchange=exchange, X_test=X_test, y_test=y_test,
-            client_class=client_class, privacy=site_privacy(config, len(y)),
+            client_class=client_class, privacy=site_privacy(config, len(y)), share_timings=self.share_timings,
         )
 
     def _rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -279,6 +288,10 @@ class Site:
         """Answer one server request (wire-format bytes in and out) and keep what must outlive it."""
         msg = decode_request(request)
         reply = self.client.handle(request)
+        timings = self.client.take_timings()
+        if timings:  # a fit finished: this site's own figures, for its own log
+            log(INFO, "site %d: fit of round %s took %s", self.index, msg.meta.get("round"),
+                ", ".join(f"{k} {v:.3f} s" for k, v in sorted(timings.items())))
         record = self._record()
         if msg.kind in _REPLAYED_KINDS:
             record["setup"] = [*record.get("setup", []), bytes(request)]
@@ -326,11 +339,11 @@ def _node_int(node_config: Mapping[str, object], key: str) -> int:
 
 
 def _save_state(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Save a decrypted model as a plain state_dict, mode 0600 (the server must not read it), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    torch.save(OrderedDict((k, v.detach().clone()) for k, v in state.items()), tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(OrderedDict((k, v.detach().clone()) for k, v in state.items()), buffer)
+    write_private_file(path, buffer.getvalue())
 
 
 # -- the server side ----------------------------------------------------------------------------

@@ -9,7 +9,9 @@ level in bits, computed from a fixed-base table cached on the key. Ciphertexts a
 
 Key files are JSON (no pickle): ``{"kind": "torchhefl.paillier.public", "version": 1, "bits": ...,
 "n": "<hex>"}`` and, for a private key, ``"kind": "torchhefl.paillier.private"`` plus ``"p"`` and
-``"q"``. A private key file is written with mode 0600; a private key cannot be pickled.
+``"q"``. Key files are replaced atomically through :mod:`torchhefl.secure.files` (a private key
+file is mode 0600 from its first byte, a symlink at its path is replaced, not followed); a private
+key cannot be pickled.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from gmpy2 import mpz
 
 from torchhefl.secure import _parallel
 from torchhefl.secure._fastmath import AdaptiveFixedBase
+from torchhefl.secure.files import write_private_file, write_public_file
 
 if TYPE_CHECKING:
     from torchhefl.secure.coins import CoinKey, CoinList
@@ -160,8 +163,8 @@ class PublicKey:
         return {"kind": _PUBLIC_KIND, "version": _KEY_FILE_VERSION, "bits": self._bits, "n": format(int(self._n), "x")}
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the key as JSON to ``path`` (mode 0644)."""
-        _write_json(path, self.to_dict(), mode=0o644)
+        """Write the key as JSON to ``path`` (mode 0644), replacing it atomically."""
+        _write_json(path, self.to_dict(), private=False)
 
     # -- randomness -----------------------------------------------------------------------------
     def _randomness_table(self, count: int):
@@ -314,10 +317,12 @@ class PrivateKey:
         return self._coins
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the private key as JSON to ``path`` with mode 0600 (the file is created private)."""
+        """Write the private key as JSON to ``path`` with mode 0600, replacing it atomically: a crash
+        leaves the old file or the new one, and a symlink at ``path`` is replaced, not followed
+        (:func:`torchhefl.secure.files.write_private_file`)."""
         d = self._public_key.to_dict()
         d.update(kind=_PRIVATE_KIND, p=format(int(self._p), "x"), q=format(int(self._q), "x"))
-        _write_json(path, d, mode=0o600)
+        _write_json(path, d, private=True)
 
     # -- raw integer layer ----------------------------------------------------------------------
     def decrypt_raw(self, c: int) -> mpz:
@@ -438,18 +443,9 @@ def _check_bits(bits: int, allow_insecure: bool, stacklevel: int = 3) -> int:
     return bits
 
 
-def _write_json(path: str | os.PathLike, obj: dict, *, mode: int) -> None:
-    path = Path(path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)  # an existing file keeps its old mode otherwise
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            fd = -1
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-    finally:
-        if fd >= 0:
-            os.close(fd)
+def _write_json(path: str | os.PathLike, obj: dict, *, private: bool) -> None:
+    data = (json.dumps(obj, indent=2) + "\n").encode("utf-8")
+    (write_private_file if private else write_public_file)(path, data)
 
 
 def _read_key_json(path: str | os.PathLike, kind: str) -> dict:
