@@ -71,9 +71,11 @@ def test_what_the_key_holder_decrypts_is_masked(keypair):
     zero_a, zero_b, big_a, big_b = holder.seen
     # the same weights refreshed twice show the key holder unrelated numbers
     assert all(a != b for a, b in zip(zero_a, zero_b)) and all(a != b for a, b in zip(big_a, big_b))
-    # each decrypted number spans the mask's width, far beyond the value's 2^(scale+16)
+    # each decrypted number spans the mask's width, far beyond the value's 2^(scale+16) (a value
+    # shorter than this comes up with probability 2^-40 per number under a 128-bit mask; never
+    # under the 40-bit one)
     for seen in holder.seen:
-        assert all(v.bit_length() > scale + VALUE_BITS + 10 for v in seen)
+        assert all(v.bit_length() > scale + VALUE_BITS + 88 for v in seen)
         # its top byte is spread as a uniform byte would be, whatever the value
         top = [v >> (mask_bits - 8) for v in seen]
         assert all(0 <= t < 256 for t in top)
@@ -85,14 +87,24 @@ def test_refresh_refuses_without_room_for_the_mask(keypair):
     client = RefreshClient(_KeyHolder(sk), pk, value_bits=VALUE_BITS)
     scale = pk.max_bits - VALUE_BITS - MIN_MASK_BITS  # one bit short
     assert client.can_refresh(scale - 1) and not client.can_refresh(scale)
-    with pytest.raises(OverflowError, match="no room left for a 40-bit blinding mask"):
+    with pytest.raises(OverflowError, match="no room left for a 128-bit blinding mask"):
         client(_deep([1.0], pk, scale), 32)
+
+
+def test_the_mask_is_128_bits_wider_than_the_value_by_default(keypair):
+    # statistical distance 2^-128 per masked value (the module docstring's bound)
+    pk, sk = keypair
+    assert MIN_MASK_BITS == 128
+    client = RefreshClient(_KeyHolder(sk), pk, value_bits=VALUE_BITS)
+    assert client.mask_bits == 128 and client.masked_bits(100) == 100 + VALUE_BITS + 128 + 1
+    assert RefreshClient(_KeyHolder(sk), pk, value_bits=VALUE_BITS, mask_bits=160).masked_bits(100) == 100 + VALUE_BITS + 161
 
 
 def test_refresh_arguments_are_checked(keypair):
     pk, sk = keypair
-    with pytest.raises(ValueError, match="mask_bits must be at least 40"):
-        RefreshClient(_KeyHolder(sk), pk, value_bits=VALUE_BITS, mask_bits=20)
+    for narrow in (20, 40, 127):
+        with pytest.raises(ValueError, match="mask_bits must be at least 128"):
+            RefreshClient(_KeyHolder(sk), pk, value_bits=VALUE_BITS, mask_bits=narrow)
     client = RefreshClient(_KeyHolder(sk), pk, value_bits=VALUE_BITS)
     with pytest.raises(ValueError, match=r"target scale 50 must lie in \[0, 40\]"):
         client(_deep([1.0], pk, 40), 50)
