@@ -130,3 +130,16 @@ def test_server_rejects_a_target_above_the_scale(keypair):
         serve_refresh(encode_request("refresh_ins", {"target_scale": 41}, enc.to_bytes()), sk)
     with pytest.raises(MalformedMessageError, match="expected a 'refresh_ins' message"):
         serve_refresh(encode_request("fit_ins", {"target_scale": 32}, enc.to_bytes()), sk)
+
+
+def test_a_2048_bit_key_leaves_room_for_93_steps_between_refreshes():
+    # the room the 128-bit mask costs, with HEM's public parameters (base scale 32, 20-bit steps,
+    # 16 value bits): a tensor may reach scale 2040 - 16 - 129 = 1895 and still be refreshed, so a
+    # site takes 93 steps between refreshes (97 with the 40-bit mask used before)
+    pk, _ = generate_keypair(2048)
+    client = RefreshClient(None, pk, value_bits=VALUE_BITS)
+    assert client.can_refresh(1895) and not client.can_refresh(1896)
+    scale, steps = 32, 0
+    while client.can_refresh(scale + 20):
+        scale, steps = scale + 20, steps + 1
+    assert steps == 93
