@@ -18,6 +18,7 @@ from torchhefl.federated.hem import (
     step_map,
 )
 from torchhefl.federated.messages import decode_request, encode_request, payload_of
+from torchhefl.federated.refresh import MIN_MASK_BITS
 from torchhefl.federated.transport import ClientUnavailableError
 from torchhefl.nn.functional import add_bias_column
 from torchhefl.secure import EncryptedTensor, InsecureKeyWarning, generate_keypair
@@ -158,7 +159,7 @@ def test_refreshes_follow_the_scale_not_a_timer():
     sim, small = _train(_config(rounds=1, extra={"allow_insecure_keys": True, "hem_step_bits": 24}))
     steps = [sim.config.local_epochs * -(-c.num_examples // sim.config.batch_size) for c in sim.clients]
     max_bits = sim.extras["public_key"].max_bits
-    per_refresh = (max_bits - VALUE_BITS - 41 - BASE_SCALE) // 24
+    per_refresh = (max_bits - VALUE_BITS - MIN_MASK_BITS - 1 - BASE_SCALE) // 24
     expected = sum(-(-s // per_refresh) for s in steps)  # mid-round refreshes + the final one each
     assert small[0]["refreshes"] == expected > len(sim.clients)
     assert sim.server.exchange.refreshes == expected

@@ -71,9 +71,11 @@ def test_what_the_key_holder_decrypts_is_masked(keypair):
     zero_a, zero_b, big_a, big_b = holder.seen
     # the same weights refreshed twice show the key holder unrelated numbers
     assert all(a != b for a, b in zip(zero_a, zero_b)) and all(a != b for a, b in zip(big_a, big_b))
-    # each decrypted number spans the mask's width, far beyond the value's 2^(scale+16)
+    # each decrypted number spans the mask's width, far beyond the value's 2^(scale+16) (a value
+    # shorter than this comes up with probability 2^-40 per number under a 128-bit mask; never
+    # under the 40-bit one)
     for seen in holder.seen:
-        assert all(v.bit_length() > scale + VALUE_BITS + 10 for v in seen)
+        assert all(v.bit_length() > scale + VALUE_BITS + 88 for v in seen)
         # its top byte is spread as a uniform byte would be, whatever the value
         top = [v >> (mask_bits - 8) for v in seen]
         assert all(0 <= t < 256 for t in top)
@@ -85,14 +87,24 @@ def test_refresh_refuses_without_room_for_the_mask(keypair):
     client = RefreshClient(_KeyHolder(sk), pk, value_bits=VALUE_BITS)
     scale = pk.max_bits - VALUE_BITS - MIN_MASK_BITS  # one bit short
     assert client.can_refresh(scale - 1) and not client.can_refresh(scale)
-    with pytest.raises(OverflowError, match="no room left for a 40-bit blinding mask"):
+    with pytest.raises(OverflowError, match="no room left for a 128-bit blinding mask"):
         client(_deep([1.0], pk, scale), 32)
+
+
+def test_the_mask_is_128_bits_wider_than_the_value_by_default(keypair):
+    # statistical distance 2^-128 per masked value (the module docstring's bound)
+    pk, sk = keypair
+    assert MIN_MASK_BITS == 128
+    client = RefreshClient(_KeyHolder(sk), pk, value_bits=VALUE_BITS)
+    assert client.mask_bits == 128 and client.masked_bits(100) == 100 + VALUE_BITS + 128 + 1
+    assert RefreshClient(_KeyHolder(sk), pk, value_bits=VALUE_BITS, mask_bits=160).masked_bits(100) == 100 + VALUE_BITS + 161
 
 
 def test_refresh_arguments_are_checked(keypair):
     pk, sk = keypair
-    with pytest.raises(ValueError, match="mask_bits must be at least 40"):
-        RefreshClient(_KeyHolder(sk), pk, value_bits=VALUE_BITS, mask_bits=20)
+    for narrow in (20, 40, 127):
+        with pytest.raises(ValueError, match="mask_bits must be at least 128"):
+            RefreshClient(_KeyHolder(sk), pk, value_bits=VALUE_BITS, mask_bits=narrow)
     client = RefreshClient(_KeyHolder(sk), pk, value_bits=VALUE_BITS)
     with pytest.raises(ValueError, match=r"target scale 50 must lie in \[0, 40\]"):
         client(_deep([1.0], pk, 40), 50)
@@ -118,3 +130,16 @@ def test_server_rejects_a_target_above_the_scale(keypair):
         serve_refresh(encode_request("refresh_ins", {"target_scale": 41}, enc.to_bytes()), sk)
     with pytest.raises(MalformedMessageError, match="expected a 'refresh_ins' message"):
         serve_refresh(encode_request("fit_ins", {"target_scale": 32}, enc.to_bytes()), sk)
+
+
+def test_a_2048_bit_key_leaves_room_for_93_steps_between_refreshes():
+    # the room the 128-bit mask costs, with HEM's public parameters (base scale 32, 20-bit steps,
+    # 16 value bits): a tensor may reach scale 2040 - 16 - 129 = 1895 and still be refreshed, so a
+    # site takes 93 steps between refreshes (97 with the 40-bit mask used before)
+    pk, _ = generate_keypair(2048)
+    client = RefreshClient(None, pk, value_bits=VALUE_BITS)
+    assert client.can_refresh(1895) and not client.can_refresh(1896)
+    scale, steps = 32, 0
+    while client.can_refresh(scale + 20):
+        scale, steps = scale + 20, steps + 1
+    assert steps == 93

@@ -1,6 +1,7 @@
 import json
 import os
 import pickle
+import secrets
 import stat
 
 import gmpy2
@@ -15,6 +16,7 @@ from torchhefl.secure import (
     load_public_key,
 )
 from torchhefl.secure._parallel import map_chunks, powmod_lists
+from torchhefl.secure.keys import MIN_COIN_BITS, coin_bits
 
 pytestmark = pytest.mark.filterwarnings("ignore::torchhefl.secure.keys.InsecureKeyWarning")
 
@@ -198,3 +200,30 @@ def test_keys_switch_to_the_wide_randomness_table_after_heavy_use(keypair):
     cts = pk.encrypt_ints(range(600))
     assert pk._djn.windows == {5, 8}
     assert sk.decrypt_ints(cts) == list(range(600)) and sk.decrypt_ints(pk.rerandomize_ints(cts[:3])) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "n_bits, expected", [(512, 256), (1024, 256), (2048, 256), (3072, 256), (4096, 256), (7680, 384), (15360, 512)]
+)
+def test_djn_exponents_are_at_least_256_bits_as_the_docstring_says(n_bits, expected):
+    assert coin_bits(n_bits) == expected >= MIN_COIN_BITS == 256
+
+
+def test_encryption_draws_exponents_of_coin_bits(monkeypatch):
+    # the random factor h_s^a of a 2048-bit key's ciphertexts has a 256-bit a: watch what is drawn
+    pk, sk = generate_keypair(2048)
+    drawn = []
+    real = secrets.randbits
+
+    def recording(k: int) -> int:
+        drawn.append(k)
+        return real(k)
+
+    monkeypatch.setattr(secrets, "randbits", recording)
+    cts = [pk.encrypt_int(-7), *pk.encrypt_ints([1, 2, 3]), *pk.rerandomize_ints([pk.encrypt_int(9, obfuscate=False)])]
+    monkeypatch.undo()
+    assert drawn == [256] * 5 and pk._djn.for_count(1).exp_bits == 256
+    assert sk.decrypt_ints(cts) == [-7, 1, 2, 3, 9]
+    # the coins derived from the private key have the same width
+    exps = sk.coins().exponents(bytes(16), 64)
+    assert max(a.bit_length() for a in exps) == 256

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from torchhefl.exceptions import KeyMismatchError, MalformedMessageError
-from torchhefl.secure import EncryptedTensor, SecureStateDict
+from torchhefl.secure import EncryptedTensor, PackedSum, SecureStateDict
 from torchhefl.secure import wire
 
 
@@ -84,6 +84,56 @@ def test_ciphertext_out_of_range(keypair, blobs, kind, value, message):
 
     with pytest.raises(MalformedMessageError, match=message):
         cls.from_bytes(rewrite(blob, fn_arrays=patch), public_key=pk)
+
+
+def _non_units(pk, sk):
+    """Ciphertexts in range (p < q: PrivateKey sorts them) that are not units modulo n^2, each named."""
+    p, q = int(sk._p), int(sk._q)
+    n = int(pk.n)
+    return {"n": n, "p": p, "3q": 3 * q, "p^3 q": p**3 * q, "n^2 - n": n * n - n}
+
+
+@pytest.mark.parametrize("reader", ["tensor", "state", "packed"])
+@pytest.mark.parametrize("which", ["n", "p", "3q", "p^3 q", "n^2 - n", "0", "n^2"])
+def test_every_ciphertext_reader_refuses_non_units_and_the_range(keypair, reader, which):
+    # gcd(c, n) != 1 (c = n, a multiple of p or q) encrypts nothing; 0 and n^2 lie outside 0 < c < n^2
+    pk, sk = keypair
+    cls, blob = {
+        "tensor": (EncryptedTensor, EncryptedTensor.encrypt(torch.tensor([1.5, -2.0, 0.25]), pk).to_bytes()),
+        "state": (SecureStateDict, SecureStateDict.encrypt({"w": torch.randn(40)}, pk).to_bytes()),
+        "packed": (PackedSum, PackedSum.encrypt([1.0, -2.0] * 10, pk).to_bytes()),
+    }[reader]
+    values = {**_non_units(pk, sk), "0": 0, "n^2": int(pk.nsquare)}
+    width = pk.ciphertext_bytes
+    count = wire.decode(blob).arrays["ciphertexts"].shape[0]
+    assert count >= 2 and cls.from_bytes(blob, public_key=pk).to_bytes() == blob  # the valid message is accepted
+
+    def patch(arrays):
+        v = values[which]
+        arrays["ciphertexts"][count - 1] = list(v.to_bytes(width, "big")) if v < 256**width else 255
+
+    problem = "is out of range" if which in ("0", "n^2") else r"is not a unit \(it shares a factor with n\)"
+    message = f"ciphertext {count - 1} {problem}"
+    with pytest.raises(MalformedMessageError, match=message):
+        cls.from_bytes(rewrite(blob, fn_arrays=patch), public_key=pk)
+
+
+def test_units_are_accepted_whatever_their_form(keypair):
+    # 1 (0 without randomness), 1 + m n (a public value), n^2 - 1 (a unit: it decrypts to 0) and a
+    # randomised encryption
+    pk, sk = keypair
+    blob = EncryptedTensor.encrypt(torch.zeros(4), pk).to_bytes()
+    n, n2 = int(pk.n), int(pk.nsquare)
+    units = [1, 1 + 5 * n, n2 - 1, int(pk.encrypt_int(-3))]
+    width = pk.ciphertext_bytes
+
+    def patch(arrays):
+        for i, v in enumerate(units):
+            arrays["ciphertexts"][i] = list(v.to_bytes(width, "big"))
+
+    back = EncryptedTensor.from_bytes(rewrite(blob, fn_arrays=patch), public_key=pk)
+    assert [int(c) for c in back.ciphertexts] == units
+    assert [sk.decrypt_raw(c) for c in back.ciphertexts] == [0, 5, 0, n - 3]
 
 
 @pytest.mark.parametrize(

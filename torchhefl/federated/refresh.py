@@ -2,11 +2,21 @@
 
 Every plaintext product deepens an :class:`~torchhefl.secure.EncryptedTensor`'s fixed-point scale;
 only the key holder can bring it back down. The client adds a fresh encrypted mask ``R``, uniform
-over ``mask_bits`` (at least 40) more bits than the public bound on the value, and sends the masked
-tensor; the server decrypts ``V = m + R``, rounds ``V / 2^k`` to the target scale and re-encrypts it;
-the client subtracts ``round(R / 2^k)``. What the server decrypts is within statistical distance
-``2^-mask_bits`` of uniform, whatever the value: it learns nothing about the client's weights.
-The result is off by at most one unit in the last place of the target scale.
+over ``[0, 2^w)`` with ``w = scale + value_bits + mask_bits``: ``mask_bits`` (at least
+:data:`MIN_MASK_BITS`, 128) more bits than the public bound ``|m| < 2^(scale + value_bits)`` on the
+value. It sends the masked tensor; the server decrypts ``V = m + R``, rounds ``V / 2^k`` to the
+target scale and re-encrypts it; the client subtracts ``round(R / 2^k)``. The result is off by at
+most one unit in the last place of the target scale.
+
+What the server learns. For one value, ``m + R`` and ``R`` alone (which does not depend on ``m``)
+are within statistical distance ``|m| / 2^w < 2^-mask_bits``. The masks are independent, so over a
+whole run the server's view of every value it decrypts in refreshes is within ``N * 2^-mask_bits``
+of a view that does not depend on the weights, where ``N`` counts the masked values (parameters x
+refreshes, over every site and round). With 128 bits that stays below ``2^-88`` for any run under
+``2^40`` masked values; the default run masks 31 x 90 = 2,790, for which the 40 bits used before
+allowed ``2,790 * 2^-40``, about ``2^-28.5``. The price is ``mask_bits`` of the plaintext room a
+refresh needs (see :meth:`RefreshClient.masked_bits`): on a 2048-bit key, with HEM's 16 value bits,
+a tensor may reach scale ``2040 - 16 - 129 = 1895`` and still be refreshed (1983 with 40 bits).
 
 All sizes on the wire are public: the scale, and a bound derived from the scale and the public
 ``value_bits`` (never the data-dependent bound a product leaves behind).
@@ -23,8 +33,9 @@ from torchhefl.secure import EncryptedTensor, PrivateKey, PublicKey
 
 __all__ = ["MIN_MASK_BITS", "RefreshClient", "serve_refresh"]
 
-MIN_MASK_BITS = 40
-"""Statistical hiding of a refreshed value: the mask spans at least this many bits beyond it."""
+MIN_MASK_BITS = 128
+"""Statistical hiding of a refreshed value: the mask spans at least this many bits beyond it, so
+what the key holder decrypts is within statistical distance ``2^-128`` per value of a mask alone."""
 
 REFRESH_REQUEST = "refresh_ins"
 REFRESH_REPLY = "refresh_res"

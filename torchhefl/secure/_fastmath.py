@@ -2,7 +2,7 @@
 
 * :class:`FixedBaseTable`: ``base^e`` for many exponents ``e`` below a fixed size, by a table of
   ``base^(d * 2^(w*i))``; one exponentiation costs one modular multiplication per window. Used for
-  DJN short-exponent randomness (``h_s^a`` with a ~2*security-bit ``a``).
+  DJN short-exponent randomness (``h_s^a`` with a :func:`~torchhefl.secure.keys.coin_bits`-bit ``a``).
 * :func:`multi_exp_rows`: ``prod_j bases[j] ** rows[i][j]`` for every row ``i`` (signed exponents)
   by Straus' interleaved exponentiation over window-NAF digits: the squarings are shared by all
   bases of a row and each base gets a small table of odd powers (and of its inverse, for negative

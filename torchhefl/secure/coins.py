@@ -16,9 +16,11 @@ Security:
   HKDF-Extract of the primes). The ciphertexts are therefore indistinguishable from DJN ciphertexts with fresh random
   coins, and the server, which never holds the key, learns nothing it did not learn before.
 * A key holder learns nothing new: it can decrypt every one of these ciphertexts anyway.
-* Every encryption draws a fresh random nonce (``secrets.token_bytes(16)``) and every ciphertext in
-  it has its own index, so coins do not repeat (two ciphertexts sharing coins would reveal the
-  difference of their plaintexts).
+* Every encryption draws a fresh random nonce (``secrets.token_bytes(16)``) inside
+  :meth:`CoinKey.encrypt_ints`, which returns it with the ciphertexts, and every ciphertext in it
+  has its own index, so coins do not repeat: two ciphertexts sharing coins would reveal the
+  difference of their plaintexts to anyone (their quotient is ``1 + (m1 - m2) n``). No public
+  function takes a nonce to encrypt with.
 * The result is checked: ``c h^-A`` must be ``1 mod n``. If it is not (wrong nonces, or a
   ciphertext not made this way), :meth:`CoinKey.strip` returns ``None`` and the caller decrypts
   the usual way, so a wrong list of nonces costs time, never a wrong plaintext.
@@ -43,7 +45,7 @@ from torchhefl.secure import _parallel
 from torchhefl.secure._fastmath import AdaptiveFixedBase
 from torchhefl.secure.keys import PrivateKey, PublicKey, coin_bits
 
-__all__ = ["MAX_COIN_TERMS", "NONCE_BYTES", "CoinKey", "CoinList", "coins_from_wire", "coins_to_wire", "combine_coins", "new_nonce"]
+__all__ = ["MAX_COIN_TERMS", "NONCE_BYTES", "CoinKey", "CoinList", "coins_from_wire", "coins_to_wire", "combine_coins"]
 
 NONCE_BYTES = 16
 MAX_COIN_TERMS = 1 << 12
@@ -55,11 +57,6 @@ _ENCRYPT_SECONDS_2048 = 2e-4
 _NONCE_HEX = re.compile(r"[0-9a-f]{%d}" % (2 * NONCE_BYTES))
 
 CoinList = list[tuple[bytes, int]]
-
-
-def new_nonce() -> bytes:
-    """A fresh random nonce for one encryption."""
-    return secrets.token_bytes(NONCE_BYTES)
 
 
 def combine_coins(parts: Sequence[tuple[CoinList | None, int]]) -> CoinList | None:
@@ -140,8 +137,19 @@ class CoinKey:
             for i in range(start, start + count)
         ]
 
-    def encrypt_ints(self, ms: Sequence[int], nonce: bytes) -> list[mpz]:
-        """Encrypt integers (taken modulo ``n``) with the coins of ``nonce``."""
+    def encrypt_ints(self, ms: Sequence[int]) -> tuple[bytes, list[mpz]]:
+        """Encrypt integers (taken modulo ``n``) with the coins of a fresh random nonce.
+
+        Returns ``(nonce, ciphertexts)``: the nonce names the coins (send it along, see
+        :func:`coins_to_wire`). The nonce is drawn here, from the operating system, for every
+        call: two plaintexts under one nonce would show anyone their difference, so no caller
+        chooses it.
+        """
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        return nonce, self._encrypt_under(nonce, ms)
+
+    def _encrypt_under(self, nonce: bytes, ms: Sequence[int]) -> list[mpz]:
+        # the coins of ``nonce``: only for a nonce drawn by encrypt_ints, never used before
         ms = list(ms)
         pk = self._public_key
         n, n2 = pk.n, pk.nsquare

@@ -2,8 +2,8 @@
 
 The scheme is Paillier's with ``g = n + 1`` (so ``g^m = 1 + m n mod n^2``) and Damgård-Jurik-Nielsen
 short-exponent randomness: the public key fixes ``h_s = h^n mod n^2`` for a random ``h = -x^2 mod n``
-and the random factor of a ciphertext is ``h_s^a`` for a fresh ``a`` of twice the key's security
-level in bits, computed from a fixed-base table cached on the key. Ciphertexts are plain
+and the random factor of a ciphertext is ``h_s^a`` for a fresh ``a`` of :func:`coin_bits` bits (256
+for a 2048-bit key), computed from a fixed-base table cached on the key. Ciphertexts are plain
 ``gmpy2.mpz`` integers and are decryptable by ``phe``'s private key too (``public_key.phe`` and
 ``private_key.phe`` give the matching ``phe`` objects).
 
@@ -68,13 +68,34 @@ class InsecureKeyWarning(UserWarning):
     """A key shorter than :data:`MIN_SECURE_KEY_BITS` was generated or loaded on request."""
 
 
+MIN_COIN_BITS = 256
+"""Fewest bits of a DJN random exponent, whatever the key size."""
+
+
 def coin_bits(n_bits: int) -> int:
-    """Bits of a DJN random exponent for an ``n_bits`` key: twice its security level."""
-    return 2 * _security_bits(n_bits)
+    """Bits of a DJN random exponent for an ``n_bits`` key: ``max(256, 2 * security level)``.
+
+    The random factor of a ciphertext is ``h_s^a`` for a uniform ``a`` in ``[0, 2^t)``. Damgård,
+    Jurik and Nielsen, "A generalization of Paillier's public-key system with applications to
+    electronic voting" (Int. J. Inf. Secur. 9, 2010), in their section on making encryption
+    faster, take ``a`` of ``ceil(n_bits / 2)`` bits, as libdjn (in ABY), Intel's IPCL and
+    SecretFlow's HEU implement it. Shorter exponents rest on the short-exponent discrete-log
+    assumption: telling which plaintext a ciphertext holds then costs about ``2^(t/2)`` group
+    operations by the best known attack, Pollard's lambda method on ``a`` (van Oorschot and
+    Wiener, "On Diffie-Hellman key agreement with short exponents", EUROCRYPT 1996). We follow the
+    rule used for short private exponents in discrete-log groups, ``t >= 2s`` bits for security
+    strength ``s`` (NIST SP 800-56A Rev. 3 for the safe-prime groups), with ``s`` the key's
+    strength from NIST SP 800-57 Part 1 Rev. 5, table 2, and never fewer than 256 bits (128-bit
+    security for the randomness whatever the key): 2048-bit keys (112-bit strength) get 256; 3072
+    and 4096 (128) 256; 7680 (192) 384; 15360 (256) 512.
+    """
+    return max(MIN_COIN_BITS, 2 * _security_bits(n_bits))
 
 
 def _security_bits(n_bits: int) -> int:
-    # NIST SP 800-57 equivalences for factoring-based keys
+    # NIST SP 800-57 Part 1 Rev. 5, table 2: strengths of factoring-based (IFC) keys
+    if n_bits >= 15360:
+        return 256
     if n_bits >= 7680:
         return 192
     if n_bits >= 3072:

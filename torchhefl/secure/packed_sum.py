@@ -16,7 +16,7 @@ from gmpy2 import mpz
 
 from torchhefl.exceptions import KeyMismatchError, MalformedMessageError
 from torchhefl.secure import wire
-from torchhefl.secure.coins import CoinKey, CoinList, coins_from_wire, coins_to_wire, combine_coins, new_nonce
+from torchhefl.secure.coins import CoinKey, CoinList, coins_from_wire, coins_to_wire, combine_coins
 from torchhefl.secure.keys import PrivateKey, PublicKey
 from torchhefl.secure.tensor import _check_key, _is_int, array_to_cts, check_fingerprint, cts_to_array
 
@@ -76,8 +76,8 @@ class PackedSum:
         ]
         if coins is None:
             return cls(public_key, public_key.encrypt_ints(plaintexts), len(v), 1)
-        nonce = new_nonce()
-        return cls(public_key, coins.encrypt_ints(plaintexts, nonce), len(v), 1, [(nonce, 1)])
+        nonce, cts = coins.encrypt_ints(plaintexts)
+        return cls(public_key, cts, len(v), 1, [(nonce, 1)])
 
     def __add__(self, other: PackedSum) -> PackedSum:
         if not isinstance(other, PackedSum):

@@ -34,7 +34,7 @@ from gmpy2 import mpz
 
 from torchhefl.exceptions import KeyMismatchError, MalformedMessageError
 from torchhefl.secure import _parallel, packing, wire
-from torchhefl.secure.coins import CoinKey, CoinList, coins_from_wire, coins_to_wire, combine_coins, new_nonce
+from torchhefl.secure.coins import CoinKey, CoinList, coins_from_wire, coins_to_wire, combine_coins
 from torchhefl.secure.keys import PrivateKey, PublicKey
 from torchhefl.secure.tensor import _check_key, _is_int, array_to_cts, check_fingerprint, cts_to_array
 
@@ -196,8 +196,8 @@ class SecureStateDict:
         if public:
             return cls(public_key, entries, [public_key.encrypt_int(m, obfuscate=False) for m in plaintexts], weight_bound, [])
         if coins is not None:
-            nonce = new_nonce()
-            return cls(public_key, entries, coins.encrypt_ints(plaintexts, nonce), weight_bound, [(nonce, 1)])
+            nonce, cts = coins.encrypt_ints(plaintexts)
+            return cls(public_key, entries, cts, weight_bound, [(nonce, 1)])
         return cls(public_key, entries, public_key.encrypt_ints(plaintexts), weight_bound)
 
     # -- aggregate ------------------------------------------------------------------------------

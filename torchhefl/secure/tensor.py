@@ -575,7 +575,13 @@ def cts_to_array(cts: Sequence[mpz], public_key: PublicKey):
 
 
 def array_to_cts(arr, public_key: PublicKey, count: int) -> list[mpz]:
-    """Inverse of :func:`cts_to_array`, checking the shape and ``0 < c < n^2`` for every ciphertext."""
+    """Inverse of :func:`cts_to_array`, checking the shape, ``0 < c < n^2`` and ``gcd(c, n) = 1``
+    for every ciphertext (every Paillier ciphertext is a unit modulo ``n^2``; one that is not, such
+    as ``c = n`` or a multiple of a prime factor, encrypts nothing and is refused).
+
+    The units are checked all at once: ``gcd(prod c_i mod n, n) = 1`` exactly when every ``c_i`` is
+    prime to ``n`` (one gcd and ``count`` multiplications modulo ``n``, not ``count`` gcds).
+    """
     import numpy as np
 
     width = public_key.ciphertext_bytes
@@ -584,11 +590,16 @@ def array_to_cts(arr, public_key: PublicKey, count: int) -> list[mpz]:
             f"ciphertext array has dtype {arr.dtype} and shape {tuple(arr.shape)}, expected uint8 ({count}, {width})"
         )
     buf = arr.tobytes()
-    n2 = public_key.nsquare
+    n, n2 = public_key.n, public_key.nsquare
     out = []
+    product = mpz(1)
     for i in range(count):
         c = mpz.from_bytes(buf[i * width : (i + 1) * width], "big")
         if not 0 < c < n2:
             raise MalformedMessageError(f"ciphertext {i} is out of range (must satisfy 0 < c < n^2)")
+        product = product * (c % n) % n
         out.append(c)
+    if gmpy2.gcd(product, n) != 1:
+        bad = next(i for i, c in enumerate(out) if gmpy2.gcd(c, n) != 1)
+        raise MalformedMessageError(f"ciphertext {bad} is not a unit (it shares a factor with n): not a Paillier ciphertext")
     return out
