@@ -14,7 +14,7 @@ import torch
 from torchhefl.federated import TrainConfig, build
 from torchhefl.federated.hem import BASE_SCALE, VALUE_BITS
 from torchhefl.federated.messages import decode_request, payload_of
-from torchhefl.federated.refresh import serve_refresh
+from torchhefl.federated.refresh import MIN_MASK_BITS, serve_refresh
 from torchhefl.secure import InsecureKeyWarning, wire
 from torchhefl.secure.tensor import array_to_cts
 
@@ -135,5 +135,5 @@ def test_server_key_a_blinded_refresh_shows_the_server_only_the_mask(hem_round):
         _, values = serve_refresh(inner, sk)
         blinded = wire.decode(payload_of(decode_request(inner)))
         scale = blinded.meta["scale"]
-        # the value itself is below 2^(scale + VALUE_BITS); the mask is at least 40 bits wider
-        assert min(abs(v) for v in values) > 1 << (scale + VALUE_BITS + 8)
+        # the value itself is below 2^(scale + VALUE_BITS); the mask is MIN_MASK_BITS (128) wider
+        assert min(abs(v) for v in values) > 1 << (scale + VALUE_BITS + MIN_MASK_BITS // 2)
