@@ -266,7 +266,12 @@ def privacy_summary(config: TrainConfig, last: dict) -> dict:
 
 
 def dp_config(config: TrainConfig):
-    """The run-wide :class:`~torchhefl.privacy.DPConfig` of ``config`` (which must set ``epsilon``)."""
+    """The run-wide :class:`~torchhefl.privacy.DPConfig` of ``config`` (which must set ``epsilon``).
+
+    ``config.extra["insecure_seeded_dp_noise"] = True`` (from Python only, for tests: no flag and
+    no Flower run config sets it) derives noise and batches from the seed; see
+    :class:`~torchhefl.privacy.DPConfig`.
+    """
     from torchhefl.privacy import DPConfig
 
     if config.clip_norm is None:
@@ -278,6 +283,7 @@ def dp_config(config: TrainConfig):
         sample_rate=config.dp_sample_rate,
         rounds=config.rounds,
         local_steps=config.dp_steps,
+        insecure_seeded_noise=config.extra.get("insecure_seeded_dp_noise") is True,
     )
 
 
