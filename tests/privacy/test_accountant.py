@@ -7,7 +7,6 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 
 from torchhefl.exceptions import ConfigError
 from torchhefl.federated.config import TrainConfig
-from torchhefl.federated.dp import SiteDP
 from torchhefl.federated.simulation import dp_config
 from torchhefl.privacy import ACCOUNTANTS, DEFAULT_ACCOUNTANT, RDP_ORDERS, PrivacyAccountant, calibrate_noise
 
@@ -103,15 +102,18 @@ def test_prv_is_the_default_and_tighter_than_rdp_at_the_cli_defaults():
 def test_no_warning_at_the_cli_defaults(accountant, epsilon):
     """Calibrating, and reporting epsilon after each of the 30 rounds, warns of nothing (no "optimal
     order is the largest alpha": the best RDP order is inside RDP_ORDERS; no NumPy divide by zero)."""
-    config = TrainConfig(mode="plain", epsilon=epsilon, clip_norm=0.3)
+    dp = dp_config(TrainConfig(mode="plain", epsilon=epsilon, clip_norm=0.3))  # the CLI's --epsilon settings
+    assert (dp.sample_rate, dp.rounds, dp.local_steps, dp.accountant) == (1.0, 30, 1, "prv")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        dp = dp_config(config)
-        if accountant != dp.accountant:
-            dp = type(dp)(epsilon=epsilon, sample_rate=dp.sample_rate, rounds=dp.rounds, local_steps=dp.local_steps, accountant=accountant)
-        site = SiteDP(dp, 150)
-        spent = [site.epsilon(r) for r in range(1, config.rounds + 1)]
-        dp.describe()
+        sigma = calibrate_noise(
+            target_epsilon=epsilon, target_delta=dp.delta, sample_rate=1.0, steps=30, accountant=accountant
+        )
+        spent = []
+        for rounds in range(1, 31):
+            acc = PrivacyAccountant(noise_multiplier=sigma, sample_rate=1.0, accountant=accountant)
+            acc.step(num_steps=rounds)
+            spent.append(acc.epsilon(dp.delta))
     assert [str(w.message) for w in caught] == []
     assert spent[-1] <= epsilon and all(a < b for a, b in zip(spent, spent[1:]))
 

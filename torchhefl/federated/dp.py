@@ -57,6 +57,4 @@ class SiteDP:
 
     def epsilon(self, rounds_done: int) -> float:
         """Epsilon at the run's delta after ``rounds_done`` rounds of this site's steps."""
-        accountant = self.dp.make_accountant()
-        accountant.step(rounds_done * self.dp.local_steps)
-        return accountant.epsilon(self.dp.delta)
+        return self.dp.epsilon_after(rounds_done * self.dp.local_steps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from torchhefl.exceptions import ConfigError
@@ -17,6 +18,17 @@ from torchhefl.privacy.accountant import _ACCOUNTANT_TITLES, PrivacyAccountant, 
 from torchhefl.privacy.generator import SecureGenerator
 
 __all__ = ["DPConfig"]
+
+# Opacus' accountants take from milliseconds to seconds per call (PRV, and RDP's fractional orders at
+# sampling rates near 1/2): a run asks the same questions once per site and round, so remember them.
+_calibrate = functools.lru_cache(maxsize=64)(calibrate_noise)
+
+
+@functools.lru_cache(maxsize=1024)
+def _epsilon_after(accountant: str, noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
+    spent = PrivacyAccountant(noise_multiplier=noise_multiplier, sample_rate=sample_rate, accountant=accountant)
+    spent.step(steps)
+    return spent.epsilon(delta)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,7 +90,7 @@ class DPConfig:
         if self.rounds == 0 or self.local_steps == 0:
             raise ConfigError(f"rounds and local_steps must be >= 1, got {self.rounds} and {self.local_steps}")
         if self.noise_multiplier is None:
-            sigma = calibrate_noise(
+            sigma = _calibrate(
                 target_epsilon=self.epsilon,
                 target_delta=self.delta,
                 sample_rate=self.sample_rate,
@@ -116,11 +128,14 @@ class DPConfig:
             return SecureGenerator.insecure_from_seed(seed, site, server_round)
         return SecureGenerator()
 
+    def epsilon_after(self, steps: int) -> float:
+        """Epsilon at ``delta`` after ``steps`` steps of one site, as the accountant reports it."""
+        _check_steps(steps)
+        return _epsilon_after(self.accountant, float(self.noise_multiplier), float(self.sample_rate), steps, float(self.delta))
+
     def planned_epsilon(self) -> float:
         """Epsilon at ``delta`` after all planned steps, as the accountant reports it."""
-        accountant = self.make_accountant()
-        accountant.step(self.steps)
-        return accountant.epsilon(self.delta)
+        return self.epsilon_after(self.steps)
 
     def describe(self) -> str:
         """The guarantee in one sentence."""
