@@ -376,7 +376,8 @@ def check_resume(config: TrainConfig, saved: dict, saved_round: int) -> None:
     """Whether ``config`` may continue a run saved with configuration ``saved`` after ``saved_round``.
 
     Raises :class:`ConfigError` naming the problem: a changed setting other than ``rounds``, no
-    rounds left to run, or an HE run without the key file it was trained with.
+    rounds left to run, more rounds for a DP run (its noise was calibrated for the rounds it
+    planned), or an HE run without the key file it was trained with.
     """
     now = config.to_dict()
     for name in sorted(set(now) | set(saved)):
@@ -391,6 +392,13 @@ def check_resume(config: TrainConfig, saved: dict, saved_round: int) -> None:
             raise ConfigError(f"{flag} {a!r} conflicts with the run being resumed ({b!r}); leave it out to keep the run's")
     if config.rounds <= saved_round:
         raise ConfigError(f"the run already completed {saved_round} rounds; pass --rounds above {saved_round} to continue it")
+    if config.epsilon is not None and config.rounds != saved.get("rounds"):
+        # the noise multiplier was calibrated for the planned rounds: more rounds would spend more
+        # than the budget, while the accountant, calibrated anew, would report that they did not
+        raise ConfigError(
+            f"--rounds {config.rounds}: this run's DP noise was calibrated to spend epsilon {config.epsilon} over "
+            f"{saved.get('rounds')} rounds; a differentially private run cannot be extended (start a new run)"
+        )
     if config.mode == "he" and config.extra.get("key_dir") is None:
         raise ConfigError(
             "resuming an HE run needs the run's key: pass --key-dir with the folder its key was loaded from "
