@@ -3,6 +3,7 @@
 import filecmp
 import json
 import os
+import secrets
 import subprocess
 import sys
 import warnings
@@ -15,7 +16,9 @@ from torchhefl.exceptions import ConfigError
 from torchhefl.federated import TrainConfig, run
 from torchhefl.federated import simulation
 from torchhefl.federated.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, restore_checkpoint
+from torchhefl.federated.config import DP_CLIP_NORM, DP_LR
 from torchhefl.federated.messages import decode_state
+from torchhefl.privacy import InsecureNoiseWarning
 from torchhefl.secure import InsecureKeyWarning, generate_keypair
 from train.federated import main
 
@@ -173,6 +176,71 @@ def test_killed_server_process_resumes_from_the_command_line(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     _same_files(full, part)
+
+
+def _dp(rounds, **extra) -> TrainConfig:
+    return _config(rounds, mode="plain", epsilon=1.0, lr=DP_LR, clip_norm=DP_CLIP_NORM, extra={"allow_insecure_keys": True, **extra})
+
+
+def _csv_column(folder: Path, name: str) -> list[str]:
+    rows = [r.split(",") for r in (folder / "metrics.csv").read_text().splitlines()]
+    return [r[rows[0].index(name)] for r in rows[1:]]
+
+
+def _crash_after(stop: int):
+    def crash(rnd, result):
+        if rnd == stop:
+            raise _Crash(f"server lost power after round {stop}")
+
+    return crash
+
+
+def _dp_run_stopped_and_resumed(tmp_path, **extra) -> tuple[Path, Path]:
+    full, part = tmp_path / "full", tmp_path / "part"
+    _run(_dp(4, **extra), full)
+    with pytest.raises(_Crash):
+        _run(_dp(4, **extra), part, after_round=_crash_after(2))
+    assert load_checkpoint(part / "checkpoints").round == 2
+    _run(_dp(4, **extra), part, resume=True)
+    return full, part
+
+
+def test_dp_run_resumed_is_statistically_the_same_run_not_the_same_draws(tmp_path):
+    """The noise key is drawn afresh each round and never saved: a DP run resumed after a crash
+    spends exactly the epsilon of an uninterrupted run, round by round, and trains on new noise."""
+    full, part = _dp_run_stopped_and_resumed(tmp_path)
+    assert len(_csv_column(part, "epsilon")) == 4
+    assert _csv_column(part, "epsilon") == _csv_column(full, "epsilon")
+    a, b = torch.load(full / "model.pt", weights_only=True), torch.load(part / "model.pt", weights_only=True)
+    assert not torch.equal(a["weight"], b["weight"])  # other draws of the noise
+
+
+def test_dp_noise_keys_are_in_no_file_of_the_run(tmp_path, monkeypatch):
+    keys = []
+    real = secrets.token_bytes
+    monkeypatch.setattr(secrets, "token_bytes", lambda n=None: keys.append(real(n)) or keys[-1])
+    _run(_dp(2), tmp_path / "r")
+    assert len(keys) == 2 * 3  # one per site per round
+    files = [p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()]
+    assert len(files) >= 4  # metrics, config, model, checkpoint (and TensorBoard events)
+    for key in keys:
+        for blob in files:
+            assert key not in blob and key.hex().encode() not in blob
+
+
+def test_dp_run_with_insecure_seeded_noise_resumes_byte_for_byte(tmp_path):
+    """With the seeded opt-in (tests only) the resume machinery is exact: the same files as uninterrupted."""
+    with pytest.warns(InsecureNoiseWarning):
+        full, part = _dp_run_stopped_and_resumed(tmp_path, insecure_seeded_dp_noise=True)
+    _same_files(full, part)
+    assert json.loads((part / "config.json").read_text())["extra"]["insecure_seeded_dp_noise"] is True
+
+
+def test_a_dp_run_cannot_be_extended(tmp_path):
+    """Its noise was calibrated for the rounds it planned: more rounds would overspend the budget."""
+    _run(_dp(2), tmp_path / "r")
+    with pytest.raises(ConfigError, match="calibrated to spend epsilon 1.0 over 2 rounds; a differentially private run cannot be extended"):
+        _run(_dp(4), tmp_path / "r", resume=True)
 
 
 # -- what a checkpoint holds -------------------------------------------------------------------------

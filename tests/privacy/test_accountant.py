@@ -1,16 +1,16 @@
 import json
 import math
+import warnings
 
 import pytest
-from opacus.accountants import RDPAccountant
+from opacus.accountants import PRVAccountant, RDPAccountant
 
 from torchhefl.exceptions import ConfigError
-from torchhefl.privacy import ACCOUNTANTS, PrivacyAccountant, calibrate_noise
+from torchhefl.federated.config import TrainConfig
+from torchhefl.federated.simulation import dp_config
+from torchhefl.privacy import ACCOUNTANTS, DEFAULT_ACCOUNTANT, RDP_ORDERS, PrivacyAccountant, calibrate_noise
 
 DELTA = 1e-5
-
-# Opacus' PRV code takes log(1 - q), which is -inf (harmlessly) without subsampling (q = 1).
-pytestmark = pytest.mark.filterwarnings("ignore:divide by zero encountered in log:RuntimeWarning")
 
 
 def _gaussian_delta(eps: float, sigma: float) -> float:
@@ -70,14 +70,60 @@ def test_epsilon_grows_with_steps_and_starts_at_zero():
     assert spent[0] < spent[1] < spent[2]
 
 
-def test_step_matches_opacus_accountant():
-    acc = PrivacyAccountant(noise_multiplier=1.3, sample_rate=0.2)
+@pytest.mark.parametrize("accountant", ACCOUNTANTS)
+def test_step_matches_opacus_accountant(accountant):
+    acc = PrivacyAccountant(noise_multiplier=1.3, sample_rate=0.2, accountant=accountant)
     acc.step(num_steps=25)
     acc.step()
-    ref = RDPAccountant()
+    ref = {"prv": PRVAccountant, "rdp": RDPAccountant}[accountant]()
     for _ in range(26):
         ref.step(noise_multiplier=1.3, sample_rate=0.2)
-    assert acc.epsilon(DELTA) == pytest.approx(ref.get_epsilon(DELTA), rel=1e-12)
+    expected = ref.get_epsilon(DELTA, alphas=list(RDP_ORDERS)) if accountant == "rdp" else ref.get_epsilon(DELTA)
+    assert acc.epsilon(DELTA) == pytest.approx(expected, rel=1e-12)
+
+
+def test_prv_is_the_default_and_tighter_than_rdp_at_the_cli_defaults():
+    """At --epsilon 0.5's defaults (rate 1.0, 30 steps) the same noise costs less epsilon under PRV."""
+    assert DEFAULT_ACCOUNTANT == "prv" and PrivacyAccountant(noise_multiplier=1.0, sample_rate=0.5).mechanism == "prv"
+    spent = {}
+    for accountant in ACCOUNTANTS:
+        acc = PrivacyAccountant(noise_multiplier=42.5, sample_rate=1.0, accountant=accountant)
+        acc.step(num_steps=30)
+        spent[accountant] = acc.epsilon(DELTA)
+    assert spent["rdp"] == pytest.approx(0.4936, abs=5e-4)
+    assert spent["prv"] == pytest.approx(0.4592, abs=5e-4)
+    # so the same budget needs less noise
+    sigma = {a: calibrate_noise(target_epsilon=0.5, target_delta=DELTA, sample_rate=1.0, steps=30, accountant=a) for a in ACCOUNTANTS}
+    assert sigma["prv"] < 0.95 * sigma["rdp"]
+
+
+@pytest.mark.parametrize("accountant", ACCOUNTANTS)
+@pytest.mark.parametrize("epsilon", [0.5, 1.0, 2.0, 4.0, 8.0])
+def test_no_warning_at_the_cli_defaults(accountant, epsilon):
+    """Calibrating, and reporting epsilon after each of the 30 rounds, warns of nothing (no "optimal
+    order is the largest alpha": the best RDP order is inside RDP_ORDERS; no NumPy divide by zero)."""
+    dp = dp_config(TrainConfig(mode="plain", epsilon=epsilon, clip_norm=0.3))  # the CLI's --epsilon settings
+    assert (dp.sample_rate, dp.rounds, dp.local_steps, dp.accountant) == (1.0, 30, 1, "prv")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sigma = calibrate_noise(
+            target_epsilon=epsilon, target_delta=dp.delta, sample_rate=1.0, steps=30, accountant=accountant
+        )
+        spent = []
+        for rounds in range(1, 31):
+            acc = PrivacyAccountant(noise_multiplier=sigma, sample_rate=1.0, accountant=accountant)
+            acc.step(num_steps=rounds)
+            spent.append(acc.epsilon(dp.delta))
+    assert [str(w.message) for w in caught] == []
+    assert spent[-1] <= epsilon and all(a < b for a, b in zip(spent, spent[1:]))
+
+
+def test_rdp_warns_when_its_best_order_is_the_largest_tried():
+    # one step at a noise far beyond any budget here: the best order is past 4096, and Opacus says so
+    acc = PrivacyAccountant(noise_multiplier=2000.0, sample_rate=1.0, accountant="rdp")
+    acc.step()
+    with pytest.warns(UserWarning, match="Optimal order is the largest alpha"):
+        acc.epsilon(DELTA)
 
 
 @pytest.mark.parametrize("accountant", ACCOUNTANTS)
@@ -95,7 +141,7 @@ def test_state_dict_round_trips_through_json(accountant):
 
 
 def test_load_state_dict_rejects_other_accountant_and_bad_history():
-    acc = PrivacyAccountant(noise_multiplier=2.0, sample_rate=0.3)
+    acc = PrivacyAccountant(noise_multiplier=2.0, sample_rate=0.3, accountant="rdp")
     with pytest.raises(ConfigError, match="accountant state is for 'prv', this accountant is 'rdp'"):
         acc.load_state_dict({"accountant": "prv", "history": []})
     with pytest.raises(ConfigError, match=r"must be \[sigma, q, steps\]"):

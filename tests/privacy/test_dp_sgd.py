@@ -4,7 +4,7 @@ from torch import nn
 
 from torchhefl.exceptions import ConfigError
 from torchhefl.nn.functional import taylor_loss
-from torchhefl.privacy import private_step
+from torchhefl.privacy import InsecureNoiseWarning, SecureGenerator, private_step
 
 D = 30
 
@@ -113,7 +113,7 @@ def test_clipped_gradients_sum_to_batch_times_bound_when_aligned():
 
 def test_noise_has_the_expected_scale_on_empty_batches():
     model = _Logistic()
-    g = torch.Generator().manual_seed(3)
+    g = SecureGenerator()
     x, y = torch.empty(0, D, dtype=torch.float64), torch.empty(0, dtype=torch.float64)
     draws = []
     for _ in range(200):
@@ -123,7 +123,7 @@ def test_noise_has_the_expected_scale_on_empty_batches():
     noise = torch.cat(draws)  # 200 * 31 draws
     expected_std = 2.0 * 1.5 / 10.0
     assert noise.std().item() == pytest.approx(expected_std, rel=0.05)
-    assert abs(noise.mean().item()) < 4 * expected_std / noise.numel() ** 0.5
+    assert abs(noise.mean().item()) < 6 * expected_std / noise.numel() ** 0.5  # 6 standard errors: fresh noise each run
 
 
 def test_noise_has_the_expected_scale_on_a_real_batch():
@@ -132,16 +132,17 @@ def test_noise_has_the_expected_scale_on_a_real_batch():
     x, y = _data(20, seed=4, scale=10.0)
     private_step(model, _taylor, x, y, clip_norm=1.0, noise_multiplier=0.0, expected_batch_size=8.0)
     clean = _flat_grad(model).clone()
-    g = torch.Generator().manual_seed(5)
+    g = SecureGenerator()
     noise = []
-    for _ in range(200):
+    for _ in range(1000):
         private_step(model, _taylor, x, y, clip_norm=1.0, noise_multiplier=0.7, expected_batch_size=8.0, generator=g)
         noise.append(_flat_grad(model) - clean)
     noise = torch.cat(noise)
-    assert noise.std().item() == pytest.approx(0.7 * 1.0 / 8.0, rel=0.05)
-    # independent coordinates: the noise of two coordinates is uncorrelated
-    per_draw = noise.reshape(200, -1)
-    assert abs(torch.corrcoef(per_draw[:, :2].T)[0, 1].item()) < 0.25
+    # 31,000 draws: the sample std is within 6 standard errors (6 / sqrt(2 * 31000) ~ 2.4%)
+    assert noise.std().item() == pytest.approx(0.7 * 1.0 / 8.0, rel=0.025)
+    # independent coordinates: the noise of two coordinates is uncorrelated (6 / sqrt(1000) ~ 0.19)
+    per_draw = noise.reshape(1000, -1)
+    assert abs(torch.corrcoef(per_draw[:, :2].T)[0, 1].item()) < 0.2
 
 
 def test_empty_batch_without_noise_gives_zero_gradients():
@@ -152,17 +153,34 @@ def test_empty_batch_without_noise_gives_zero_gradients():
         assert torch.count_nonzero(p.grad) == 0
 
 
-def test_seeded_generator_is_deterministic():
+def test_default_noise_is_fresh_and_seeded_noise_is_replayed_only_on_request():
     model = _Logistic()
     x, y = _data(10, seed=6)
 
-    def run(seed):
-        private_step(model, _bce, x, y, clip_norm=1.0, noise_multiplier=1.0, expected_batch_size=5.0,
-                     generator=torch.Generator().manual_seed(seed))
+    def run(generator=None):
+        private_step(model, _bce, x, y, clip_norm=1.0, noise_multiplier=1.0, expected_batch_size=5.0, generator=generator)
         return _flat_grad(model).clone()
 
-    torch.testing.assert_close(run(7), run(7), rtol=0, atol=0)
-    assert not torch.equal(run(7), run(8))
+    assert not torch.equal(run(), run())  # no generator: a fresh OS-keyed one per call
+    with pytest.warns(InsecureNoiseWarning):
+        torch.testing.assert_close(
+            run(SecureGenerator.insecure_from_seed(7)), run(SecureGenerator.insecure_from_seed(7)), rtol=0, atol=0
+        )
+        assert not torch.equal(run(SecureGenerator.insecure_from_seed(7)), run(SecureGenerator.insecure_from_seed(8)))
+
+
+def test_float32_models_get_the_float64_noised_sum_rounded_once():
+    model = _mlp()
+    x, y = _data(6, seed=9, dtype=torch.float32)
+    private_step(model, _bce, x, y, clip_norm=1.0, noise_multiplier=0.0, expected_batch_size=3.0)
+    clean = [p.grad.double() for p in model.parameters()]
+    with pytest.warns(InsecureNoiseWarning):
+        a, b = SecureGenerator.insecure_from_seed(3), SecureGenerator.insecure_from_seed(3)
+    private_step(model, _bce, x, y, clip_norm=1.0, noise_multiplier=2.0, expected_batch_size=3.0, generator=a)
+    for p, c in zip(model.parameters(), clean):
+        assert p.grad.dtype == torch.float32
+        noise = b.normal(p.shape, std=2.0)  # the same draws, in the same order
+        torch.testing.assert_close(p.grad, ((c * 3.0 + noise) / 3.0).float(), rtol=1e-6, atol=1e-6)
 
 
 def test_grad_is_replaced_and_frozen_parameters_are_left_alone():
@@ -205,6 +223,9 @@ def test_errors():
         private_step(model, _bce, x, y, clip_norm=1.0, noise_multiplier=-1.0, expected_batch_size=3)
     with pytest.raises(ValueError, match=r"expected_batch_size must be > 0, got 0"):
         private_step(model, _bce, x, y, clip_norm=1.0, noise_multiplier=1.0, expected_batch_size=0)
+    with pytest.raises(TypeError, match=r"generator must be a torchhefl.privacy.SecureGenerator, got Generator"):
+        private_step(model, _bce, x, y, clip_norm=1.0, noise_multiplier=1.0, expected_batch_size=3,
+                     generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match=r"x and y must have the same number of samples, got 3 and 2"):
         private_step(model, _bce, x, y[:2], clip_norm=1.0, noise_multiplier=1.0, expected_batch_size=3)
     per_sample = lambda out, t: nn.functional.binary_cross_entropy_with_logits(out, t, reduction="none")  # noqa: E731

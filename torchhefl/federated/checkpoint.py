@@ -13,7 +13,9 @@ the previous round's checkpoint intact. It holds
 
 It never holds a private key: the configuration names at most the folder the key was loaded from.
 Clients draw their batches from :func:`~torchhefl.federated.client.round_generator`, a pure
-function of (seed, client, round), so nothing of theirs needs saving.
+function of (seed, client, round), so nothing of theirs needs saving. Under DP their noise and
+batches come from a key each site draws from the OS every round and never saves: a resumed DP run
+is statistically the same run (same noise distribution, same epsilon), not the same draws.
 """
 
 from __future__ import annotations

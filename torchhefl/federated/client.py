@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 
 
 def round_generator(seed: int, client_index: int, server_round: int) -> torch.Generator:
-    """The RNG of one client in one round: a pure function of its inputs, so runs resume exactly."""
+    """The batch order of one client in one round without DP: a pure function of its inputs, so
+    runs resume exactly. Public (anyone with the seed replays it), so never the source of DP noise
+    or sampling: those come from :meth:`SiteDP.generator <torchhefl.federated.dp.SiteDP.generator>`."""
     state = np.random.SeedSequence([seed, client_index, server_round]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
@@ -223,11 +225,14 @@ class Client:
         params = [p for p in model.parameters() if p.requires_grad]
         anchor = [p.detach().clone() for p in params]
         optimizer = torch.optim.SGD(params, lr=self.lr)
-        generator = round_generator(self.seed, self.index, server_round)
         if self.privacy is not None:
+            # noise and sampling from a secret key, fresh this round; never from the public seed
+            generator = self.privacy.generator(self.seed, self.index, server_round)
             batches = self.privacy.batches(self.num_examples, generator)
         else:
-            batches = local_batches(self.num_examples, self.batch_size, self.local_epochs, generator)
+            batches = local_batches(
+                self.num_examples, self.batch_size, self.local_epochs, round_generator(self.seed, self.index, server_round)
+            )
         losses = []
         for idx in batches:
             optimizer.zero_grad(set_to_none=True)

@@ -282,7 +282,12 @@ def privacy_summary(config: TrainConfig, last: dict) -> dict:
 
 
 def dp_config(config: TrainConfig):
-    """The run-wide :class:`~torchhefl.privacy.DPConfig` of ``config`` (which must set ``epsilon``)."""
+    """The run-wide :class:`~torchhefl.privacy.DPConfig` of ``config`` (which must set ``epsilon``).
+
+    ``config.extra["insecure_seeded_dp_noise"] = True`` (from Python only, for tests: no flag and
+    no Flower run config sets it) derives noise and batches from the seed; see
+    :class:`~torchhefl.privacy.DPConfig`.
+    """
     from torchhefl.privacy import DPConfig
 
     if config.clip_norm is None:
@@ -294,6 +299,7 @@ def dp_config(config: TrainConfig):
         sample_rate=config.dp_sample_rate,
         rounds=config.rounds,
         local_steps=config.dp_steps,
+        insecure_seeded_noise=config.extra.get("insecure_seeded_dp_noise") is True,
     )
 
 
@@ -386,7 +392,8 @@ def check_resume(config: TrainConfig, saved: dict, saved_round: int) -> None:
     """Whether ``config`` may continue a run saved with configuration ``saved`` after ``saved_round``.
 
     Raises :class:`ConfigError` naming the problem: a changed setting other than ``rounds``, no
-    rounds left to run, or an HE run without the key file it was trained with.
+    rounds left to run, more rounds for a DP run (its noise was calibrated for the rounds it
+    planned), or an HE run without the key file it was trained with.
     """
     now = config.to_dict()
     for name in sorted(set(now) | set(saved)):
@@ -401,6 +408,13 @@ def check_resume(config: TrainConfig, saved: dict, saved_round: int) -> None:
             raise ConfigError(f"{flag} {a!r} conflicts with the run being resumed ({b!r}); leave it out to keep the run's")
     if config.rounds <= saved_round:
         raise ConfigError(f"the run already completed {saved_round} rounds; pass --rounds above {saved_round} to continue it")
+    if config.epsilon is not None and config.rounds != saved.get("rounds"):
+        # the noise multiplier was calibrated for the planned rounds: more rounds would spend more
+        # than the budget, while the accountant, calibrated anew, would report that they did not
+        raise ConfigError(
+            f"--rounds {config.rounds}: this run's DP noise was calibrated to spend epsilon {config.epsilon} over "
+            f"{saved.get('rounds')} rounds; a differentially private run cannot be extended (start a new run)"
+        )
     if config.mode == "he" and config.extra.get("key_dir") is None:
         raise ConfigError(
             "resuming an HE run needs the run's key: pass --key-dir with the folder its key was loaded from "

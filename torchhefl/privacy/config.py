@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from torchhefl.exceptions import ConfigError
@@ -14,8 +15,20 @@ from torchhefl.privacy._checks import (
     _check_steps,
 )
 from torchhefl.privacy.accountant import _ACCOUNTANT_TITLES, PrivacyAccountant, _check_accountant, calibrate_noise
+from torchhefl.privacy.generator import SecureGenerator
 
 __all__ = ["DPConfig"]
+
+# Opacus' accountants take from milliseconds to seconds per call (PRV, and RDP's fractional orders at
+# sampling rates near 1/2): a run asks the same questions once per site and round, so remember them.
+_calibrate = functools.lru_cache(maxsize=64)(calibrate_noise)
+
+
+@functools.lru_cache(maxsize=1024)
+def _epsilon_after(accountant: str, noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
+    spent = PrivacyAccountant(noise_multiplier=noise_multiplier, sample_rate=sample_rate, accountant=accountant)
+    spent.step(steps)
+    return spent.epsilon(delta)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,6 +45,14 @@ class DPConfig:
     If ``noise_multiplier`` is ``None`` it is calibrated with :func:`calibrate_noise`; if it is
     given, it is checked to stay within ``epsilon``.
 
+    The guarantee holds against whoever cannot regenerate the noise: each site draws its noise
+    and its Poisson batches from a fresh :class:`~torchhefl.privacy.SecureGenerator` keyed from
+    the OS (see :meth:`generator`), so not even a party that knows the seed and every setting
+    (the server) can. ``insecure_seeded_noise=True`` derives them from the public seed instead,
+    for tests that compare runs draw for draw, and voids the guarantee against anyone who knows
+    the seed: it warns with :class:`~torchhefl.privacy.InsecureNoiseWarning` and says so in
+    :meth:`describe`.
+
     Args:
         epsilon: target epsilon, > 0.
         delta: target delta, in (0, 1). Default: ``1e-5``.
@@ -39,8 +60,11 @@ class DPConfig:
         sample_rate: Poisson sampling rate of each local step, in (0, 1].
         rounds: number of federated rounds, >= 1.
         local_steps: DP-SGD steps per site per round, >= 1.
-        accountant: ``"rdp"`` or ``"prv"``. Default: ``"rdp"``.
+        accountant: ``"prv"`` or ``"rdp"``. Default: ``"prv"`` (see
+            :func:`~torchhefl.privacy.calibrate_noise`).
         noise_multiplier: noise std / clip_norm. Default: ``None`` (calibrated).
+        insecure_seeded_noise: draw noise and batches from the run's seed (tests only; INSECURE).
+            Default: ``False``.
     """
 
     epsilon: float
@@ -49,8 +73,9 @@ class DPConfig:
     sample_rate: float
     rounds: int
     local_steps: int
-    accountant: str = "rdp"
+    accountant: str = "prv"
     noise_multiplier: float | None = None
+    insecure_seeded_noise: bool = False
 
     def __post_init__(self) -> None:
         _check_epsilon(self.epsilon)
@@ -60,10 +85,12 @@ class DPConfig:
         _check_steps(self.rounds, "rounds")
         _check_steps(self.local_steps, "local_steps")
         _check_accountant(self.accountant)
+        if not isinstance(self.insecure_seeded_noise, bool):
+            raise ConfigError(f"insecure_seeded_noise must be True or False, got {self.insecure_seeded_noise!r}")
         if self.rounds == 0 or self.local_steps == 0:
             raise ConfigError(f"rounds and local_steps must be >= 1, got {self.rounds} and {self.local_steps}")
         if self.noise_multiplier is None:
-            sigma = calibrate_noise(
+            sigma = _calibrate(
                 target_epsilon=self.epsilon,
                 target_delta=self.delta,
                 sample_rate=self.sample_rate,
@@ -91,14 +118,35 @@ class DPConfig:
             noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, accountant=self.accountant
         )
 
+    def generator(self, seed: int, site: int, server_round: int) -> SecureGenerator:
+        """The random source of one site's noise and batches in one round.
+
+        A fresh :class:`~torchhefl.privacy.SecureGenerator` keyed from the OS, unless
+        ``insecure_seeded_noise``: then one keyed from ``(seed, site, server_round)``, which warns.
+        """
+        if self.insecure_seeded_noise:
+            return SecureGenerator.insecure_from_seed(seed, site, server_round)
+        return SecureGenerator()
+
+    def epsilon_after(self, steps: int) -> float:
+        """Epsilon at ``delta`` after ``steps`` steps of one site, as the accountant reports it."""
+        _check_steps(steps)
+        return _epsilon_after(self.accountant, float(self.noise_multiplier), float(self.sample_rate), steps, float(self.delta))
+
     def planned_epsilon(self) -> float:
         """Epsilon at ``delta`` after all planned steps, as the accountant reports it."""
-        accountant = self.make_accountant()
-        accountant.step(self.steps)
-        return accountant.epsilon(self.delta)
+        return self.epsilon_after(self.steps)
 
     def describe(self) -> str:
         """The guarantee in one sentence."""
+        if self.insecure_seeded_noise:
+            return (
+                "NO differential privacy against anyone who knows the seed: noise and batches were derived "
+                f"from it (insecure_seeded_noise, tests only); otherwise {self._guarantee()}"
+            )
+        return self._guarantee()
+
+    def _guarantee(self) -> str:
         return (
             f"({self.epsilon:.2f}, {self.delta:.0e})-DP for each record of each site's data, over all "
             f"{self.rounds} rounds of {self.local_steps} local steps ({_ACCOUNTANT_TITLES[self.accountant]} "

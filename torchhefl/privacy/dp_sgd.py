@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from torchhefl.privacy._checks import _check_clip_norm, _check_noise_multiplier
+from torchhefl.privacy.generator import SecureGenerator, secure_generator
 
 __all__ = ["private_step"]
 
@@ -25,14 +26,17 @@ def private_step(
     clip_norm: float,
     noise_multiplier: float,
     expected_batch_size: float,
-    generator: torch.Generator | None = None,
+    generator: SecureGenerator | None = None,
 ) -> Tensor:
     """Set each trainable parameter's ``.grad`` to a DP-SGD gradient on the batch ``(x, y)``.
 
     ``grad = (sum_i clip(g_i) + N(0, (noise_multiplier * clip_norm)^2 I)) / expected_batch_size``
     where ``g_i`` is the gradient of sample ``i``'s loss with respect to all trainable parameters
     jointly and ``clip(g) = g * min(1, clip_norm / (||g||_2 + 1e-6))``, so every ``||clip(g_i)||_2``
-    is at most ``clip_norm``. Each coordinate gets its own noise draw. Then call
+    is at most ``clip_norm``. Each coordinate gets its own noise draw, from
+    :meth:`SecureGenerator.normal <torchhefl.privacy.SecureGenerator.normal>` (cryptographically
+    secure, and summed from 4 draws against floating-point attacks), and is added to the clipped
+    sum in float64 before the result is cast to the parameter's dtype. Then call
     ``optimizer.step()``; a non-private term (e.g. a FedProx proximal gradient) may be added to
     ``.grad`` before that. Existing ``.grad`` values are replaced, not accumulated.
 
@@ -55,8 +59,9 @@ def private_step(
         noise_multiplier: noise std divided by ``clip_norm``, >= 0 (0 disables noise: not private).
         expected_batch_size: ``sample_rate * n``, the divisor; the realised batch size would leak
             whether a record is present and must not be used.
-        generator: the random source of the noise. Default: ``None`` (torch's global generator).
-            Note: ``torch.Generator`` is not a cryptographically secure source.
+        generator: the random source of the noise, a :class:`~torchhefl.privacy.SecureGenerator`.
+            Default: ``None`` (a fresh one keyed from the OS). A ``torch.Generator`` is refused:
+            its draws follow from its seed, so whoever knows the seed removes the noise.
 
     Returns:
         The per-sample gradient norms before clipping, shape ``(B,)`` (for logging, e.g. the
@@ -66,6 +71,7 @@ def private_step(
     _check_noise_multiplier(noise_multiplier)
     if not expected_batch_size > 0:
         raise ValueError(f"expected_batch_size must be > 0, got {expected_batch_size!r}")
+    generator = secure_generator(generator)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x and y must have the same number of samples, got {x.shape[0]} and {y.shape[0]}")
 
@@ -101,6 +107,6 @@ def private_step(
     for name, p in trainable.items():
         g = summed[name]
         if std > 0:
-            g = g + std * torch.randn(g.shape, generator=generator, dtype=g.dtype, device=g.device)
+            g = g.to(torch.float64) + generator.normal(g.shape, std=std).to(g.device)
         p.grad = (g / expected_batch_size).to(p.dtype)
     return norms.detach()

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import torch
 from torch import Tensor
 
 from torchhefl.privacy._checks import _check_sample_rate, _check_steps
+from torchhefl.privacy.generator import SecureGenerator, secure_generator
 
 __all__ = ["poisson_batches"]
 
 
 def poisson_batches(
-    n: int, *, sample_rate: float, steps: int, generator: torch.Generator | None = None
+    n: int, *, sample_rate: float, steps: int, generator: SecureGenerator | None = None
 ) -> Iterator[Tensor]:
     """Yield ``steps`` batches of row indices, each row drawn independently with ``sample_rate``.
 
@@ -25,8 +25,8 @@ def poisson_batches(
         n: number of rows of the site's data, >= 0.
         sample_rate: probability that a row is in a batch, in (0, 1].
         steps: number of batches, >= 0.
-        generator: the random source; a seeded ``torch.Generator`` makes the batches reproducible.
-            Default: ``None`` (torch's global generator).
+        generator: the random source, a :class:`~torchhefl.privacy.SecureGenerator`: which rows
+            a step used is as secret as its noise. Default: ``None`` (a fresh one keyed from the OS).
 
     Yields:
         int64 tensors of shape ``(batch_size,)``, increasing indices into ``range(n)``.
@@ -34,6 +34,7 @@ def poisson_batches(
     _check_sample_rate(sample_rate)
     _check_steps(steps)
     _check_steps(n, "n")
+    generator = secure_generator(generator)
     for _ in range(steps):
-        mask = torch.rand(n, generator=generator) < sample_rate
+        mask = generator.uniform(n) < sample_rate
         yield mask.nonzero(as_tuple=True)[0]
