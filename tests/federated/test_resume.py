@@ -8,6 +8,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from torchhefl.federated.checkpoint import CHECKPOINT_FILE, Checkpoint, load_che
 from torchhefl.federated.config import DP_CLIP_NORM, DP_LR
 from torchhefl.federated.messages import decode_state
 from torchhefl.privacy import InsecureNoiseWarning
+from torchhefl.privacy import generator as generator_module
 from torchhefl.secure import InsecureKeyWarning, generate_keypair
 from train.federated import main
 
@@ -216,9 +218,9 @@ def test_dp_run_resumed_is_statistically_the_same_run_not_the_same_draws(tmp_pat
 
 
 def test_dp_noise_keys_are_in_no_file_of_the_run(tmp_path, monkeypatch):
-    keys = []
+    keys = []  # the keys of the sites' SecureGenerators, as they draw them
     real = secrets.token_bytes
-    monkeypatch.setattr(secrets, "token_bytes", lambda n=None: keys.append(real(n)) or keys[-1])
+    monkeypatch.setattr(generator_module, "secrets", SimpleNamespace(token_bytes=lambda n=None: keys.append(real(n)) or keys[-1]))
     _run(_dp(2), tmp_path / "r")
     assert len(keys) == 2 * 3  # one per site per round
     files = [p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()]
