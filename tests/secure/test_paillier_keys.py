@@ -6,6 +6,7 @@ import stat
 import gmpy2
 import pytest
 
+from torchhefl.exceptions import MalformedMessageError
 from torchhefl.secure import (
     InsecureKeyWarning,
     PrivateKey,
@@ -114,7 +115,7 @@ def test_load_rejects_wrong_kind_and_garbage(keypair, tmp_path):
     with pytest.raises(ValueError, match="this is a public key file"):
         load_private_key(tmp_path / "pub.json", allow_insecure=True)
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(ValueError, match="invalid JSON"):
+    with pytest.raises(MalformedMessageError, match="not valid JSON"):
         load_public_key(tmp_path / "bad.json")
 
 

@@ -86,6 +86,8 @@ class ClientKeyServerExchange(ServerExchange):
         part = PackedSum.from_bytes(payload, public_key=self.public_key)
         if len(part) < 3 or len(part) % 2 != 1:
             raise MalformedMessageError(f"statistics vector of length {len(part)} cannot hold a count, sums and squares")
+        if part.terms != 1:
+            raise MalformedMessageError(f"statistics vector claims to be a sum of {part.terms} vectors, not one site's")
         return payload
 
     def global_checkpoint(self) -> bytes:
@@ -104,7 +106,10 @@ class ClientKeyServerExchange(ServerExchange):
             raise MalformedMessageError("no statistics to sum")
         if len({len(p) for p in parts}) != 1:
             raise MalformedMessageError(f"statistics of different lengths {sorted({len(p) for p in parts})}")
-        return sum_packed(parts).to_bytes()
+        try:
+            return sum_packed(parts).to_bytes()
+        except OverflowError as e:  # more vectors than a PackedSum adds
+            raise MalformedMessageError(f"statistics cannot be summed: {e}") from None
 
 
 class ClientKeyClientExchange(ClientExchange):
@@ -126,7 +131,11 @@ class ClientKeyClientExchange(ClientExchange):
     def read_global(self, payload: bytes) -> OrderedDict:
         # the aggregate is sent twice, for evaluation and for the next round: decrypt it once
         if self._last is None or self._last[0] != payload:
-            state = SecureStateDict.from_bytes(payload, public_key=self.public_key).decrypt(self.private_key)
+            encrypted = SecureStateDict.from_bytes(payload, public_key=self.public_key)
+            try:
+                state = encrypted.decrypt(self.private_key)
+            except OverflowError as e:  # a value no sum of valid updates can hold
+                raise MalformedMessageError(f"the global model does not decrypt to valid parameters: {e}") from None
             self._last = (payload, state)
         return OrderedDict((k, v.clone()) for k, v in self._last[1].items())
 
@@ -144,7 +153,10 @@ class ClientKeyClientExchange(ClientExchange):
         return PackedSum.encrypt(vector, self.public_key, coins=self.private_key.coins()).to_bytes()
 
     def read_statistics(self, payload: bytes) -> dict[str, np.ndarray]:
-        vector = PackedSum.from_bytes(payload, public_key=self.public_key).decrypt(self.private_key)
+        try:
+            vector = PackedSum.from_bytes(payload, public_key=self.public_key).decrypt(self.private_key)
+        except OverflowError as e:
+            raise MalformedMessageError(f"the summed statistics do not decrypt to valid values: {e}") from None
         d = (len(vector) - 1) // 2
         if len(vector) != 2 * d + 1 or (self._d is not None and d != self._d):
             raise MalformedMessageError(f"statistics vector of length {len(vector)} does not fit {self._d} features")

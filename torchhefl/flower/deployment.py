@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -109,6 +110,7 @@ HELLO_TYPE = "query.hello"
 #: the ConfigRecord of a hello reply, and of a site's state between messages
 _HELLO_RECORD = "torchhefl.hello"
 _STATE_RECORD = "torchhefl.site"
+_HEX_KEY = re.compile(r"[0-9a-f]{0,4096}")  # the sites' public n (at most 16384 bits), or "" for none
 #: requests whose effect a site keeps for the rest of the run; replayed when the client is rebuilt
 _REPLAYED_KINDS = ("hem_keys_ins", "hem_peers_ins", "standardize_ins")
 
@@ -354,14 +356,27 @@ def read_hellos(config: TrainConfig, replies: Mapping[int, RecordDict]) -> Hello
         if record is None:
             raise MalformedMessageError(f"SuperNode {node_id} answered the hello without a {_HELLO_RECORD!r} record")
         index, partitions = record.get("partition-id"), record.get("num-partitions")
+        num_features, key = record.get("num-features"), record.get("public-key", "")
+        if (
+            type(index) is not int
+            or type(partitions) is not int
+            or type(num_features) is not int
+            or num_features < 1
+            or not isinstance(key, str)
+            or not _HEX_KEY.fullmatch(key)
+        ):
+            raise MalformedMessageError(
+                f"SuperNode {node_id} answered the hello with a malformed record (integers partition-id, "
+                "num-partitions and num-features >= 1, a hexadecimal public-key or none)"
+            )
         if partitions != config.clients:
             raise ConfigError(f"SuperNode {node_id} has num-partitions={partitions}, the run has clients={config.clients}")
         cid = f"site{index}"
         if cid in nodes:
             raise ConfigError(f"SuperNodes {nodes[cid]} and {node_id} both claim partition-id={index}")
         nodes[cid] = node_id
-        features.add(int(record.get("num-features", -1)))
-        keys.add(str(record.get("public-key", "")))
+        features.add(num_features)
+        keys.add(key)
     missing = [f"site{i}" for i in range(config.clients) if f"site{i}" not in nodes]
     if missing:
         raise ProtocolError(f"no SuperNode answered for {', '.join(missing)}")
@@ -373,7 +388,11 @@ def read_hellos(config: TrainConfig, replies: Mapping[int, RecordDict]) -> Hello
     if config.mode == "he" and config.key_holder == "clients" and not key:
         raise ConfigError("--mode he, but the sites sent no public key")
     ordered = {f"site{i}": nodes[f"site{i}"] for i in range(config.clients)}
-    return Hellos(ordered, features.pop(), PublicKey(int(key, 16)) if key else None)
+    try:
+        public_key = PublicKey(int(key, 16)) if key else None
+    except ValueError as e:
+        raise MalformedMessageError(f"the sites' public key is not a Paillier modulus: {e}") from None
+    return Hellos(ordered, features.pop(), public_key)
 
 
 def build_server(config: TrainConfig, transport, hellos: Hellos, settings: DeploymentSettings | None = None) -> Server:
