@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from torchhefl.exceptions import MalformedMessageError
+from torchhefl.exceptions import MalformedMessageError, ProtocolError
 from torchhefl.federated.config import TrainConfig
 from torchhefl.federated.exchange import ClientExchange, ServerExchange
 from torchhefl.federated.keyring import run_keypair
@@ -33,8 +33,9 @@ class ClientKeyServerExchange(ServerExchange):
     Args:
         public_key: the sites' public key.
         initial_state: the initial global model (public: it is drawn before any data is seen).
-        weight_bound: the public cap on one site's weight; an update claiming more is refused
-            (it could overflow the packed sum). ``None``: no cap beyond the encoding's.
+        weight_bound: the public cap on one site's weight, which every site's update claims as its
+            weight bound; an update claiming another is refused (more could overflow the packed
+            sum, less could make it undecryptable). ``None``: no cap beyond the encoding's.
     """
 
     def __init__(
@@ -58,7 +59,10 @@ class ClientKeyServerExchange(ServerExchange):
             raise MalformedMessageError(f"{strategy!r} is not sample-weighted; the encrypted path is")
         updates = [self.read_update(p) if isinstance(p, (bytes, bytearray)) else p for p in payloads]
         with self.timer.phase("aggregate"):
-            self._global = SecureStateDict.weighted_average(updates).to_bytes()
+            try:
+                self._global = SecureStateDict.weighted_average(updates).to_bytes()
+            except OverflowError as e:  # only without a cap per site: the claimed bounds add up too far
+                raise ProtocolError(f"the updates cannot be summed: {e}") from None
 
     def check_update(self, payload: bytes, **context) -> SecureStateDict:
         """One client's update, parsed and checked (see :meth:`read_update`)."""
@@ -78,6 +82,12 @@ class ClientKeyServerExchange(ServerExchange):
         if self.weight_bound is not None and update.weight_bound > self.weight_bound:
             raise MalformedMessageError(
                 f"update claims a weight bound of {update.weight_bound}, above the public cap of {self.weight_bound} per site"
+            )
+        if self.weight_bound is not None and update.weight_bound < self.weight_bound:
+            # every site claims the cap itself; a smaller claim could not bound the weight it hides,
+            # and the sum would fail to decrypt at every site
+            raise MalformedMessageError(
+                f"update claims a weight bound of {update.weight_bound}, below the public cap of {self.weight_bound} that every site claims"
             )
         return update
 

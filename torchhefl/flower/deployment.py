@@ -418,7 +418,7 @@ def build_server(config: TrainConfig, transport, hellos: Hellos, settings: Deplo
         exchange = HEMServerExchange(private_key, initial)
         X_test, y_test = _server_held_out(config, settings, hellos.num_features)
     else:
-        exchange = ClientKeyServerExchange(hellos.public_key, initial)
+        exchange = ClientKeyServerExchange(hellos.public_key, initial, weight_bound=MAX_TOTAL_WEIGHT // config.clients)
     return Server(
         model=model,
         strategy=get_strategy(config.aggregator, mu=config.mu),
