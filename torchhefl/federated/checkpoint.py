@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from torchhefl.exceptions import ConfigError, KeyMismatchError, MalformedMessageError
-from torchhefl.secure import wire
+from torchhefl.secure import strict_json, wire
 
 __all__ = ["CHECKPOINT_FILE", "Checkpoint", "load_checkpoint", "restore_checkpoint", "save_checkpoint"]
 
@@ -181,7 +181,7 @@ def checkpoint_of(sim, config_dict: dict) -> Checkpoint:
     version, state, gauss_next = random.getstate()
     return Checkpoint(
         round=server.round,
-        config=json.loads(json.dumps(config_dict)),
+        config=strict_json.loads(json.dumps(config_dict, allow_nan=False)),  # a copy as it will read back
         global_model=server.exchange.global_checkpoint(),
         strategy=_strategy_state(server.strategy),
         key_fingerprint=None if public_key is None else public_key.fingerprint,
