@@ -190,7 +190,8 @@ class PlainServerExchange(ServerExchange):
         for blob in payloads:
             stats, _ = decode_state(blob, expected=None if total is None else {k: torch.as_tensor(v) for k, v in total.items()})
             arrays = {k: v.to(torch.float64).numpy() for k, v in stats.items()}
-            total = arrays if total is None else {k: total[k] + arrays[k] for k in total}
+            with np.errstate(over="ignore"):  # a sum beyond the float range is refused when read
+                total = arrays if total is None else {k: total[k] + arrays[k] for k in total}
         if total is None:
             raise MalformedMessageError("no statistics to sum")
         return encode_state(total)
@@ -253,7 +254,7 @@ def standardizer_from_statistics(stats: Mapping[str, np.ndarray], *, num_feature
         try:
             moments = Moments.from_vector(np.concatenate([count, total, sumsq]))
             if moments.count < 1 or moments.count > _MAX_ROWS:
-                raise DataError(f"a row count of {moments.count} is not in [1, {_MAX_ROWS}]")
+                raise DataError(f"a row count of {moments.count:g} is not in [1, 2^53]")
             return Standardizer.from_moments(moments)
         except DataError as e:
             raise MalformedMessageError(f"statistics that give no standardisation: {e}") from None
