@@ -267,3 +267,18 @@ def test_a_hello_of_the_wrong_types_is_malformed_not_a_value_error():
     assert read_hellos(config, {7: flwr_app.RecordDict({"torchhefl.hello": flwr_app.ConfigRecord(good)})}).num_features == 4
     with pytest.raises(ConfigError, match="num-partitions=2"):
         read_hellos(config, {7: flwr_app.RecordDict({"torchhefl.hello": flwr_app.ConfigRecord({**good, "num-partitions": 2})})})
+
+
+def test_a_run_config_of_the_wrong_types_is_a_config_error():
+    """``int(inf)`` raised OverflowError, ``float("abc")`` ValueError, on the sites reading the run config."""
+    pytest.importorskip("flwr")
+    from torchhefl.flower.deployment import DeploymentSettings
+
+    for key, value, reason in [
+        ("rounds", float("inf"), "rounds must be an integer, got inf"),
+        ("seed", float("nan"), "seed must be an integer, got nan"),
+        ("clip-norm", "abc", "clip-norm must be a number, got 'abc'"),
+        ("reply-timeout", "soon", "reply-timeout must be a number, got 'soon'"),
+    ]:
+        with pytest.raises(ConfigError, match=reason):
+            DeploymentSettings.from_run_config({key: value})

@@ -31,6 +31,7 @@ site has decrypted, as a plain state_dict; HEM sites never see the model), ``all
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tempfile
@@ -141,7 +142,7 @@ class DeploymentSettings:
         hem = values["mode"] == "he" and values["key-holder"] == "server"
         if hem and "clip-norm" not in run_config:
             fields["clip_norm"] = 0.0  # HEM clients train on ciphertexts: nothing to clip
-        fields["clip_norm"] = float(fields["clip_norm"]) or None
+        fields["clip_norm"] = _number("clip_norm", fields["clip_norm"]) or None
         for name in ("rounds", "clients", "min_clients", "batch_size", "local_epochs", "seed", "dp_steps"):
             fields[name] = _integer(name, fields[name])
         for name in ("fraction", "lr", "mu", "alpha", "test_size", "epsilon", "delta", "dp_sample_rate"):
@@ -160,7 +161,7 @@ class DeploymentSettings:
                 "clip-norm cannot be used with key-holder=\"server\": clients train on encrypted weights and never "
                 "see a plaintext gradient to clip (leave clip-norm out, or set clip-norm=0)"
             )
-        reply_timeout, node_timeout = float(values["reply-timeout"]), float(values["node-timeout"])
+        reply_timeout, node_timeout = _number("reply_timeout", values["reply-timeout"]), _number("node_timeout", values["node-timeout"])
         if reply_timeout <= 0 or node_timeout <= 0:
             raise ConfigError("reply-timeout and node-timeout must be positive numbers of seconds")
         if not isinstance(values["server-allow-insecure-keys"], bool):
@@ -180,7 +181,7 @@ def _number(name: str, value: object) -> float:
 
 
 def _integer(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or int(value) != value:
         raise ConfigError(f"run config {name.replace('_', '-')} must be an integer, got {value!r}")
     return int(value)
 
