@@ -7,16 +7,16 @@ Writes LOGDIR/RUN_NAME/ with TensorBoard events, metrics.csv, timings.csv, confi
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
 from pathlib import Path
 
-from torchhefl.exceptions import ConfigError, DataError, ProtocolError
+from torchhefl.exceptions import ConfigError, DataError, MalformedMessageError, ProtocolError
 from torchhefl.federated.config import DP_CLIP_NORM, DP_LR, KEY_HOLDERS, LOSSES, MODES, PARTITIONS, TrainConfig
 from torchhefl.federated.server import DEFAULT_MAX_MESSAGE_BYTES
 from torchhefl.federated.strategies import STRATEGIES
+from torchhefl.secure import strict_json
 
 __all__ = ["build_parser", "config_from_args", "main", "resume_config"]
 
@@ -187,8 +187,8 @@ def resume_config(parser: argparse.ArgumentParser, argv: list[str], args: argpar
     if not path.is_file():
         raise ConfigError(f"--resume {run_dir}: no config.json there (not a run folder)")
     try:
-        cfg = TrainConfig.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
+        cfg = TrainConfig.from_dict(strict_json.loads(path.read_bytes(), what="config.json"))
+    except (MalformedMessageError, TypeError) as e:
         raise ConfigError(f"--resume {run_dir}: config.json is not a run configuration ({e})") from None
     given = _given_flags(parser, argv)
     for dest in ("logdir", "run_name"):

@@ -7,11 +7,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from torchhefl.secure import DEFAULT_KEY_BITS, InsecureKeyWarning, generate_keypair, load_private_key, load_public_key
+from torchhefl.exceptions import MalformedMessageError
+from torchhefl.secure import DEFAULT_KEY_BITS, InsecureKeyWarning, generate_keypair, load_private_key, load_public_key, strict_json
 from torchhefl.secure.files import private_directory
 
 __all__ = ["main"]
@@ -54,10 +54,11 @@ def _generate(args) -> None:
 
 def _show(args) -> None:
     try:
-        kind = json.loads(args.file.read_text(encoding="utf-8")).get("kind", "")
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        kind = ""
-    if kind.endswith(".private"):
+        doc = strict_json.loads(args.file.read_bytes(), what=str(args.file))
+    except MalformedMessageError:
+        doc = None
+    kind = doc.get("kind") if isinstance(doc, dict) else None
+    if isinstance(kind, str) and kind.endswith(".private"):
         key = load_private_key(args.file, allow_insecure=True).public_key
         print("kind: private (p and q not shown)")
     else:

@@ -7,6 +7,7 @@ import stat
 import gmpy2
 import pytest
 
+from torchhefl.exceptions import MalformedMessageError
 from torchhefl.secure import (
     InsecureKeyWarning,
     PrivateKey,
@@ -107,6 +108,42 @@ def test_load_private_key_rejects_bad_files(keypair, tmp_path, mutate, message):
         load_private_key(path, allow_insecure=True)
 
 
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.update(version=True), "unsupported key file version True"),
+        (lambda d: d.update(version=1.0), "unsupported key file version 1.0"),
+        (lambda d: d.update(n="0x" + d["n"]), "field 'n' is not valid hexadecimal"),
+        (lambda d: d.update(p=d["p"][:4] + "_" + d["p"][4:]), "field 'p' is not valid hexadecimal"),
+        (lambda d: d.update(q="f" * 4097), "at most 4096 digits"),
+    ],
+)
+def test_key_files_are_read_strictly(keypair, tmp_path, mutate, message):
+    """``int(v, 16)`` took ``0x``, ``_`` and spaces; ``True == 1`` passed as the version."""
+    path = tmp_path / "private.json"
+    keypair[1].save(path)
+    d = json.loads(path.read_text())
+    mutate(d)
+    path.write_text(json.dumps(d))
+    with pytest.raises(MalformedMessageError, match=message):
+        load_private_key(path, allow_insecure=True)
+
+
+def test_key_file_json_rules_and_size(keypair, tmp_path):
+    path = tmp_path / "public.json"
+    keypair[0].save(path)
+    text = path.read_text()
+    for bad, message in [
+        (text.replace('"version": 1', '"version": 1, "version": 1'), "key 'version' appears twice"),
+        (text.replace('"version": 1', '"version": NaN'), "NaN is not a number"),
+        (text.replace('"version": 1', '"version": ' + "9" * 5000), "an integer of 5000 digits"),
+        (text + " " * (1 << 20), "larger than 1048576 bytes"),
+    ]:
+        path.write_text(bad)
+        with pytest.raises(MalformedMessageError, match=message):
+            load_public_key(path, allow_insecure=True)
+
+
 def test_load_rejects_wrong_kind_and_garbage(keypair, tmp_path):
     pk, sk = keypair
     sk.save(tmp_path / "priv.json")
@@ -116,7 +153,7 @@ def test_load_rejects_wrong_kind_and_garbage(keypair, tmp_path):
     with pytest.raises(ValueError, match="this is a public key file"):
         load_private_key(tmp_path / "pub.json", allow_insecure=True)
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(ValueError, match="invalid JSON"):
+    with pytest.raises(MalformedMessageError, match="not valid JSON"):
         load_public_key(tmp_path / "bad.json")
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from torchhefl.exceptions import ConfigError, KeyMismatchError, MalformedMessageError
-from torchhefl.secure import wire
+from torchhefl.secure import strict_json, wire
 from torchhefl.secure.files import write_private_file
 
 __all__ = ["CHECKPOINT_FILE", "Checkpoint", "load_checkpoint", "restore_checkpoint", "save_checkpoint"]
@@ -89,19 +89,91 @@ class Checkpoint:
             raise MalformedMessageError("checkpoint key fingerprint must be a string")
         if set(msg.arrays) - {"global_model", "torch_rng", "numpy_rng_keys"} or "global_model" not in msg.arrays:
             raise MalformedMessageError(f"checkpoint arrays {sorted(msg.arrays)} are not the expected ones")
+        if msg.arrays["global_model"].dtype != np.uint8 or msg.arrays["global_model"].ndim != 1:
+            raise MalformedMessageError("checkpoint global model must be a flat byte array")
+        _check_strategy(meta["strategy"])
+        torch_rng = msg.arrays.get("torch_rng")
+        if torch_rng is not None:
+            _check_torch_rng(torch_rng)
         numpy_rng = None
         if "numpy_rng_keys" in msg.arrays:
-            numpy_rng = dict(meta["numpy_rng"], keys=msg.arrays["numpy_rng_keys"].copy())
+            numpy_rng = dict(_check_numpy_rng(meta["numpy_rng"], msg.arrays["numpy_rng_keys"]), keys=msg.arrays["numpy_rng_keys"].copy())
+        elif meta["numpy_rng"] != {}:
+            raise MalformedMessageError("checkpoint numpy RNG state without its keys")
+        _check_python_rng(meta["python_rng"])
         return cls(
             round=rnd,
             config=config,
             global_model=msg.arrays["global_model"].tobytes(),
             strategy=meta["strategy"],
             key_fingerprint=fp,
-            torch_rng=msg.arrays["torch_rng"].copy() if "torch_rng" in msg.arrays else None,
+            torch_rng=torch_rng.copy() if torch_rng is not None else None,
             numpy_rng=numpy_rng,
             python_rng=meta["python_rng"],
         )
+
+
+def _check_strategy(saved, depth: int = 0) -> None:
+    """A strategy's saved state: ``{"name": str, "state": {...}, "base": <the same>}`` (the last two optional)."""
+    if (
+        not isinstance(saved, dict)
+        or not set(saved) <= {"name", "state", "base"}
+        or not isinstance(saved.get("name"), str)
+        or not isinstance(saved.get("state", {}), dict)
+        or depth > 8
+    ):
+        raise MalformedMessageError("checkpoint strategy state is not a {name, state, base} object")
+    if "base" in saved:
+        _check_strategy(saved["base"], depth + 1)
+
+
+_MT_WORDS = 624  # the Mersenne Twister's state, in 32-bit words
+
+
+def _check_torch_rng(state: np.ndarray) -> None:
+    """torch's CPU generator state, tried on a generator of its own (torch checks the contents)."""
+    if state.dtype != np.uint8 or state.shape != (torch.get_rng_state().numel(),):
+        raise MalformedMessageError(f"checkpoint torch RNG state of shape {state.shape} is not this build's")
+    try:
+        torch.Generator().set_state(torch.from_numpy(state.copy()))
+    except RuntimeError as e:
+        raise MalformedMessageError(f"checkpoint torch RNG state is invalid: {e}") from None
+
+
+def _check_numpy_rng(meta, keys: np.ndarray) -> dict:
+    """numpy's legacy ``get_state()`` without the keys (which travel as an array)."""
+    if (
+        not isinstance(meta, dict)
+        or set(meta) != {"name", "pos", "has_gauss", "cached_gaussian"}
+        or meta["name"] != "MT19937"
+        or type(meta["pos"]) is not int
+        or not 0 <= meta["pos"] <= _MT_WORDS
+        or meta["has_gauss"] not in (0, 1)
+        or type(meta["has_gauss"]) is not int
+        or type(meta["cached_gaussian"]) not in (int, float)
+    ):
+        raise MalformedMessageError("checkpoint numpy RNG state is not numpy's MT19937 state")
+    if keys.dtype != np.dtype("<u4") or keys.shape != (_MT_WORDS,):
+        raise MalformedMessageError(f"checkpoint numpy RNG keys of shape {keys.shape}, expected ({_MT_WORDS},) uint32")
+    return meta
+
+
+def _check_python_rng(state) -> None:
+    """``random.getstate()`` as JSON: ``[3, [624 words and the position], gauss_next or null]``, or null."""
+    if state is None:
+        return
+    if (
+        not isinstance(state, list)
+        or len(state) != 3
+        or type(state[0]) is not int
+        or state[0] != 3
+        or not isinstance(state[1], list)
+        or len(state[1]) != _MT_WORDS + 1
+        or not all(type(w) is int and 0 <= w < 1 << 32 for w in state[1])
+        or not 0 <= state[1][-1] <= _MT_WORDS
+        or not (state[2] is None or type(state[2]) in (int, float))
+    ):
+        raise MalformedMessageError("checkpoint Python RNG state is not random.getstate()'s")
 
 
 def checkpoint_of(sim, config_dict: dict) -> Checkpoint:
@@ -112,7 +184,7 @@ def checkpoint_of(sim, config_dict: dict) -> Checkpoint:
     version, state, gauss_next = random.getstate()
     return Checkpoint(
         round=server.round,
-        config=json.loads(json.dumps(config_dict)),
+        config=strict_json.loads(json.dumps(config_dict, allow_nan=False)),  # a copy as it will read back
         global_model=server.exchange.global_checkpoint(),
         strategy=_strategy_state(server.strategy),
         key_fingerprint=None if public_key is None else public_key.fingerprint,

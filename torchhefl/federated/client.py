@@ -5,19 +5,23 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import math
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from torchhefl.data import Moments, Standardizer, local_moments
+from torchhefl.data import Standardizer, local_moments
 from torchhefl.exceptions import MalformedMessageError, ProtocolError
 from torchhefl.federated.evaluation import counts_to_wire, evaluation_counts
-from torchhefl.federated.exchange import ClientExchange
+from torchhefl.federated.exchange import ClientExchange, standardizer_from_statistics
 from torchhefl.federated.messages import decode_request, encode_request, encode_state, payload_of
 
-__all__ = ["Client", "local_batches", "round_generator"]
+__all__ = ["MAX_ROUND", "Client", "local_batches", "round_generator"]
+
+MAX_ROUND = 2**31 - 1
+"""The largest round or attempt number a client accepts in a request."""
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +136,7 @@ class Client:
 
     def _on_standardize(self, msg) -> bytes:
         stats = self.exchange.read_statistics(payload_of(msg))
-        moments = Moments(count=int(round(float(stats["count"][0]))), sum=stats["sum"], sumsq=stats["sumsq"])
-        self.standardizer = Standardizer.from_moments(moments)
+        self.standardizer = standardizer_from_statistics(stats, num_features=self._X_raw.shape[1])
         self.X = torch.as_tensor(self.standardizer.transform(self._X_raw), dtype=self.dtype)
         if self._X_test_raw is not None:
             self.X_test = torch.as_tensor(self.standardizer.transform(self._X_test_raw), dtype=self.dtype)
@@ -167,12 +170,17 @@ class Client:
             return encode_request("global_req", {"cid": self.cid, "round": server_round, "attempt": self.last_round[1]})
         with self.exchange.timer.phase("decrypt"):
             state = self.exchange.read_global(payload)
-        self.model.load_state_dict(state, strict=True)
+        self._load_global(state)
         with self.exchange.timer.phase("train"):
-            train_loss = self.fit(server_round, proximal_mu=float(config.get("proximal_mu", 0.0)))
+            train_loss = self.fit(server_round, proximal_mu=self._proximal_mu(config))
         with self.exchange.timer.phase("encrypt"):
-            payload = self.exchange.write_update(self.model.state_dict(), self.num_examples)
+            try:
+                payload = self.exchange.write_update(self.model.state_dict(), self.num_examples)
+            except (OverflowError, ValueError) as e:  # training diverged beyond what the encoding holds
+                raise ProtocolError(f"client {self.cid} cannot send its round {server_round} update: {e}") from None
         meta = {"cid": self.cid, "round": server_round, "attempt": self.last_round[1], "train_loss": train_loss}
+        if not math.isfinite(train_loss):  # no batch gave a finite loss; JSON holds no NaN or infinity
+            del meta["train_loss"]
         if self.privacy is not None:
             meta["epsilon"] = self.privacy.epsilon(server_round)
         return self._fit_reply(meta, payload, self.exchange.timer.take())
@@ -190,9 +198,33 @@ class Client:
     def _fit_settings(self, msg) -> tuple[int, dict]:
         server_round, attempt = msg.meta.get("round"), msg.meta.get("attempt", 1)
         config = msg.meta.get("config", {})
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (server_round, attempt)) or not isinstance(config, dict):
-            raise MalformedMessageError("fit request with an invalid round, attempt or config")
+        if (
+            not all(type(v) is int and 1 <= v <= MAX_ROUND for v in (server_round, attempt))
+            or not isinstance(config, dict)
+        ):
+            raise MalformedMessageError(
+                f"fit request with an invalid round, attempt or config (integers in [1, {MAX_ROUND}] and an object)"
+            )
         return server_round, config
+
+    def _proximal_mu(self, config: dict) -> float:
+        """The FedProx coefficient a fit request's config asks for: a finite number >= 0 (default 0)."""
+        mu = config.get("proximal_mu", 0.0)
+        if type(mu) not in (int, float) or not 0.0 <= mu < float("inf"):
+            raise MalformedMessageError(f"fit request with proximal_mu {mu!r}, expected a finite number >= 0")
+        return float(mu)
+
+    def _load_global(self, state) -> None:
+        """Load a global state_dict into the model; its names and shapes must be the model's."""
+        own = self.model.state_dict()
+        if list(state) != list(own):
+            raise MalformedMessageError(f"the global model has parameters {list(state)}, this model {list(own)}")
+        for name, ref in own.items():
+            if tuple(state[name].shape) != tuple(ref.shape):
+                raise MalformedMessageError(
+                    f"the global model's {name!r} has shape {tuple(state[name].shape)}, expected {tuple(ref.shape)}"
+                )
+        self.model.load_state_dict(state, strict=True)
 
     def _check_fit(self, msg) -> tuple[int, dict]:
         """The round and config of a fit request; rejects stale or replayed requests."""
@@ -207,7 +239,7 @@ class Client:
         if self.X_test is None:
             raise ProtocolError(f"client {self.cid} holds no test rows to evaluate on")
         payload = payload_of(msg)
-        self.model.load_state_dict(self.exchange.read_global(payload), strict=True)
+        self._load_global(self.exchange.read_global(payload))
         self.remember_global(payload)
         self.model.eval()
         with torch.no_grad():

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from torchhefl.exceptions import MalformedMessageError
+from torchhefl.exceptions import MalformedMessageError, ProtocolError
 from torchhefl.federated.config import TrainConfig
 from torchhefl.federated.exchange import ClientExchange, ServerExchange
 from torchhefl.federated.keyring import run_keypair
@@ -33,8 +33,9 @@ class ClientKeyServerExchange(ServerExchange):
     Args:
         public_key: the sites' public key.
         initial_state: the initial global model (public: it is drawn before any data is seen).
-        weight_bound: the public cap on one site's weight; an update claiming more is refused
-            (it could overflow the packed sum). ``None``: no cap beyond the encoding's.
+        weight_bound: the public cap on one site's weight, which every site's update claims as its
+            weight bound; an update claiming another is refused (more could overflow the packed
+            sum, less could make it undecryptable). ``None``: no cap beyond the encoding's.
     """
 
     def __init__(
@@ -58,7 +59,10 @@ class ClientKeyServerExchange(ServerExchange):
             raise MalformedMessageError(f"{strategy!r} is not sample-weighted; the encrypted path is")
         updates = [self.read_update(p) if isinstance(p, (bytes, bytearray)) else p for p in payloads]
         with self.timer.phase("aggregate"):
-            self._global = SecureStateDict.weighted_average(updates).to_bytes()
+            try:
+                self._global = SecureStateDict.weighted_average(updates).to_bytes()
+            except OverflowError as e:  # only without a cap per site: the claimed bounds add up too far
+                raise ProtocolError(f"the updates cannot be summed: {e}") from None
 
     def check_update(self, payload: bytes, **context) -> SecureStateDict:
         """One client's update, parsed and checked (see :meth:`read_update`)."""
@@ -79,6 +83,12 @@ class ClientKeyServerExchange(ServerExchange):
             raise MalformedMessageError(
                 f"update claims a weight bound of {update.weight_bound}, above the public cap of {self.weight_bound} per site"
             )
+        if self.weight_bound is not None and update.weight_bound < self.weight_bound:
+            # every site claims the cap itself; a smaller claim could not bound the weight it hides,
+            # and the sum would fail to decrypt at every site
+            raise MalformedMessageError(
+                f"update claims a weight bound of {update.weight_bound}, below the public cap of {self.weight_bound} that every site claims"
+            )
         return update
 
     def check_statistics(self, payload: bytes) -> bytes:
@@ -86,6 +96,8 @@ class ClientKeyServerExchange(ServerExchange):
         part = PackedSum.from_bytes(payload, public_key=self.public_key)
         if len(part) < 3 or len(part) % 2 != 1:
             raise MalformedMessageError(f"statistics vector of length {len(part)} cannot hold a count, sums and squares")
+        if part.terms != 1:
+            raise MalformedMessageError(f"statistics vector claims to be a sum of {part.terms} vectors, not one site's")
         return payload
 
     def global_checkpoint(self) -> bytes:
@@ -104,7 +116,10 @@ class ClientKeyServerExchange(ServerExchange):
             raise MalformedMessageError("no statistics to sum")
         if len({len(p) for p in parts}) != 1:
             raise MalformedMessageError(f"statistics of different lengths {sorted({len(p) for p in parts})}")
-        return sum_packed(parts).to_bytes()
+        try:
+            return sum_packed(parts).to_bytes()
+        except OverflowError as e:  # more vectors than a PackedSum adds
+            raise MalformedMessageError(f"statistics cannot be summed: {e}") from None
 
 
 class ClientKeyClientExchange(ClientExchange):
@@ -126,7 +141,11 @@ class ClientKeyClientExchange(ClientExchange):
     def read_global(self, payload: bytes) -> OrderedDict:
         # the aggregate is sent twice, for evaluation and for the next round: decrypt it once
         if self._last is None or self._last[0] != payload:
-            state = SecureStateDict.from_bytes(payload, public_key=self.public_key).decrypt(self.private_key)
+            encrypted = SecureStateDict.from_bytes(payload, public_key=self.public_key)
+            try:
+                state = encrypted.decrypt(self.private_key)
+            except OverflowError as e:  # a value no sum of valid updates can hold
+                raise MalformedMessageError(f"the global model does not decrypt to valid parameters: {e}") from None
             self._last = (payload, state)
         return OrderedDict((k, v.clone()) for k, v in self._last[1].items())
 
@@ -144,7 +163,10 @@ class ClientKeyClientExchange(ClientExchange):
         return PackedSum.encrypt(vector, self.public_key, coins=self.private_key.coins()).to_bytes()
 
     def read_statistics(self, payload: bytes) -> dict[str, np.ndarray]:
-        vector = PackedSum.from_bytes(payload, public_key=self.public_key).decrypt(self.private_key)
+        try:
+            vector = PackedSum.from_bytes(payload, public_key=self.public_key).decrypt(self.private_key)
+        except OverflowError as e:
+            raise MalformedMessageError(f"the summed statistics do not decrypt to valid values: {e}") from None
         d = (len(vector) - 1) // 2
         if len(vector) != 2 * d + 1 or (self._d is not None and d != self._d):
             raise MalformedMessageError(f"statistics vector of length {len(vector)} does not fit {self._d} features")

@@ -33,7 +33,8 @@ def evaluation_counts(
     y = targets.reshape(-1).to(torch.float64)
     pred = (logits >= 0).to(torch.float64)
     prob = torch.sigmoid(logits).numpy()
-    bins = np.minimum((prob * AUC_BINS).astype(np.int64), AUC_BINS - 1)
+    # a NaN score (a model broken beyond the float range) counts in the lowest bin
+    bins = np.clip(np.nan_to_num(prob * AUC_BINS, nan=0.0), 0, AUC_BINS - 1).astype(np.int64)
     yb = y.numpy().astype(bool)
     return {
         "n": np.array([len(y)], dtype=np.float64),

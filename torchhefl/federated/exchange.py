@@ -17,11 +17,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from torchhefl.exceptions import MalformedMessageError, ProtocolError
+from torchhefl.data import Moments, Standardizer
+from torchhefl.exceptions import DataError, MalformedMessageError, ProtocolError
 from torchhefl.federated.messages import decode_state, encode_state
 from torchhefl.federated.strategies import Strategy
 
-__all__ = ["ClientExchange", "PlainClientExchange", "PlainServerExchange", "ServerExchange", "Timer"]
+__all__ = [
+    "ClientExchange",
+    "PlainClientExchange",
+    "PlainServerExchange",
+    "ServerExchange",
+    "Timer",
+    "standardizer_from_statistics",
+]
+
+_STAT_NAMES = ("count", "sum", "sumsq")
+_MAX_ROWS = 1 << 53  # row counts travel as float64, exact below this
 
 
 class Timer:
@@ -182,18 +193,19 @@ class PlainServerExchange(ServerExchange):
         for blob in payloads:
             stats, _ = decode_state(blob, expected=None if total is None else {k: torch.as_tensor(v) for k, v in total.items()})
             arrays = {k: v.to(torch.float64).numpy() for k, v in stats.items()}
-            total = arrays if total is None else {k: total[k] + arrays[k] for k in total}
+            with np.errstate(over="ignore"):  # a sum beyond the float range is refused when read
+                total = arrays if total is None else {k: total[k] + arrays[k] for k in total}
         if total is None:
             raise MalformedMessageError("no statistics to sum")
         return encode_state(total)
 
     def check_statistics(self, payload: bytes) -> bytes:
-        """Finite ``count``, ``sum`` and ``sumsq`` arrays (the server may read them in plain mode)."""
+        """One site's ``count``, ``sum`` and ``sumsq`` arrays, usable on their own (the server may
+        read them in plain mode; see :func:`standardizer_from_statistics`)."""
         stats, _ = decode_state(payload)
-        if list(stats) != ["count", "sum", "sumsq"]:
+        if list(stats) != list(_STAT_NAMES):
             raise MalformedMessageError(f"statistics payload holds {list(stats)}, expected count, sum and sumsq")
-        if stats["count"].shape != (1,) or stats["sum"].shape != stats["sumsq"].shape or stats["sum"].dim() != 1:
-            raise MalformedMessageError("statistics payload has inconsistent shapes")
+        standardizer_from_statistics({k: v.numpy() for k, v in stats.items()})
         return payload
 
     def read_statistics(self, payload: bytes) -> dict[str, np.ndarray]:
@@ -221,3 +233,31 @@ class PlainClientExchange(ClientExchange):
 
     def read_statistics(self, payload: bytes) -> dict[str, np.ndarray]:
         return {k: v.numpy() for k, v in decode_state(payload)[0].items()}
+
+
+def standardizer_from_statistics(stats: Mapping[str, np.ndarray], *, num_features: int | None = None) -> Standardizer:
+    """The standardisation fitted from summed statistics ``{"count", "sum", "sumsq"}``, checked.
+
+    ``count`` has shape ``(1,)`` and holds a whole number of rows, at least 1; ``sum`` and ``sumsq``
+    have one shape ``(d,)`` (``d == num_features`` if given); everything is finite and gives a
+    finite mean and scale. Raises :class:`MalformedMessageError` with the reason otherwise (the
+    statistics arrive from other parties, summed).
+    """
+    if not isinstance(stats, Mapping) or set(stats) != set(_STAT_NAMES):
+        names = sorted(stats) if isinstance(stats, Mapping) else type(stats).__name__
+        raise MalformedMessageError(f"statistics hold {names}, expected count, sum and sumsq")
+    count, total, sumsq = (np.asarray(stats[k], dtype=np.float64) for k in _STAT_NAMES)
+    if count.shape != (1,) or total.ndim != 1 or total.shape != sumsq.shape:
+        raise MalformedMessageError(
+            f"statistics of shapes {count.shape}, {total.shape} and {sumsq.shape}, expected (1,), (d,) and (d,)"
+        )
+    if num_features is not None and total.shape != (num_features,):
+        raise MalformedMessageError(f"statistics for {total.shape[0]} features, expected {num_features}")
+    with np.errstate(all="ignore"):
+        try:
+            moments = Moments.from_vector(np.concatenate([count, total, sumsq]))
+            if moments.count < 1 or moments.count > _MAX_ROWS:
+                raise DataError(f"a row count of {moments.count:g} is not in [1, 2^53]")
+            return Standardizer.from_moments(moments)
+        except DataError as e:
+            raise MalformedMessageError(f"statistics that give no standardisation: {e}") from None

@@ -34,6 +34,7 @@ from __future__ import annotations
 import atexit
 import multiprocessing as mp
 import os
+import re
 import statistics
 import sys
 import time
@@ -52,7 +53,7 @@ from torchhefl.federated.config import TrainConfig
 from torchhefl.federated.exchange import ClientExchange, ServerExchange
 from torchhefl.federated.keyring import run_keypair
 from torchhefl.federated.masking import PairwiseMasker, mask_label
-from torchhefl.federated.messages import decode_state, encode_request, encode_state, payload_of
+from torchhefl.federated.messages import decode_state, encode_request, encode_state, payload_of, same_int
 from torchhefl.federated.refresh import RefreshClient, serve_refresh
 from torchhefl.federated.strategies import Strategy
 from torchhefl.nn.functional import add_bias_column, taylor_grad
@@ -89,6 +90,7 @@ _COUNT_BITS = 32
 _UPDATE_KIND = "torchhefl.hem.masked_update"
 _STATS_KIND = "torchhefl.hem.masked_stats"
 _FORMAT = 1
+_HEX = re.compile(r"[0-9a-f]{1,4096}")  # a modulus of at most 16384 bits, as PublicKey.to_dict writes it
 
 
 # -- the SGD step, written once ------------------------------------------------------------------
@@ -371,11 +373,12 @@ class HEMClientExchange(ClientExchange):
     # -- set-up ---------------------------------------------------------------------------------
     def set_public_key(self, description: Mapping) -> None:
         """Accept the server's Paillier public key (``PublicKey.to_dict()`` form)."""
+        n_hex, bits = description.get("n"), description.get("bits")
+        if not isinstance(n_hex, str) or not _HEX.fullmatch(n_hex) or type(bits) is not int:
+            raise MalformedMessageError("invalid Paillier public key from the server: n must be hexadecimal, bits an integer")
         try:
-            n = int(description["n"], 16)
-            bits = description["bits"]
-            public_key = PublicKey(n)
-        except (KeyError, TypeError, ValueError) as e:
+            public_key = PublicKey(int(n_hex, 16))
+        except ValueError as e:
             raise MalformedMessageError(f"invalid Paillier public key from the server: {e}") from None
         if public_key.bits != bits:
             raise MalformedMessageError("the server's public key does not have the size it claims")
@@ -510,7 +513,7 @@ def _decode_continuation(blob: bytes, pk: PublicKey) -> _Continuation:
             pending=None if pending is None else (int(pending[0]), [int(h, 16) for h in pending[1]]),
             seconds={str(k): float(v) for k, v in m["seconds"].items()},
         )
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise MalformedMessageError(f"the site's saved training state is unreadable: {e}") from None
 
 
@@ -593,7 +596,7 @@ class HEMClient(Client):
             raise ProtocolError(f"client {self.cid} was asked to train before standardisation")
         exchange = self.exchange
         theta = exchange.read_encrypted(payload_of(msg), self.X.shape[1] + 1)
-        mu = float(config.get("proximal_mu", 0.0))
+        mu = self._proximal_mu(config)
         anchor = theta if mu > 0 else None
         self._continuation = _Continuation(
             server_round, attempt, list(participants), mu, theta.scale, theta, anchor0=anchor, anchor=anchor
@@ -608,7 +611,8 @@ class HEMClient(Client):
         if c is None or c.pending is None:
             raise ProtocolError(f"client {self.cid} got a refresh it did not ask for")
         meta = msg.meta
-        if (meta.get("round"), meta.get("attempt"), meta.get("seq")) != (c.server_round, c.attempt, c.seq):
+        got = (meta.get("round"), meta.get("attempt"), meta.get("seq"))
+        if [type(v) for v in got] != [int] * 3 or got != (c.server_round, c.attempt, c.seq):
             raise MalformedMessageError(
                 f"refresh for round {meta.get('round')!r} attempt {meta.get('attempt')!r} request {meta.get('seq')!r}, "
                 f"expected round {c.server_round} attempt {c.attempt} request {c.seq}"
@@ -625,7 +629,11 @@ class HEMClient(Client):
         """Train until a refresh is needed (a ``refresh_req`` reply) or the update is ready (``fit_res``)."""
         exchange = self.exchange
         with exchange.timer.phase("train"):
-            request = self._advance(c, to_base=True)
+            try:
+                request = self._advance(c, to_base=True)
+            except OverflowError as e:  # e.g. a proximal term too large for the fixed-point step
+                self._continuation, self._saved_continuation = None, b""
+                raise ProtocolError(f"client {self.cid} cannot train round {c.server_round} on ciphertexts: {e}") from None
         for phase, s in exchange.timer.take().items():
             c.seconds[phase] = c.seconds.get(phase, 0.0) + s
         if request is not None:
@@ -835,29 +843,52 @@ class HEMServerExchange(ServerExchange):
         msg = wire.decode(blob, kind=_UPDATE_KIND)
         meta = msg.meta
         check_fingerprint(meta, pk)
-        if meta.get("format") != _FORMAT or meta.get("scale") != self.base_scale:
+        if not (same_int(meta.get("format"), _FORMAT) and same_int(meta.get("scale"), self.base_scale)):
             raise MalformedMessageError(f"masked update of format {meta.get('format')!r} at scale {meta.get('scale')!r}")
-        if not all(isinstance(meta.get(k), int) for k in ("round", "attempt")) or not isinstance(meta.get("participants"), list):
+        participants = meta.get("participants")
+        if (
+            not all(type(meta.get(k)) is int for k in ("round", "attempt"))
+            or not isinstance(participants, list)
+            or not all(isinstance(p, str) for p in participants)
+        ):
             raise MalformedMessageError("masked update without its round, attempt and participants")
         if set(msg.arrays) != {"weights", "count"}:
             raise MalformedMessageError("a masked update holds exactly 'weights' and 'count'")
         return meta, array_to_cts(msg.arrays["weights"], pk, d), array_to_cts(msg.arrays["count"], pk, 1)[0]
 
+    def check_statistics(self, payload: bytes) -> bytes:
+        """One site's masked statistics: key, format, scale, a participant list, ciphertexts in range
+        (the masks hide the values until all are summed)."""
+        self._read_statistics(payload)
+        return payload
+
+    def _read_statistics(self, blob: bytes) -> tuple[list[str], list]:
+        pk = self.public_key
+        msg = wire.decode(blob, kind=_STATS_KIND)
+        meta = msg.meta
+        check_fingerprint(meta, pk)
+        if not (same_int(meta.get("format"), _FORMAT) and same_int(meta.get("scale"), _STAT_SCALE)) or set(msg.arrays) != {"values"}:
+            raise MalformedMessageError("masked statistics with an unexpected format, scale or arrays")
+        participants = meta.get("participants")
+        if not isinstance(participants, list) or not all(isinstance(p, str) for p in participants):
+            raise MalformedMessageError("masked statistics without a participant list")
+        arr = msg.arrays["values"]
+        length = arr.shape[0] if arr.ndim == 2 else -1
+        if not 3 <= length < 1 << 24 or length % 2 != 1:
+            raise MalformedMessageError(f"masked statistics of {length} values cannot hold a count, sums and squares")
+        return participants, array_to_cts(arr, pk, length)
+
     def sum_statistics(self, payloads: Sequence[bytes]) -> bytes:
         pk = self.public_key
-        total, length = None, None
+        total = None
         participants = None
         for blob in payloads:
-            msg = wire.decode(blob, kind=_STATS_KIND)
-            check_fingerprint(msg.meta, pk)
-            if msg.meta.get("scale") != _STAT_SCALE or set(msg.arrays) != {"values"}:
-                raise MalformedMessageError("masked statistics with an unexpected scale or arrays")
-            arr = msg.arrays["values"]
-            length = length or arr.shape[0]
-            cts = array_to_cts(arr, pk, length)
-            participants = participants or msg.meta.get("participants")
-            if msg.meta.get("participants") != participants:
+            theirs, cts = self._read_statistics(blob)
+            participants = theirs if participants is None else participants
+            if theirs != participants:
                 raise ProtocolError("statistics were masked for different participant sets")
+            if total is not None and len(cts) != len(total):
+                raise MalformedMessageError(f"masked statistics of {len(cts)} and {len(total)} values")
             total = cts if total is None else [a * b % pk.nsquare for a, b in zip(total, cts)]
         if total is None:
             raise MalformedMessageError("no statistics to sum")
@@ -867,7 +898,10 @@ class HEMServerExchange(ServerExchange):
             raise ProtocolError("statistics of one client only: their sum would be that client's")
         with self.timer.phase("decrypt"):
             ints = self._decrypt_sum("statistics_sum", total, scale=_STAT_SCALE, bound_bits=pk.max_bits)
-        vector = dequantize(ints, _STAT_SCALE).numpy()
+        try:
+            vector = dequantize(ints, _STAT_SCALE).numpy()
+        except OverflowError:
+            raise ProtocolError("the masked statistics sum to values beyond the float range: a client broke the protocol") from None
         d = (len(vector) - 1) // 2
         self._total_count = int(round(float(vector[0])))
         return encode_state({"count": vector[:1], "sum": vector[1 : 1 + d], "sumsq": vector[1 + d :]})

@@ -24,9 +24,17 @@ __all__ = [
     "encode_request",
     "encode_state",
     "payload_of",
+    "same_int",
 ]
 
 PLAIN_STATE = "plain_state"
+#: each tensor dtype a ``plain_state`` message may name, with the wire dtype of its array
+#: (``bfloat16`` travels as float64, which numpy has)
+_WIRE_DTYPES = {
+    "float16": "<f2", "float32": "<f4", "float64": "<f8", "bfloat16": "<f8",
+    "int8": "|i1", "int16": "<i2", "int32": "<i4", "int64": "<i8",
+    "uint8": "|u1", "uint16": "<u2", "uint32": "<u4", "uint64": "<u8", "bool": "|b1",
+}
 _FLOAT_DTYPES = {"float16", "float32", "float64", "bfloat16"}
 
 
@@ -43,8 +51,10 @@ def encode_state(state: Mapping[str, torch.Tensor | np.ndarray], meta: Mapping |
 def decode_state(blob: bytes, *, expected: Mapping[str, torch.Tensor] | None = None) -> tuple[OrderedDict, dict]:
     """Parse a ``plain_state`` message into ``(state_dict, meta)``.
 
-    With ``expected`` (a reference state_dict), names and shapes must match it exactly and every
-    value must be finite, else :class:`MalformedMessageError`.
+    Each array's dtype must be the one :func:`encode_state` writes for the tensor dtype the header
+    names, and floating values must be finite (after conversion, so a float64 array cannot overflow
+    into a float16 tensor); with ``expected`` (a reference state_dict), names and shapes must match it
+    exactly. Anything else raises :class:`MalformedMessageError`.
     """
     msg = wire.decode(blob, kind=PLAIN_STATE)
     dtypes = msg.meta.get("dtypes")
@@ -63,12 +73,14 @@ def decode_state(blob: bytes, *, expected: Mapping[str, torch.Tensor] | None = N
     state = OrderedDict()
     for name, arr in msg.arrays.items():
         dtype = dtypes[name]
-        if not isinstance(dtype, str) or not hasattr(torch, dtype) or not isinstance(getattr(torch, dtype), torch.dtype):
+        if not isinstance(dtype, str) or dtype not in _WIRE_DTYPES:
             raise MalformedMessageError(f"parameter {name!r}: unknown dtype {dtype!r}")
-        t = torch.from_numpy(arr.copy())
+        if arr.dtype.str != _WIRE_DTYPES[dtype]:
+            raise MalformedMessageError(f"parameter {name!r}: a {dtype} tensor travels as {_WIRE_DTYPES[dtype]}, not {arr.dtype.str}")
+        t = torch.from_numpy(arr.copy()).to(getattr(torch, dtype))
         if dtype in _FLOAT_DTYPES and not torch.isfinite(t).all():
             raise MalformedMessageError(f"parameter {name!r} holds NaN or infinite values")
-        state[name] = t.to(getattr(torch, dtype))
+        state[name] = t
     meta = {k: v for k, v in msg.meta.items() if k != "dtypes"}
     return state, meta
 
@@ -88,6 +100,11 @@ def decode_request(blob: bytes, *, kind: str | tuple[str, ...] | None = None, ma
     if set(msg.arrays) - {"payload"}:
         raise MalformedMessageError(f"{msg.kind} message carries unexpected arrays {sorted(set(msg.arrays) - {'payload'})}")
     return msg
+
+
+def same_int(value, expected: int) -> bool:
+    """Whether the header value ``value`` is the integer ``expected`` (``True`` is not ``1``, nor is ``1.0``)."""
+    return type(value) is int and value == expected
 
 
 def payload_of(msg: wire.Message) -> bytes:

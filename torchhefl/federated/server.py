@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchhefl.data import Moments, Standardizer
+from torchhefl.data import Standardizer
 from torchhefl.exceptions import KeyMismatchError, MalformedMessageError, ProtocolError
 from torchhefl.federated.evaluation import add_counts, counts_from_wire, evaluation_counts, metrics_from_counts
-from torchhefl.federated.exchange import ServerExchange
-from torchhefl.federated.messages import decode_request, decode_state, encode_request, payload_of
+from torchhefl.federated.exchange import ServerExchange, standardizer_from_statistics
+from torchhefl.federated.messages import decode_request, decode_state, encode_request, payload_of, same_int
 from torchhefl.federated.strategies import Strategy
 from torchhefl.federated.transport import ClientUnavailableError, Transport
 from torchhefl.secure import wire
@@ -114,12 +114,16 @@ class Server:
         if len(replies) < len(ids):
             reasons = "; ".join(f"{cid}: {why}" for cid, why in refused.items())
             raise ProtocolError(f"standardisation needs every client's statistics ({reasons})")
-        total = self.exchange.sum_statistics([payload_of(m) for m in replies.values()])
+        try:
+            total = self.exchange.sum_statistics([payload_of(m) for m in replies.values()])
+            stats = self.exchange.read_statistics(total)
+            num_features = None if self._X_test_raw is None else self._X_test_raw.shape[1]
+            standardizer = None if stats is None else standardizer_from_statistics(stats, num_features=num_features)
+        except (MalformedMessageError, KeyMismatchError) as e:
+            raise ProtocolError(f"the clients' statistics do not add up to usable moments: {e}") from None
         self._broadcast(ids, encode_request("standardize_ins", {}, total), "standardize_res")
-        stats = self.exchange.read_statistics(total)
-        if stats is not None:
-            moments = Moments(count=int(round(float(stats["count"][0]))), sum=stats["sum"], sumsq=stats["sumsq"])
-            self.standardizer = Standardizer.from_moments(moments)
+        if standardizer is not None:
+            self.standardizer = standardizer
             if self._X_test_raw is not None:
                 self.X_test = torch.as_tensor(self.standardizer.transform(self._X_test_raw), dtype=torch.float64)
 
@@ -252,7 +256,7 @@ class Server:
         """
         msg = self._read_reply(cid, answer, "fit_res")
         meta = msg.meta
-        if meta.get("round") != server_round or meta.get("attempt") != attempt:
+        if not (same_int(meta.get("round"), server_round) and same_int(meta.get("attempt"), attempt)):
             raise MalformedMessageError(
                 f"stale or replayed reply for round {meta.get('round')!r} attempt {meta.get('attempt')!r}, "
                 f"expected round {server_round} attempt {attempt}"
@@ -285,7 +289,7 @@ class Server:
         """
         msg = self._read_follow_up(cid, answer, "refresh_req", "refresh request", server_round=server_round, attempt=attempt)
         meta = msg.meta
-        if meta.get("seq") != seq:
+        if not same_int(meta.get("seq"), seq):
             raise MalformedMessageError(f"refresh request number {meta.get('seq')!r}, expected {seq}")
         if seq > self.max_refreshes:
             raise ProtocolError(f"more than {self.max_refreshes} refresh requests for one fit")
@@ -300,6 +304,16 @@ class Server:
         msg = self._read_reply(cid, answer, "stats_res")
         self.exchange.check_statistics(payload_of(msg))
         return msg
+
+    def read_evaluate_reply(self, cid: str, answer: bytes | Exception) -> dict[str, np.ndarray]:
+        """Check one client's answer to a federated evaluation; returns its counts (the expected
+        names and shapes, finite, non-negative). Same errors as :meth:`read_fit_reply`."""
+        msg = self._read_reply(cid, answer, "evaluate_res")
+        counts, _ = decode_state(payload_of(msg))
+        try:
+            return counts_from_wire({k: v.numpy() for k, v in counts.items()})
+        except ValueError as e:
+            raise MalformedMessageError(str(e)) from None
 
     def _read_reply(self, cid: str, answer: bytes | Exception, kind: str) -> wire.Message:
         if isinstance(answer, Exception):
@@ -322,9 +336,9 @@ class Server:
         digest = hashlib.sha256(payload).hexdigest()
         request = encode_request("evaluate_ins", {"round": self.round}, payload)
         total = None
-        for cid, msg in self._broadcast(self.transport.client_ids, request, "evaluate_res").items():
+        for cid, answer in self._deliver(self.transport.client_ids, request):
             try:
-                counts = _read_counts(payload_of(msg))
+                counts = self.read_evaluate_reply(cid, answer)
             except _CLIENT_FAULTS as e:
                 log.warning("client %s left out of evaluate: %s", cid, e)
                 continue
@@ -357,7 +371,7 @@ class Server:
                 if isinstance(answer, Exception):
                     raise answer
                 msg = self._read_reply(cid, answer, reply_kind)
-                if server_round is not None and msg.meta.get("round") != server_round:
+                if server_round is not None and not same_int(msg.meta.get("round"), server_round):
                     raise MalformedMessageError(f"reply for round {msg.meta.get('round')!r}, expected {server_round}")
             except _CLIENT_FAULTS as e:
                 log.warning("client %s left out of %s: %s", cid, reply_kind.removesuffix("_res"), e)
@@ -425,7 +439,7 @@ class Server:
         """A client's ``kind`` request in the middle of a fit: a reply from ``cid`` for this round and attempt."""
         msg = self._read_reply(cid, answer, kind)
         got = (msg.meta.get("round"), msg.meta.get("attempt"))
-        if got != (server_round, attempt):
+        if not (same_int(got[0], server_round) and same_int(got[1], attempt)):
             raise MalformedMessageError(
                 f"stale or replayed {what} for round {got[0]!r} attempt {got[1]!r}, "
                 f"expected round {server_round} attempt {attempt}"
@@ -484,12 +498,3 @@ def _seconds(value) -> float:
     if not 0.0 <= out < 1e9:
         raise MalformedMessageError(f"duration {value!r} is out of range")
     return out
-
-
-def _read_counts(payload: bytes) -> dict[str, np.ndarray]:
-    """A client's evaluation counts: the expected names and shapes, finite, non-negative."""
-    counts, _ = decode_state(payload)
-    try:
-        return counts_from_wire({k: v.numpy() for k, v in counts.items()})
-    except ValueError as e:
-        raise MalformedMessageError(str(e)) from None

@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
+import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -115,6 +117,7 @@ HELLO_TYPE = "query.hello"
 #: the ConfigRecord of a hello reply, and of a site's state between messages
 _HELLO_RECORD = "torchhefl.hello"
 _STATE_RECORD = "torchhefl.site"
+_HEX_KEY = re.compile(r"[0-9a-f]{0,4096}")  # the sites' public n (at most 16384 bits), or "" for none
 #: requests whose effect a site keeps for the rest of the run; replayed when the client is rebuilt
 _REPLAYED_KINDS = ("hem_keys_ins", "hem_peers_ins", "standardize_ins")
 
@@ -145,7 +148,7 @@ class DeploymentSettings:
         hem = values["mode"] == "he" and values["key-holder"] == "server"
         if hem and "clip-norm" not in run_config:
             fields["clip_norm"] = 0.0  # HEM clients train on ciphertexts: nothing to clip
-        fields["clip_norm"] = float(fields["clip_norm"]) or None
+        fields["clip_norm"] = _number("clip_norm", fields["clip_norm"]) or None
         for name in ("rounds", "clients", "min_clients", "batch_size", "local_epochs", "seed", "dp_steps"):
             fields[name] = _integer(name, fields[name])
         for name in ("fraction", "lr", "mu", "alpha", "test_size", "epsilon", "delta", "dp_sample_rate"):
@@ -164,7 +167,7 @@ class DeploymentSettings:
                 "clip-norm cannot be used with key-holder=\"server\": clients train on encrypted weights and never "
                 "see a plaintext gradient to clip (leave clip-norm out, or set clip-norm=0)"
             )
-        reply_timeout, node_timeout = float(values["reply-timeout"]), float(values["node-timeout"])
+        reply_timeout, node_timeout = _number("reply_timeout", values["reply-timeout"]), _number("node_timeout", values["node-timeout"])
         if reply_timeout <= 0 or node_timeout <= 0:
             raise ConfigError("reply-timeout and node-timeout must be positive numbers of seconds")
         if not isinstance(values["server-allow-insecure-keys"], bool):
@@ -184,7 +187,7 @@ def _number(name: str, value: object) -> float:
 
 
 def _integer(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or int(value) != value:
         raise ConfigError(f"run config {name.replace('_', '-')} must be an integer, got {value!r}")
     return int(value)
 
@@ -367,14 +370,27 @@ def read_hellos(config: TrainConfig, replies: Mapping[int, RecordDict]) -> Hello
         if record is None:
             raise MalformedMessageError(f"SuperNode {node_id} answered the hello without a {_HELLO_RECORD!r} record")
         index, partitions = record.get("partition-id"), record.get("num-partitions")
+        num_features, key = record.get("num-features"), record.get("public-key", "")
+        if (
+            type(index) is not int
+            or type(partitions) is not int
+            or type(num_features) is not int
+            or num_features < 1
+            or not isinstance(key, str)
+            or not _HEX_KEY.fullmatch(key)
+        ):
+            raise MalformedMessageError(
+                f"SuperNode {node_id} answered the hello with a malformed record (integers partition-id, "
+                "num-partitions and num-features >= 1, a hexadecimal public-key or none)"
+            )
         if partitions != config.clients:
             raise ConfigError(f"SuperNode {node_id} has num-partitions={partitions}, the run has clients={config.clients}")
         cid = f"site{index}"
         if cid in nodes:
             raise ConfigError(f"SuperNodes {nodes[cid]} and {node_id} both claim partition-id={index}")
         nodes[cid] = node_id
-        features.add(int(record.get("num-features", -1)))
-        keys.add(str(record.get("public-key", "")))
+        features.add(num_features)
+        keys.add(key)
     missing = [f"site{i}" for i in range(config.clients) if f"site{i}" not in nodes]
     if missing:
         raise ProtocolError(f"no SuperNode answered for {', '.join(missing)}")
@@ -386,7 +402,11 @@ def read_hellos(config: TrainConfig, replies: Mapping[int, RecordDict]) -> Hello
     if config.mode == "he" and config.key_holder == "clients" and not key:
         raise ConfigError("--mode he, but the sites sent no public key")
     ordered = {f"site{i}": nodes[f"site{i}"] for i in range(config.clients)}
-    return Hellos(ordered, features.pop(), PublicKey(int(key, 16)) if key else None)
+    try:
+        public_key = PublicKey(int(key, 16)) if key else None
+    except ValueError as e:
+        raise MalformedMessageError(f"the sites' public key is not a Paillier modulus: {e}") from None
+    return Hellos(ordered, features.pop(), public_key)
 
 
 def build_server(config: TrainConfig, transport, hellos: Hellos, settings: DeploymentSettings | None = None) -> Server:
@@ -412,7 +432,7 @@ def build_server(config: TrainConfig, transport, hellos: Hellos, settings: Deplo
         exchange = HEMServerExchange(private_key, initial)
         X_test, y_test = _server_held_out(config, settings, hellos.num_features)
     else:
-        exchange = ClientKeyServerExchange(hellos.public_key, initial)
+        exchange = ClientKeyServerExchange(hellos.public_key, initial, weight_bound=MAX_TOTAL_WEIGHT // config.clients)
     return Server(
         model=model,
         strategy=get_strategy(config.aggregator, mu=config.mu),

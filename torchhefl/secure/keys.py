@@ -7,7 +7,7 @@ for a 2048-bit key), computed from a fixed-base table cached on the key. Ciphert
 ``gmpy2.mpz`` integers and are decryptable by ``phe``'s private key too (``public_key.phe`` and
 ``private_key.phe`` give the matching ``phe`` objects).
 
-Key files are JSON (no pickle): ``{"kind": "torchhefl.paillier.public", "version": 1, "bits": ...,
+Key files are JSON (no pickle, read by :func:`torchhefl.secure.strict_json.loads`): ``{"kind": "torchhefl.paillier.public", "version": 1, "bits": ...,
 "n": "<hex>"}`` and, for a private key, ``"kind": "torchhefl.paillier.private"`` plus ``"p"`` and
 ``"q"``. Key files are replaced atomically through :mod:`torchhefl.secure.files` (a private key
 file is mode 0600 from its first byte, a symlink at its path is replaced, not followed); a private
@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import threading
 import warnings
@@ -30,7 +31,8 @@ import gmpy2
 import phe
 from gmpy2 import mpz
 
-from torchhefl.secure import _parallel
+from torchhefl.exceptions import MalformedMessageError
+from torchhefl.secure import _parallel, strict_json
 from torchhefl.secure._fastmath import AdaptiveFixedBase
 from torchhefl.secure.files import write_private_file, write_public_file
 
@@ -469,36 +471,43 @@ def _write_json(path: str | os.PathLike, obj: dict, *, private: bool) -> None:
     (write_private_file if private else write_public_file)(path, data)
 
 
+_MAX_KEY_FILE_BYTES = 1 << 20  # a 16384-bit private key file is about 8.5 KB
+_HEX = re.compile(r"[0-9a-fA-F]+")
+_MAX_KEY_HEX_DIGITS = 4096  # 16384 bits
+
+
 def _read_key_json(path: str | os.PathLike, kind: str) -> dict:
     path = Path(path)
+    with open(path, "rb") as f:
+        raw = f.read(_MAX_KEY_FILE_BYTES + 1)
+    if len(raw) > _MAX_KEY_FILE_BYTES:
+        raise MalformedMessageError(f"{path}: not a torchhefl key file (larger than {_MAX_KEY_FILE_BYTES} bytes)")
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a torchhefl key file (not UTF-8 text)") from None
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not a torchhefl key file (invalid JSON: {e.msg})") from None
+        d = strict_json.loads(raw, what="its text")
+    except MalformedMessageError as e:
+        raise MalformedMessageError(f"{path}: not a torchhefl key file ({e})") from None
     if not isinstance(d, dict) or d.get("kind") not in (_PUBLIC_KIND, _PRIVATE_KIND):
-        raise ValueError(f"{path}: not a torchhefl key file (missing or unknown 'kind')")
+        raise MalformedMessageError(f"{path}: not a torchhefl key file (missing or unknown 'kind')")
     if d["kind"] != kind:
         what = "private" if d["kind"] == _PRIVATE_KIND else "public"
-        raise ValueError(f"{path}: this is a {what} key file, expected a {'private' if kind == _PRIVATE_KIND else 'public'} one")
-    if d.get("version") != _KEY_FILE_VERSION:
-        raise ValueError(f"{path}: unsupported key file version {d.get('version')!r} (this build reads {_KEY_FILE_VERSION})")
+        raise MalformedMessageError(
+            f"{path}: this is a {what} key file, expected a {'private' if kind == _PRIVATE_KIND else 'public'} one"
+        )
+    version = d.get("version")
+    if type(version) is not int or version != _KEY_FILE_VERSION:
+        raise MalformedMessageError(f"{path}: unsupported key file version {version!r} (this build reads {_KEY_FILE_VERSION})")
     return d
 
 
 def _hex_field(d: dict, name: str, path) -> mpz:
     v = d.get(name)
-    if not isinstance(v, str) or not v or len(v) > 4096:
-        raise ValueError(f"{path}: field {name!r} must be a hexadecimal string")
-    try:
-        x = mpz(int(v, 16))
-    except ValueError:
-        raise ValueError(f"{path}: field {name!r} is not valid hexadecimal") from None
+    if not isinstance(v, str) or not v or len(v) > _MAX_KEY_HEX_DIGITS:
+        raise MalformedMessageError(f"{path}: field {name!r} must be a hexadecimal string of at most {_MAX_KEY_HEX_DIGITS} digits")
+    if not _HEX.fullmatch(v):
+        raise MalformedMessageError(f"{path}: field {name!r} is not valid hexadecimal")
+    x = mpz(int(v, 16))
     if x <= 0:
-        raise ValueError(f"{path}: field {name!r} must be positive")
+        raise MalformedMessageError(f"{path}: field {name!r} must be positive")
     return x
 
 
@@ -506,20 +515,21 @@ def _public_from_dict(d: dict, path, *, allow_insecure: bool) -> PublicKey:
     n = _hex_field(d, "n", path)
     bits = d.get("bits")
     if not isinstance(bits, int) or isinstance(bits, bool) or n.bit_length() != bits:
-        raise ValueError(f"{path}: 'bits' does not match the size of n ({n.bit_length()} bits)")
+        raise MalformedMessageError(f"{path}: 'bits' does not match the size of n ({n.bit_length()} bits)")
     if n % 2 == 0 or gmpy2.is_prime(n):
-        raise ValueError(f"{path}: n is not a valid Paillier modulus")
+        raise MalformedMessageError(f"{path}: n is not a valid Paillier modulus")
     try:
         _check_bits(bits, allow_insecure, stacklevel=5)
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise MalformedMessageError(f"{path}: {e}") from None
     return PublicKey(n)
 
 
 def load_public_key(path: str | os.PathLike, *, allow_insecure: bool = False) -> PublicKey:
     """Read a public key file written by :meth:`PublicKey.save` and check it.
 
-    Raises ``ValueError`` with the reason for a file that is not a valid public key file.
+    Raises :class:`~torchhefl.exceptions.MalformedMessageError` (a ``ValueError``) with the reason
+    for a file that is not a valid public key file, whatever its bytes; ``OSError`` if it cannot be read.
     """
     d = _read_key_json(path, _PUBLIC_KIND)
     return _public_from_dict(d, path, allow_insecure=allow_insecure)
@@ -528,13 +538,14 @@ def load_public_key(path: str | os.PathLike, *, allow_insecure: bool = False) ->
 def load_private_key(path: str | os.PathLike, *, allow_insecure: bool = False) -> PrivateKey:
     """Read a private key file written by :meth:`PrivateKey.save` and check it (``p * q == n``, primes).
 
-    Raises ``ValueError`` with the reason for a file that is not a valid private key file.
+    Raises :class:`~torchhefl.exceptions.MalformedMessageError` (a ``ValueError``) with the reason
+    for a file that is not a valid private key file, whatever its bytes; ``OSError`` if it cannot be read.
     """
     d = _read_key_json(path, _PRIVATE_KIND)
     public_key = _public_from_dict(d, path, allow_insecure=allow_insecure)
     p, q = _hex_field(d, "p", path), _hex_field(d, "q", path)
     if p * q != public_key.n:
-        raise ValueError(f"{path}: p * q does not equal n (corrupt or mismatched private key)")
+        raise MalformedMessageError(f"{path}: p * q does not equal n (corrupt or mismatched private key)")
     if p == q or not gmpy2.is_prime(p, 50) or not gmpy2.is_prime(q, 50):
-        raise ValueError(f"{path}: p and q must be distinct primes")
+        raise MalformedMessageError(f"{path}: p and q must be distinct primes")
     return PrivateKey(public_key, p, q)

@@ -54,6 +54,11 @@ class PackedSum:
     def __len__(self) -> int:
         return self._length
 
+    @property
+    def terms(self) -> int:
+        """How many encrypted vectors were summed into this one (1 for a fresh encryption)."""
+        return self._terms
+
     @classmethod
     def encrypt(cls, vector, public_key: PublicKey, *, coins: CoinKey | None = None) -> PackedSum:
         """Encrypt a 1-D float vector (|v| < :data:`MAX_ABS_VALUE`, resolution 2^-56).

@@ -10,8 +10,10 @@ Layout (all integers little-endian)::
 
 Each manifest entry is ``{"name": str, "dtype": str, "shape": [int, ...]}``; dtypes are from a fixed
 allow-list (little-endian numbers, and ``u1`` for opaque ciphertext bytes). The payload length must
-equal the sum of the arrays' sizes exactly. Every check failure raises
-:class:`~torchhefl.exceptions.MalformedMessageError` with the reason.
+equal the sum of the arrays' sizes exactly. The header is read by
+:func:`torchhefl.secure.strict_json.loads` (bounded integers and nesting, finite numbers, no key
+twice). Every check failure raises :class:`~torchhefl.exceptions.MalformedMessageError` with the
+reason, whatever the bytes.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from torchhefl.exceptions import MalformedMessageError
+from torchhefl.secure import strict_json
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "WIRE_VERSION", "Message", "decode", "encode"]
 
@@ -32,6 +35,7 @@ MAGIC = b"THEFL\x00\r\n"
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30  # 1 GiB
 _MAX_HEADER_BYTES = 16 << 20
 _PREFIX = struct.Struct("<8sHI")
+_MAX_ELEMENTS = 1 << 40  # per array, zero-length dimensions aside
 _DTYPES = {"<f4", "<f8", "<f2", "<i8", "<i4", "<i2", "|i1", "|u1", "|b1", "<u2", "<u4", "<u8"}
 
 
@@ -82,10 +86,7 @@ def decode(
         raise MalformedMessageError(f"unsupported wire format version {version} (this build reads {WIRE_VERSION})")
     if hlen > _MAX_HEADER_BYTES or _PREFIX.size + hlen > len(blob):
         raise MalformedMessageError(f"message truncated: header of {hlen} bytes does not fit")
-    try:
-        header = json.loads(blob[_PREFIX.size : _PREFIX.size + hlen].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise MalformedMessageError(f"message header is not valid JSON: {e}") from None
+    header = strict_json.loads(blob[_PREFIX.size : _PREFIX.size + hlen], what="message header")
     if not isinstance(header, dict) or set(header) != {"kind", "meta", "arrays"}:
         raise MalformedMessageError("message header must hold exactly 'kind', 'meta' and 'arrays'")
     msg_kind, meta, manifest = header["kind"], header["meta"], header["arrays"]
@@ -120,7 +121,8 @@ def _check_entry(entry) -> tuple[str, str, tuple[int, ...]]:
     if (
         not isinstance(shape, list)
         or len(shape) > 32
-        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape)
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < _MAX_ELEMENTS for d in shape)
+        or _prod(tuple(max(d, 1) for d in shape)) >= _MAX_ELEMENTS
     ):
         raise MalformedMessageError(f"array {name!r}: invalid shape {shape!r}")
     return name, dtype, tuple(shape)

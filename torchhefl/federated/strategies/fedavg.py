@@ -13,7 +13,10 @@ __all__ = ["FedAvg", "weighted_mean"]
 
 
 def weighted_mean(updates: Sequence[Update]) -> dict[str, np.ndarray]:
-    """``sum_k n_k w_k / sum_k n_k`` per parameter, in float64."""
+    """``sum_k n_k w_k / sum_k n_k`` per parameter, in float64.
+
+    Computed as ``sum_k (n_k / sum n) w_k``: every partial sum is bounded by the largest ``|w_k|``,
+    so finite updates give a finite mean whatever the counts."""
     if not updates:
         raise ProtocolError("no client updates to aggregate")
     total = sum(n for _, n in updates)
@@ -24,8 +27,8 @@ def weighted_mean(updates: Sequence[Update]) -> dict[str, np.ndarray]:
     for name in names:
         acc = np.zeros_like(np.asarray(updates[0][0][name], dtype=np.float64))
         for params, n in updates:
-            acc += np.asarray(params[name], dtype=np.float64) * n
-        out[name] = acc / total
+            acc += np.asarray(params[name], dtype=np.float64) * (n / total)
+        out[name] = acc
     return out
 
 
