@@ -18,7 +18,7 @@ from torchhefl.federated.hem import (
     step_map,
 )
 from torchhefl.federated.messages import decode_request, encode_request, payload_of
-from torchhefl.federated.refresh import MIN_MASK_BITS
+from torchhefl.secure.refresh import MIN_MASK_BITS
 from torchhefl.federated.transport import ClientUnavailableError
 from torchhefl.nn.functional import add_bias_column
 from torchhefl.secure import EncryptedTensor, InsecureKeyWarning, generate_keypair

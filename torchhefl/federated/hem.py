@@ -17,12 +17,12 @@ Straus multi-exponentiation) plus plaintext additions. ``M`` is quantised to a f
 step count, never of its data.
 
 When the next step would leave no room for a blinding mask, the client refreshes its weights
-through the server (:mod:`torchhefl.federated.refresh`); before upload it refreshes once more to the
+through the server (:mod:`torchhefl.secure.refresh`); before upload it refreshes once more to the
 common base scale. A refresh is server-driven, so it runs over transports where only the server
 sends requests (Flower): the client answers the fit request with a ``refresh_req`` holding the
 blinded ciphertexts, keeps its place in local training (a continuation: step, ciphertexts, secret
 masks), and resumes when the server's ``refresh_ins`` arrives; its last answer is the ``fit_res``. It then uploads ``Enc(n_i * theta_i + mask_i)`` and ``Enc(n_i + mask'_i)``,
-re-randomised, where the pairwise masks (:mod:`torchhefl.federated.masking`) of the round's
+re-randomised, where the pairwise masks (:mod:`torchhefl.secure.masking`) of the round's
 participants sum to zero modulo ``n``. The server multiplies the uploads together and decrypts only
 the two sums: ``theta = sum(n_i theta_i) / sum(n_i)`` (FedAvg, Eq 14), then evaluates on its
 held-out set. A client that drops out mid-round makes the server re-run the round without it, with
@@ -52,9 +52,9 @@ from torchhefl.federated.client import Client, local_batches, round_generator
 from torchhefl.federated.config import TrainConfig
 from torchhefl.federated.exchange import ClientExchange, ServerExchange
 from torchhefl.federated.keyring import run_keypair
-from torchhefl.federated.masking import PairwiseMasker, mask_label
+from torchhefl.secure.masking import PairwiseMasker, mask_label
 from torchhefl.federated.messages import decode_state, encode_request, encode_state, payload_of, same_int
-from torchhefl.federated.refresh import RefreshClient, serve_refresh
+from torchhefl.secure.refresh import RefreshClient, serve_refresh
 from torchhefl.federated.strategies import Strategy
 from torchhefl.nn.functional import add_bias_column, taylor_grad
 from torchhefl.secure import EncryptedTensor, PrivateKey, PublicKey, wire
@@ -919,7 +919,7 @@ class HEMServerExchange(ServerExchange):
 
     # -- the refresh endpoint -------------------------------------------------------------------
     def refresh(self, request: bytes) -> bytes:
-        """Serve one blinded refresh (bytes in, bytes out); see :mod:`torchhefl.federated.refresh`."""
+        """Serve one blinded refresh (bytes in, bytes out); see :mod:`torchhefl.secure.refresh`."""
         with self.timer.phase("refresh"):
             reply, seen = serve_refresh(request, self._private_key)
         self.refreshes += 1
