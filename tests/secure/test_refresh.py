@@ -8,8 +8,8 @@ import torch
 
 from torchhefl.exceptions import MalformedMessageError
 from torchhefl.federated.messages import decode_request, encode_request, payload_of
-from torchhefl.secure.refresh import MIN_MASK_BITS, RefreshClient, serve_refresh
 from torchhefl.secure import EncryptedTensor, InsecureKeyWarning, generate_keypair, wire
+from torchhefl.secure.refresh import MIN_MASK_BITS, RefreshClient, serve_refresh
 
 VALUE_BITS = 16
 
