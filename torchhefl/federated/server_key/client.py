@@ -69,7 +69,7 @@ class HEMClientExchange(ClientExchange):
 
     Args:
         allow_insecure: accept a Paillier key below 2048 bits from the server (tests only).
-        step_bits, value_bits, base_scale: the public fixed-point parameters (see module constants).
+        step_bits, value_bits, base_scale: the public fixed-point parameters (see :mod:`~torchhefl.federated.server_key.constants`).
     """
 
     def __init__(

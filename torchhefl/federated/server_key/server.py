@@ -55,7 +55,7 @@ class HEMServerExchange(ServerExchange):
     Args:
         private_key: the server's key pair.
         initial_state: the initial global state_dict (``weight`` of shape ``(1, d)``, ``bias``).
-        base_scale, value_bits: public fixed-point parameters (see module constants).
+        base_scale, value_bits: public fixed-point parameters (see :mod:`~torchhefl.federated.server_key.constants`).
 
     Attributes:
         refreshes: refresh requests served so far.
