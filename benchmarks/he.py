@@ -210,9 +210,9 @@ def _helper_cpu_seconds() -> float:
     """CPU seconds used so far by HEM's helper process (Linux /proc; 0 where unavailable)."""
     import os
 
-    from torchhefl.federated import hem
+    from torchhefl.secure.split_product import HELPER
 
-    process = hem._HELPER.process
+    process = HELPER.process
     if process is None or not process.is_alive():
         return 0.0
     try:

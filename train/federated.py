@@ -71,7 +71,7 @@ def _clip_norm_of(args: argparse.Namespace) -> float | None:
     if given == _NO_CLIP:
         return None
     if hem:
-        from torchhefl.federated.hem import CLIP_NORM_MESSAGE
+        from torchhefl.federated.server_key import CLIP_NORM_MESSAGE
 
         raise ConfigError(CLIP_NORM_MESSAGE)
     return given

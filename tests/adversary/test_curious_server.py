@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from torchhefl.federated import TrainConfig, build
-from torchhefl.federated.hem import BASE_SCALE, VALUE_BITS
+from torchhefl.federated.server_key import BASE_SCALE, VALUE_BITS
 from torchhefl.federated.messages import decode_request, payload_of
-from torchhefl.federated.refresh import MIN_MASK_BITS, serve_refresh
+from torchhefl.secure.refresh import MIN_MASK_BITS, serve_refresh
 from torchhefl.secure import InsecureKeyWarning, wire
 from torchhefl.secure.tensor import array_to_cts
 

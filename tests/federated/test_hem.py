@@ -7,25 +7,21 @@ import torch
 
 from torchhefl.exceptions import ConfigError, MalformedMessageError, ProtocolError
 from torchhefl.federated import TrainConfig, build
-from torchhefl.federated.hem import (
+from torchhefl.federated.messages import decode_request, encode_request, payload_of
+from torchhefl.federated.server_key import (
     BASE_SCALE,
     STEP_BITS,
     VALUE_BITS,
     HEMClient,
     HEMServerExchange,
     apply_step,
-    sgd_step,
-    step_map,
 )
-from torchhefl.federated.messages import decode_request, encode_request, payload_of
-from torchhefl.federated.refresh import MIN_MASK_BITS
 from torchhefl.federated.transport import ClientUnavailableError
-from torchhefl.nn.functional import add_bias_column
-from torchhefl.secure import EncryptedTensor, InsecureKeyWarning, generate_keypair
-from torchhefl.secure import wire
+from torchhefl.nn.functional import add_bias_column, sgd_step, step_map
+from torchhefl.secure import EncryptedTensor, InsecureKeyWarning, generate_keypair, wire
+from torchhefl.secure.refresh import MIN_MASK_BITS
 from torchhefl.secure.tensor import array_to_cts
 from train.federated import build_parser, config_from_args, main
-
 
 #: the step matrix keeps STEP_BITS fraction bits: agreement with plaintext SGD within half the
 #: issue's 1e-4 (a full run typically lands near 1e-5)
@@ -99,17 +95,17 @@ def test_encrypted_step_matches_plaintext_and_the_literal_encrypted_formula(keyp
 
 
 def test_product_split_over_two_processes_equals_the_serial_product(keypair):
-    from torchhefl.federated.hem import _HELPER, _split_matmul, _split_product
+    from torchhefl.secure.split_product import HELPER, split_matmul, split_product
 
     pk, _ = keypair
     g = torch.Generator().manual_seed(3)
     K = torch.randint(-(2**20), 2**20, (31, 31), generator=g)
     enc = EncryptedTensor.encrypt(torch.randn(31, generator=g, dtype=torch.float64), pk)
     serial = (K @ enc).ciphertexts
-    assert _split_product(K, enc) == serial
-    if _HELPER.usable():  # a machine with two cores: the rows really went to the helper
-        assert _HELPER.process is not None and _HELPER.process.is_alive()
-    assert [_split_matmul(K, enc) for _ in range(7)] == [serial] * 7  # whichever way is faster
+    assert split_product(K, enc) == serial
+    if HELPER.usable():  # a machine with two cores: the rows really went to the helper
+        assert HELPER.process is not None and HELPER.process.is_alive()
+    assert [split_matmul(K, enc) for _ in range(7)] == [serial] * 7  # whichever way is faster
 
 
 def test_proximal_step_needs_the_anchor_at_theta_scale(keypair):
@@ -327,7 +323,7 @@ def test_client_rejects_a_global_model_of_the_wrong_shape(keypair):
 
 
 def test_client_refuses_an_insecure_server_key_unless_allowed(keypair):
-    from torchhefl.federated.hem import HEMClientExchange
+    from torchhefl.federated.server_key import HEMClientExchange
 
     pk, _ = keypair
     with pytest.raises(ProtocolError, match="512-bit key is insecure"):

@@ -254,7 +254,7 @@ def _mode_parts(config: TrainConfig, initial: OrderedDict) -> ModeParts:
     if config.mode == "plain":
         return ModeParts(PlainServerExchange(initial), [PlainClientExchange() for _ in range(config.clients)])
     if config.key_holder == "server":
-        from torchhefl.federated.hem import hem_parts
+        from torchhefl.federated.server_key import hem_parts
 
         return hem_parts(config, initial)
     from torchhefl.federated.clients_key import clients_key_parts

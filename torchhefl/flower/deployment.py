@@ -245,7 +245,7 @@ class Site:
         if config.mode == "plain":
             exchange = PlainClientExchange()
         elif config.key_holder == "server":
-            from torchhefl.federated.hem import HEMClient, HEMClientExchange
+            from torchhefl.federated.server_key import HEMClient, HEMClientExchange
 
             exchange = HEMClientExchange(allow_insecure=self.node_config.get("allow-insecure-keys") is True)
             client_class = HEMClient
@@ -425,7 +425,7 @@ def build_server(config: TrainConfig, transport, hellos: Hellos, settings: Deplo
     if config.mode == "plain":
         exchange = PlainServerExchange(initial)
     elif config.key_holder == "server":
-        from torchhefl.federated.hem import HEMServerExchange
+        from torchhefl.federated.server_key import HEMServerExchange
 
         extra = {"key_dir": settings.server_key_dir or None, "allow_insecure_keys": settings.server_allow_insecure_keys}
         _, private_key = run_keypair(dataclasses.replace(config, extra=extra))

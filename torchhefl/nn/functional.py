@@ -3,7 +3,9 @@
 Nothing here imports torchhefl.secure: :func:`taylor_grad` is written with ``@``, ``*``, ``+`` and
 ``-`` only, with ``weight`` as the right operand of the one product that touches it, so that it runs
 unchanged on a ``torch.Tensor`` and on anything that supports those operations with plaintext
-tensors (such as ``torchhefl.secure.EncryptedTensor``).
+tensors (such as ``torchhefl.secure.EncryptedTensor``). :func:`sgd_step` is one local SGD step on
+the Taylor loss written the same way, and :func:`step_map` reads the plaintext coefficients of
+that affine step off it (the server-key mode applies them to encrypted weights).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["add_bias_column", "taylor_grad", "taylor_loss"]
+__all__ = ["add_bias_column", "sgd_step", "step_map", "taylor_grad", "taylor_loss"]
 
 _LOG2 = math.log(2.0)
 
@@ -85,6 +87,75 @@ def taylor_grad(weight, X: Tensor, y: Tensor):
     gram = (X.T @ X) * (0.25 / n)
     offset = (X.T @ y_pm) * (0.5 / n)
     return gram @ weight - offset
+
+
+def sgd_step(theta, X: torch.Tensor, y: torch.Tensor, *, lr: float, proximal_mu: float = 0.0, anchor=None):
+    """One local SGD step on the Taylor loss: ``theta - lr * (taylor_grad + mu * (theta - anchor))``.
+
+    Runs on a ``torch.Tensor``, an :class:`~torchhefl.secure.EncryptedTensor` or a symbolic
+    operand (see :func:`step_map`).
+
+    Args:
+        theta: flat parameters ``[weight..., bias]``, shape ``(d,)``.
+        X: the batch with a bias column, shape ``(n, d)``; y: its labels in {0, 1}, shape ``(n,)``.
+        lr: learning rate. proximal_mu: the FedProx coefficient (0 for FedAvg). anchor: the
+            round's global parameters (needed when ``proximal_mu > 0``).
+    """
+    grad = taylor_grad(theta, X, y)
+    if proximal_mu:
+        grad = grad + (theta - anchor) * proximal_mu
+    return theta - grad * lr
+
+
+class _Affine:
+    """A symbolic vector ``A @ theta + B @ anchor + c`` (for reading the step's coefficients)."""
+
+    def __init__(self, A: torch.Tensor, B: torch.Tensor, c: torch.Tensor) -> None:
+        self.A, self.B, self.c = A, B, c
+
+    def __rmatmul__(self, P):
+        return _Affine(P @ self.A, P @ self.B, P @ self.c)
+
+    def __mul__(self, t):
+        t = torch.as_tensor(t, dtype=torch.float64)
+        col = t.reshape(-1, 1) if t.dim() else t
+        return _Affine(self.A * col, self.B * col, self.c * t)
+
+    __rmul__ = __mul__
+
+    def __add__(self, other):
+        if isinstance(other, _Affine):
+            return _Affine(self.A + other.A, self.B + other.B, self.c + other.c)
+        return _Affine(self.A, self.B, self.c + torch.as_tensor(other, dtype=torch.float64))
+
+    __radd__ = __add__
+
+    def __neg__(self):
+        return _Affine(-self.A, -self.B, -self.c)
+
+    def __sub__(self, other):
+        return self + (-other)
+
+    def __rsub__(self, other):
+        return (-self) + other
+
+
+def step_map(X: torch.Tensor, y: torch.Tensor, *, lr: float, proximal_mu: float = 0.0):
+    """The coefficients of :func:`sgd_step` on one batch: ``theta' = M @ theta + b + c * anchor``.
+
+    Obtained by running :func:`sgd_step` itself on a symbolic ``theta`` (exact: the Taylor gradient
+    is affine). Returns ``(M, b, c)`` with ``M`` of shape ``(d, d)``, ``b`` of shape ``(d,)`` and the
+    anchor coefficient ``c = lr * proximal_mu`` (a float), all float64.
+    """
+    d = X.shape[1]
+    eye, zero = torch.eye(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64)
+    theta = _Affine(eye, zero, torch.zeros(d, dtype=torch.float64))
+    anchor = _Affine(zero, eye, torch.zeros(d, dtype=torch.float64))
+    out = sgd_step(theta, X, y, lr=lr, proximal_mu=proximal_mu, anchor=anchor)
+    c = float(out.B[0, 0]) if d else 0.0
+    if not torch.equal(out.B, c * eye):
+        raise AssertionError("the proximal term is not a multiple of the anchor")  # sgd_step changed shape
+    return out.A, out.c, c
 
 
 def add_bias_column(X: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
 """Spread big-integer work over the machine's cores (private).
 
-Two mechanisms:
+Three mechanisms:
 
 * :func:`powmod_lists`: modular exponentiations on threads. ``gmpy2.powmod_base_list`` releases
   the GIL, so the threads run on separate cores with no process, fork or pickling at all. Paillier
@@ -11,14 +11,19 @@ Two mechanisms:
   through ``fork`` (copy-on-write), so nothing but the results (lists of integers) is ever
   pickled: no key object crosses a process boundary. Where ``fork`` is unavailable (Windows,
   macOS' default), inside a daemonic process, or inside a worker, it runs serially.
+* :class:`ForkedHelper`: one long-lived forked process for work too small to pay for a fork each
+  time (an encrypted step's product), with :class:`SplitChooser` deciding by measured wall time
+  whether handing it half the work pays off.
 
 ``TORCHHEFL_NUM_WORKERS`` overrides the number of threads or processes (``1`` disables both).
 """
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
 import os
+import statistics
 import sys
 import threading
 import warnings
@@ -28,7 +33,7 @@ from typing import Any
 
 import gmpy2
 
-__all__: list[str] = []
+__all__ = ["ForkedHelper", "SplitChooser", "map_chunks", "num_workers", "powmod_lists"]
 
 _MAX_DEFAULT_WORKERS = 2
 _FORK_SETUP_SECONDS = 0.02  # measured cost of forking a pool with torch imported
@@ -137,3 +142,132 @@ def powmod_lists(jobs: Sequence[tuple[Sequence[Any], Any, Any]], *, seconds_per_
     for (j, _, _), part in zip(pieces, results):
         out[j].extend(part)
     return out
+
+
+class ForkedHelper:
+    """One forked helper process that runs ``work(job)`` for the caller, kept for the process's life.
+
+    Forked on first use (:meth:`usable`) on Linux with at least two cores (``TORCHHEFL_NUM_WORKERS``
+    or the cpu count) outside daemonic processes; elsewhere it is never started and the caller does
+    the work itself. Jobs and results cross a pipe, so they must be plain data (bytes, arrays,
+    strings); ``work`` returns ``None`` for the result of a job that raised.
+
+    Attributes:
+        process: the helper's ``multiprocessing.Process`` while it runs, else ``None``.
+        failed: the helper could not be started, or its pipe broke: it is not used again.
+    """
+
+    def __init__(self, work: Callable[[Any], Any]) -> None:
+        self.work = work
+        self.conn = None
+        self.process = None
+        self.failed = False
+        self.owner = os.getpid()
+
+    def usable(self) -> bool:
+        """Whether the helper runs (starting it if need be)."""
+        if self.owner != os.getpid():  # a forked copy of the process: the helper is not ours
+            self.conn, self.process, self.failed, self.owner = None, None, False, os.getpid()
+        if self.failed:
+            return False
+        if self.conn is not None:
+            return True
+        env = os.environ.get("TORCHHEFL_NUM_WORKERS")
+        cores = int(env) if env is not None and env.isdigit() else (os.cpu_count() or 1)
+        if cores < 2 or not sys.platform.startswith("linux") or mp.current_process().daemon:
+            self.failed = True
+            return False
+        try:
+            ctx = mp.get_context("fork")
+            self.conn, child = ctx.Pipe()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # fork with idle torch threads
+                self.process = ctx.Process(target=_helper_loop, args=(child, self.work), daemon=True)
+                self.process.start()
+            child.close()
+            atexit.register(self.close)
+        except (OSError, ValueError):
+            self.failed, self.conn = True, None
+        return not self.failed
+
+    def submit(self, job: Any) -> bool:
+        """Hand ``job`` to the helper; ``False`` if it does not run or its pipe broke (then it is retired)."""
+        if not self.usable():
+            return False
+        try:
+            self.conn.send(job)
+        except (OSError, EOFError):
+            self._retire()
+            return False
+        return True
+
+    def result(self) -> Any:
+        """The helper's answer to the job last submitted (``None`` if the job raised or the pipe broke)."""
+        try:
+            return self.conn.recv()
+        except (OSError, EOFError):
+            self._retire()
+            return None
+
+    def _retire(self) -> None:
+        self.failed = True
+        self.close()
+
+    def close(self) -> None:
+        """Stop the helper (it is forked again on the next :meth:`usable` unless it failed)."""
+        if self.owner != os.getpid():
+            return
+        if self.conn is not None:
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+            self.conn.close()
+            self.conn = None
+        if self.process is not None:
+            self.process.join(timeout=1)
+            self.process = None
+
+
+def _helper_loop(conn, work: Callable[[Any], Any]) -> None:
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        try:
+            out = work(job)
+        except Exception:  # noqa: BLE001 - the caller redoes the work itself and raises what it raises
+            out = None
+        conn.send(out)
+
+
+class SplitChooser:
+    """Chooses between doing work serially and splitting it with a helper, by measured wall time.
+
+    The first calls alternate between the split and the serial way; afterwards the faster one (by
+    median wall time) is used, and both are re-measured every ``recheck`` calls. The choice affects
+    speed only: callers give the same result either way.
+    """
+
+    def __init__(self, trials: int = 3, recheck: int = 200) -> None:
+        self.trials, self.recheck = trials, recheck
+        self.samples: dict[bool, list[float]] = {True: [], False: []}
+        self.calls = 0
+
+    def split(self) -> bool:
+        """Whether to split this call's work."""
+        self.calls += 1
+        if self.calls % self.recheck == 0:
+            self.samples = {True: [], False: []}
+        for mode in (True, False):
+            if len(self.samples[mode]) < self.trials:
+                return mode
+        return statistics.median(self.samples[True]) < statistics.median(self.samples[False])
+
+    def record(self, split: bool, seconds: float) -> None:
+        """The wall time of one call done the ``split`` way."""
+        if len(self.samples[split]) < self.trials:
+            self.samples[split].append(seconds)

@@ -2,13 +2,14 @@
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
 from torchhefl.exceptions import MalformedMessageError
 from torchhefl.federated.messages import decode_request, encode_request, payload_of
-from torchhefl.federated.refresh import MIN_MASK_BITS, RefreshClient, serve_refresh
-from torchhefl.secure import EncryptedTensor, InsecureKeyWarning, generate_keypair
+from torchhefl.secure import EncryptedTensor, InsecureKeyWarning, generate_keypair, wire
+from torchhefl.secure.refresh import MIN_MASK_BITS, RefreshClient, serve_refresh
 
 VALUE_BITS = 16
 
@@ -143,3 +144,37 @@ def test_a_2048_bit_key_leaves_room_for_93_steps_between_refreshes():
     while client.can_refresh(scale + 20):
         scale, steps = scale + 20, steps + 1
     assert steps == 93
+
+
+def test_request_and_reply_are_protocol_messages_byte_for_byte(keypair):
+    # secure/ builds its envelopes with the wire format alone: the bytes are those the protocol's
+    # encode_request writes for the same kind, meta and payload (what the code produced before the
+    # move out of federated/), and the key holder's reply reads back through decode_request
+    pk, sk = keypair
+    enc = _deep([1.0, -2.5, 3.25], pk, 100)
+    request, masks = RefreshClient(None, pk, value_bits=VALUE_BITS).begin(enc, 32)
+    msg = decode_request(request, kind="refresh_ins")
+    assert msg.meta == {"target_scale": 32}
+    assert request == encode_request("refresh_ins", {"target_scale": 32}, payload_of(msg))
+    reply, _ = serve_refresh(request, sk)
+    back = decode_request(reply, kind="refresh_res")
+    assert back.meta == {} and reply == encode_request("refresh_res", {}, payload_of(back))
+    out = RefreshClient(None, pk, value_bits=VALUE_BITS).finish(reply, masks, enc.shape, enc.scale, 32)
+    torch.testing.assert_close(out.decrypt(sk), enc.decrypt(sk), rtol=0, atol=2.0**-31)
+
+
+def test_malformed_envelopes_are_refused_by_their_reason(keypair):
+    pk, sk = keypair
+    enc = _deep([1.0], pk, 40)
+    extra = wire.encode("refresh_ins", {"target_scale": 32}, {"payload": np.frombuffer(enc.to_bytes(), np.uint8), "x": np.zeros(1)})
+    with pytest.raises(MalformedMessageError, match=r"refresh_ins message carries unexpected arrays \['x'\]"):
+        serve_refresh(extra, sk)
+    with pytest.raises(MalformedMessageError, match="refresh_ins message has no payload"):
+        serve_refresh(encode_request("refresh_ins", {"target_scale": 32}), sk)
+    wide = wire.encode("refresh_ins", {"target_scale": 32}, {"payload": np.zeros(4, dtype=np.int64)})
+    with pytest.raises(MalformedMessageError, match="payload must be a flat byte array"):
+        serve_refresh(wide, sk)
+    client = RefreshClient(None, pk, value_bits=VALUE_BITS)
+    request, masks = client.begin(enc, 32)
+    with pytest.raises(MalformedMessageError, match="expected a 'refresh_res' message, got 'refresh_ins'"):
+        client.finish(request, masks, enc.shape, enc.scale, 32)

@@ -3,7 +3,7 @@
 import pytest
 
 from torchhefl.exceptions import MalformedMessageError, ProtocolError
-from torchhefl.federated.masking import PairwiseMasker, mask_label, prg_ints
+from torchhefl.secure.masking import PairwiseMasker, mask_label, prg_ints
 
 MODULUS = (1 << 521) - 1
 

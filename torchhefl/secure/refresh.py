@@ -27,18 +27,45 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 
-from torchhefl.exceptions import MalformedMessageError
-from torchhefl.federated.messages import decode_request, encode_request, payload_of
-from torchhefl.secure import EncryptedTensor, PrivateKey, PublicKey
+import numpy as np
 
-__all__ = ["MIN_MASK_BITS", "RefreshClient", "serve_refresh"]
+from torchhefl.exceptions import MalformedMessageError
+from torchhefl.secure import wire
+from torchhefl.secure.keys import PrivateKey, PublicKey
+from torchhefl.secure.tensor import EncryptedTensor
+
+__all__ = ["MIN_MASK_BITS", "REFRESH_REPLY", "REFRESH_REQUEST", "RefreshClient", "serve_refresh"]
 
 MIN_MASK_BITS = 128
 """Statistical hiding of a refreshed value: the mask spans at least this many bits beyond it, so
 what the key holder decrypts is within statistical distance ``2^-128`` per value of a mask alone."""
 
 REFRESH_REQUEST = "refresh_ins"
+"""Wire kind of a blinded refresh request: meta ``{"target_scale": int}``, the blinded tensor as payload."""
+
 REFRESH_REPLY = "refresh_res"
+"""Wire kind of the key holder's reply: the re-encrypted tensor as payload."""
+
+
+def _envelope(kind: str, meta: dict, tensor: EncryptedTensor) -> bytes:
+    """A request or reply: ``kind``, ``meta`` and the tensor's wire bytes as one opaque ``payload``
+    array (the shape every protocol message of torchhefl has)."""
+    return wire.encode(kind, meta, {"payload": np.frombuffer(tensor.to_bytes(), dtype=np.uint8)})
+
+
+def _open(blob: bytes, kind: str, public_key: PublicKey) -> tuple[dict, EncryptedTensor]:
+    """``(meta, tensor)`` of an :func:`_envelope` of ``kind``; :class:`MalformedMessageError` otherwise."""
+    msg = wire.decode(blob)
+    if msg.kind != kind:
+        raise MalformedMessageError(f"expected a {kind!r} message, got {msg.kind!r}")
+    if set(msg.arrays) - {"payload"}:
+        raise MalformedMessageError(f"{msg.kind} message carries unexpected arrays {sorted(set(msg.arrays) - {'payload'})}")
+    if "payload" not in msg.arrays:
+        raise MalformedMessageError(f"{msg.kind} message has no payload")
+    arr = msg.arrays["payload"]
+    if arr.dtype != np.uint8 or arr.ndim != 1:
+        raise MalformedMessageError(f"{msg.kind} message payload must be a flat byte array")
+    return msg.meta, EncryptedTensor.from_bytes(arr.tobytes(), public_key=public_key)
 
 
 def _round_shift(v: int, k: int) -> int:
@@ -118,15 +145,14 @@ class RefreshClient:
         blinded = EncryptedTensor.from_ciphertexts(
             pk, [c * r % n2 for c, r in zip(tensor.ciphertexts, enc_masks)], tensor.shape, scale=scale, bound_bits=bound
         )
-        return encode_request(REFRESH_REQUEST, {"target_scale": int(target_scale)}, blinded.to_bytes()), masks
+        return _envelope(REFRESH_REQUEST, {"target_scale": int(target_scale)}, blinded), masks
 
     def finish(self, reply: bytes, masks: list[int], shape, scale: int, target_scale: int) -> EncryptedTensor:
         """Unblind the key holder's ``reply`` to a :meth:`begin` request of a tensor of ``shape`` at
         ``scale``: the tensor at ``target_scale``. Raises :class:`MalformedMessageError` for a reply
         that is not a refresh of that shape and scale."""
         pk = self.public_key
-        msg = decode_request(reply, kind=REFRESH_REPLY)
-        out = EncryptedTensor.from_bytes(payload_of(msg), public_key=pk)
+        _, out = _open(reply, REFRESH_REPLY, pk)
         if tuple(out.shape) != tuple(shape) or out.scale != target_scale or len(masks) != out.numel():
             raise MalformedMessageError(
                 f"refresh reply of shape {tuple(out.shape)} at scale {out.scale}, expected "
@@ -149,10 +175,9 @@ def serve_refresh(request: bytes, private_key: PrivateKey) -> tuple[bytes, list[
     Raises:
         MalformedMessageError: a malformed request, or a target scale above the tensor's.
     """
-    msg = decode_request(request, kind=REFRESH_REQUEST)
     pk = private_key.public_key
-    blinded = EncryptedTensor.from_bytes(payload_of(msg), public_key=pk)
-    target = msg.meta.get("target_scale")
+    meta, blinded = _open(request, REFRESH_REQUEST, pk)
+    target = meta.get("target_scale")
     if not isinstance(target, int) or isinstance(target, bool) or not 0 <= target <= blinded.scale:
         raise MalformedMessageError(f"refresh target scale {target!r} must be an int in [0, {blinded.scale}]")
     try:
@@ -164,4 +189,4 @@ def serve_refresh(request: bytes, private_key: PrivateKey) -> tuple[bytes, list[
     fresh = EncryptedTensor.encrypt_ints(
         [_round_shift(v, k) for v in seen], blinded.shape, pk, scale=target, bound_bits=bound
     )
-    return encode_request(REFRESH_REPLY, {}, fresh.to_bytes()), seen
+    return _envelope(REFRESH_REPLY, {}, fresh), seen

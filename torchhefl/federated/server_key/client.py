@@ -1,0 +1,367 @@
+"""The site's side of the server-key scheme: it trains the encrypted global weights it is sent.
+
+A site never sees a plaintext weight: it runs its local SGD steps on the ciphertexts with the
+Taylor gradient (Eq 13, :func:`~torchhefl.federated.server_key.step.apply_step`), the same batches
+as plain mode, no clipping (there is no plaintext gradient to clip). When the next step would leave
+no room for a blinding mask, it refreshes its weights through the server
+(:mod:`torchhefl.secure.refresh`); before upload it refreshes once more to the common base scale. A
+refresh is server-driven, so it runs over transports where only the server sends requests
+(Flower): the site answers the fit request with a ``refresh_req`` holding the blinded
+ciphertexts, keeps its place in local training (a
+:class:`~torchhefl.federated.server_key.continuation.Continuation`), and resumes when the server's
+``refresh_ins`` arrives; its last answer is the ``fit_res``. It then uploads
+``Enc(n_i * theta_i + mask_i)`` and ``Enc(n_i + mask'_i)``, re-randomised, where the pairwise masks
+(:mod:`torchhefl.secure.masking`) of the round's participants sum to zero modulo ``n``. The
+standardisation statistics are summed the same masked way.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from torchhefl.exceptions import ConfigError, MalformedMessageError, ProtocolError
+from torchhefl.federated.client import Client, local_batches, round_generator
+from torchhefl.federated.exchange import ClientExchange
+from torchhefl.federated.messages import encode_request, payload_of
+from torchhefl.federated.server_key.constants import (
+    BASE_SCALE,
+    CLIP_NORM_MESSAGE,
+    KEYS_INS,
+    KEYS_RES,
+    PAYLOAD_FORMAT,
+    PEERS_INS,
+    PEERS_RES,
+    REFRESH_INS,
+    REFRESH_REQ,
+    STAT_SCALE,
+    STATS_KIND,
+    STEP_BITS,
+    UPDATE_KIND,
+    VALUE_BITS,
+)
+from torchhefl.federated.server_key.continuation import (
+    Continuation,
+    decode_continuation,
+    encode_continuation,
+)
+from torchhefl.federated.server_key.statistics import read_statistics_sum
+from torchhefl.federated.server_key.step import apply_step
+from torchhefl.nn.functional import add_bias_column
+from torchhefl.secure import EncryptedTensor, PublicKey, wire
+from torchhefl.secure.encoding import quantize
+from torchhefl.secure.keys import MIN_SECURE_KEY_BITS
+from torchhefl.secure.masking import PairwiseMasker, mask_label
+from torchhefl.secure.refresh import RefreshClient
+from torchhefl.secure.tensor import cts_to_array
+
+__all__ = ["HEMClient", "HEMClientExchange"]
+
+_HEX = re.compile(r"[0-9a-f]{1,4096}")  # a modulus of at most 16384 bits, as PublicKey.to_dict writes it
+
+
+class HEMClientExchange(ClientExchange):
+    """Client side of HEM: pairwise masks, blinded refreshes, masked uploads. Holds no private key.
+
+    Args:
+        allow_insecure: accept a Paillier key below 2048 bits from the server (tests only).
+        step_bits, value_bits, base_scale: the public fixed-point parameters (see :mod:`~torchhefl.federated.server_key.constants`).
+    """
+
+    def __init__(
+        self,
+        *,
+        allow_insecure: bool = False,
+        step_bits: int = STEP_BITS,
+        value_bits: int = VALUE_BITS,
+        base_scale: int = BASE_SCALE,
+    ) -> None:
+        super().__init__()
+        self.allow_insecure = allow_insecure
+        self.step_bits, self.value_bits, self.base_scale = step_bits, value_bits, base_scale
+        self.public_key: PublicKey | None = None
+        self.masker: PairwiseMasker | None = None
+        #: optional synchronous path to the key holder (request bytes -> reply bytes) for
+        #: :meth:`HEMClient.fit_encrypted` called directly; the protocol itself sends refresh
+        #: requests as ``refresh_req`` replies and needs none
+        self.channel: Callable[[bytes], bytes] | None = None
+        self._refresher: RefreshClient | None = None
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def set_public_key(self, description: Mapping) -> None:
+        """Accept the server's Paillier public key (``PublicKey.to_dict()`` form)."""
+        n_hex, bits = description.get("n"), description.get("bits")
+        if not isinstance(n_hex, str) or not _HEX.fullmatch(n_hex) or type(bits) is not int:
+            raise MalformedMessageError("invalid Paillier public key from the server: n must be hexadecimal, bits an integer")
+        try:
+            public_key = PublicKey(int(n_hex, 16))
+        except ValueError as e:
+            raise MalformedMessageError(f"invalid Paillier public key from the server: {e}") from None
+        if public_key.bits != bits:
+            raise MalformedMessageError("the server's public key does not have the size it claims")
+        if public_key.bits < MIN_SECURE_KEY_BITS and not self.allow_insecure:
+            raise ProtocolError(f"the server's {public_key.bits}-bit key is insecure (at least {MIN_SECURE_KEY_BITS} bits)")
+        self.public_key = public_key
+        self._refresher = None
+
+    @property
+    def refresher(self) -> RefreshClient:
+        """Blinds and unblinds this client's refreshes (through :attr:`channel` when one is set)."""
+        if self.public_key is None:
+            raise ProtocolError("no key yet: the server has not run the HEM set-up")
+        if self._refresher is None or self._refresher.channel is not self.channel:
+            self._refresher = RefreshClient(self.channel, self.public_key, value_bits=self.value_bits)
+            if not self._refresher.can_refresh(self.base_scale + self.step_bits):
+                raise ProtocolError(f"a {self.public_key.bits}-bit key leaves no room for one encrypted step")
+        return self._refresher
+
+    def _key(self) -> PublicKey:
+        if self.public_key is None or self.masker is None:
+            raise ProtocolError("the server has not run the HEM set-up (keys and pairwise seeds)")
+        return self.public_key
+
+    # -- payloads -------------------------------------------------------------------------------
+    def read_global(self, payload: bytes) -> OrderedDict:
+        raise ProtocolError("with --key-holder server a client never sees the plaintext model")
+
+    def write_update(self, state, num_examples: int) -> bytes:
+        raise ProtocolError("with --key-holder server a client uploads masked ciphertexts (write_masked_update)")
+
+    def read_encrypted(self, payload: bytes, d: int) -> EncryptedTensor:
+        """The encrypted global ``theta`` of shape ``(d,)``; its bound must be the public one."""
+        theta = EncryptedTensor.from_bytes(payload, public_key=self._key())
+        if tuple(theta.shape) != (d,):
+            raise MalformedMessageError(f"encrypted parameters of shape {tuple(theta.shape)}, expected ({d},)")
+        if theta.bound_bits > theta.scale + self.value_bits:
+            raise MalformedMessageError(f"encrypted parameters exceed the public bound 2^{self.value_bits}")
+        return theta
+
+    def write_masked_update(
+        self, theta: EncryptedTensor, num_examples: int, *, server_round: int, attempt: int, participants: Sequence[str]
+    ) -> bytes:
+        """``Enc(n * theta + mask)`` and ``Enc(n + mask')``, re-randomised, as wire bytes."""
+        pk = self._key()
+        label = mask_label("update", participants, round=server_round, attempt=attempt)
+        mask = self.masker.mask(label, participants, theta.numel() + 1, int(pk.n))
+        cts = [pk.raw_add_plain(pk.raw_mul(c, num_examples), m) for c, m in zip(theta.ciphertexts, mask)]
+        cts = pk.rerandomize_ints(cts)
+        count = [pk.encrypt_int(num_examples + mask[-1])]
+        meta = {
+            "format": PAYLOAD_FORMAT, "fingerprint": pk.fingerprint, "key_bits": pk.bits, "scale": theta.scale,
+            "round": server_round, "attempt": attempt, "participants": sorted(participants),
+        }
+        return wire.encode(UPDATE_KIND, meta, {"weights": cts_to_array(cts, pk), "count": cts_to_array(count, pk)})
+
+    def write_statistics(self, stats: Mapping[str, np.ndarray]) -> bytes:
+        pk = self._key()
+        vector = np.concatenate([np.asarray(stats[k], dtype=np.float64).reshape(-1) for k in ("count", "sum", "sumsq")])
+        participants = [self.masker.cid] + self.masker.peers
+        mask = self.masker.mask(mask_label("stats", participants), participants, len(vector), int(pk.n))
+        ints = quantize(torch.from_numpy(vector), STAT_SCALE)
+        cts = pk.encrypt_ints([(v + m) % pk.n for v, m in zip(ints, mask)])
+        meta = {
+            "format": PAYLOAD_FORMAT, "fingerprint": pk.fingerprint, "key_bits": pk.bits, "scale": STAT_SCALE,
+            "participants": sorted(participants),
+        }
+        return wire.encode(STATS_KIND, meta, {"values": cts_to_array(cts, pk)})
+
+    def read_statistics(self, payload: bytes) -> dict[str, np.ndarray]:
+        return read_statistics_sum(payload)
+
+
+class HEMClient(Client):
+    """A site in HEM mode: trains the encrypted global weights it is sent, never seeing them.
+
+    Takes :class:`~torchhefl.federated.client.Client`'s arguments with a
+    :class:`HEMClientExchange`; ``clip_norm`` must be ``None`` (ciphertexts cannot be clipped).
+
+    A fit needs refreshes from the key-holding server. The client answers ``fit_ins`` (and each
+    ``refresh_ins``) with a ``refresh_req`` carrying a blinded refresh request whenever it needs
+    one, keeps where it is in local training, and carries on when the server's ``refresh_ins``
+    arrives; the last answer is the ``fit_res``. Only the server sends requests, so the same
+    protocol runs in process and over a network that lets clients only answer.
+    """
+
+    REQUEST_KINDS = Client.REQUEST_KINDS + (KEYS_INS, PEERS_INS, REFRESH_INS)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.exchange, HEMClientExchange):
+            raise ConfigError("HEMClient needs a HEMClientExchange")
+        if self.clip_norm is not None:
+            raise ConfigError(CLIP_NORM_MESSAGE)
+        if self.privacy is not None:
+            raise ConfigError("differential privacy needs plaintext gradients; HEM clients train on ciphertexts")
+        self._continuation: Continuation | None = None
+        self._saved_continuation = b""
+        self._x25519: bytes | None = None
+
+    # -- a site's own state, for deployments that rebuild the client per message -------------------
+    def site_state(self) -> dict[str, bytes]:
+        """What this client must keep across messages, as bytes: its X25519 private key and the
+        continuation of a fit waiting for a refresh. Secret: for the site's own storage only."""
+        masker = self.exchange.masker
+        x25519 = masker.private_bytes() if masker is not None else (self._x25519 or b"")
+        continuation = encode_continuation(self._continuation) if self._continuation is not None else b""
+        return {"x25519": x25519, "continuation": continuation}
+
+    def restore_site_state(self, state: Mapping[str, bytes]) -> None:
+        """Take back :meth:`site_state` (before the set-up requests are replayed)."""
+        x25519 = bytes(state.get("x25519", b""))
+        self._x25519 = x25519 or None
+        self._saved_continuation = bytes(state.get("continuation", b""))
+        self._continuation = None
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _on_hem_keys(self, msg) -> bytes:
+        description = msg.meta.get("public_key")
+        if not isinstance(description, dict):
+            raise MalformedMessageError("hem_keys request without the server's public key")
+        self.exchange.set_public_key(description)
+        self.exchange.masker = PairwiseMasker(self.cid, self._x25519)
+        return encode_request(KEYS_RES, {"cid": self.cid, "x25519": self.exchange.masker.public_bytes().hex()})
+
+    def _on_hem_peers(self, msg) -> bytes:
+        peers = msg.meta.get("peers")
+        if self.exchange.masker is None:
+            raise ProtocolError("pairwise keys relayed before this client made its own")
+        if not isinstance(peers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in peers.items()):
+            raise MalformedMessageError("hem_peers request needs a {cid: hex public key} map")
+        try:
+            keys = {cid: bytes.fromhex(v) for cid, v in peers.items()}
+        except ValueError:
+            raise MalformedMessageError("hem_peers request holds a public key that is not hexadecimal") from None
+        self.exchange.masker.agree(keys)
+        return encode_request(PEERS_RES, {"cid": self.cid})
+
+    # -- fit, in steps between refreshes ------------------------------------------------------------
+    def _on_fit(self, msg) -> bytes:
+        server_round, config = self._check_fit(msg)
+        attempt, participants = msg.meta.get("attempt", 1), msg.meta.get("participants")
+        if (
+            not isinstance(participants, list)
+            or not all(isinstance(p, str) for p in participants)
+            or self.cid not in participants
+        ):
+            raise MalformedMessageError("fit request without a participant list naming this client")
+        if self.standardizer is None:
+            raise ProtocolError(f"client {self.cid} was asked to train before standardisation")
+        exchange = self.exchange
+        theta = exchange.read_encrypted(payload_of(msg), self.X.shape[1] + 1)
+        mu = self._proximal_mu(config)
+        anchor = theta if mu > 0 else None
+        self._continuation = Continuation(
+            server_round, attempt, list(participants), mu, theta.scale, theta, anchor0=anchor, anchor=anchor
+        )
+        self._saved_continuation = b""
+        return self._carry_on(self._continuation)
+
+    def _on_refresh(self, msg) -> bytes:
+        c = self._continuation
+        if c is None and self._saved_continuation:
+            c = decode_continuation(self._saved_continuation, self.exchange._key())
+        if c is None or c.pending is None:
+            raise ProtocolError(f"client {self.cid} got a refresh it did not ask for")
+        meta = msg.meta
+        got = (meta.get("round"), meta.get("attempt"), meta.get("seq"))
+        if [type(v) for v in got] != [int] * 3 or got != (c.server_round, c.attempt, c.seq):
+            raise MalformedMessageError(
+                f"refresh for round {meta.get('round')!r} attempt {meta.get('attempt')!r} request {meta.get('seq')!r}, "
+                f"expected round {c.server_round} attempt {c.attempt} request {c.seq}"
+            )
+        self._continuation = c
+        target, masks = c.pending
+        with self.exchange.timer.phase("train"):
+            c.theta = self.exchange.refresher.finish(payload_of(msg), masks, c.theta.shape, c.theta.scale, target)
+        c.pending, c.anchor = None, c.anchor0
+        c.refreshes += 1
+        return self._carry_on(c)
+
+    def _carry_on(self, c: Continuation) -> bytes:
+        """Train until a refresh is needed (a ``refresh_req`` reply) or the update is ready (``fit_res``)."""
+        exchange = self.exchange
+        with exchange.timer.phase("train"):
+            try:
+                request = self._advance(c, to_base=True)
+            except OverflowError as e:  # e.g. a proximal term too large for the fixed-point step
+                self._continuation, self._saved_continuation = None, b""
+                raise ProtocolError(f"client {self.cid} cannot train round {c.server_round} on ciphertexts: {e}") from None
+        for phase, s in exchange.timer.take().items():
+            c.seconds[phase] = c.seconds.get(phase, 0.0) + s
+        if request is not None:
+            c.seq += 1
+            meta = {"cid": self.cid, "round": c.server_round, "attempt": c.attempt, "seq": c.seq}
+            return encode_request(REFRESH_REQ, meta, request)
+        self._continuation, self._saved_continuation = None, b""
+        with exchange.timer.phase("encrypt"):
+            payload = exchange.write_masked_update(
+                c.theta, self.num_examples, server_round=c.server_round, attempt=c.attempt, participants=c.participants
+            )
+        for phase, s in exchange.timer.take().items():
+            c.seconds[phase] = c.seconds.get(phase, 0.0) + s
+        meta = {"cid": self.cid, "round": c.server_round, "attempt": c.attempt}
+        return self._fit_reply(meta, payload, c.seconds)
+
+    def _advance(self, c: Continuation, *, to_base: bool) -> bytes | None:
+        """Run ``c``'s remaining local steps; stop at the first that needs a refresh and return its
+        blinded request (``c.pending`` keeps the masks). With ``to_base``, end with a refresh to the
+        common upload scale. ``None`` once training is done."""
+        ex = self.exchange
+        refresher = ex.refresher
+        batches = list(local_batches(self.num_examples, self.batch_size, self.local_epochs,
+                                     round_generator(self.seed, self.index, c.server_round)))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the plaintext matrices are tiny: BLAS threads would only contend
+        try:
+            while c.step < len(batches):
+                if not refresher.can_refresh(c.theta.scale + ex.step_bits):
+                    request, masks = refresher.begin(c.theta, c.base)
+                    c.pending = (c.base, masks)
+                    return request
+                idx = batches[c.step]
+                Xb, yb = add_bias_column(self.X[idx]).to(torch.float64), self.y[idx].to(torch.float64)
+                theta_next = apply_step(
+                    c.theta, Xb, yb, lr=self.lr, proximal_mu=c.proximal_mu, anchor=c.anchor,
+                    step_bits=ex.step_bits, value_bits=ex.value_bits,
+                )
+                if c.anchor is not None:  # keep the anchor at theta's scale
+                    k = 1 << ex.step_bits
+                    pk = c.anchor.public_key
+                    c.anchor = EncryptedTensor.from_ciphertexts(
+                        pk, [pk.raw_mul(ct, k) for ct in c.anchor.ciphertexts],
+                        c.anchor.shape, scale=theta_next.scale, bound_bits=theta_next.bound_bits,
+                    )
+                c.theta = theta_next
+                c.step += 1
+        finally:
+            torch.set_num_threads(threads)
+        if to_base and c.theta.scale != ex.base_scale:  # every upload at the common public scale
+            request, masks = refresher.begin(c.theta, ex.base_scale)
+            c.pending = (ex.base_scale, masks)
+            return request
+        return None
+
+    def fit_encrypted(self, theta: EncryptedTensor, server_round: int, *, proximal_mu: float = 0.0) -> EncryptedTensor:
+        """Local SGD on the encrypted ``theta`` over this round's batches (those of plain mode).
+
+        Refreshes through the exchange's synchronous :attr:`HEMClientExchange.channel` whenever the
+        next step would leave no room for a blinding mask. Returns ``theta`` at whatever scale the
+        last step left. (The protocol path, :meth:`handle`, runs the same steps with refreshes as
+        separate messages.)
+        """
+        if self.standardizer is None:
+            raise ProtocolError(f"client {self.cid} was asked to train before standardisation")
+        if self.exchange.channel is None:
+            raise ProtocolError("fit_encrypted needs exchange.channel; the protocol path refreshes by message")
+        anchor = theta if proximal_mu > 0 else None
+        c = Continuation(server_round, 0, [self.cid], proximal_mu, theta.scale, theta, anchor0=anchor, anchor=anchor)
+        refresher = self.exchange.refresher
+        while (request := self._advance(c, to_base=False)) is not None:
+            target, masks = c.pending
+            c.theta = refresher.finish(self.exchange.channel(request), masks, c.theta.shape, c.theta.scale, target)
+            c.pending, c.anchor = None, c.anchor0
+        return c.theta

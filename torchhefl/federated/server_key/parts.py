@@ -1,0 +1,46 @@
+"""The server-key mode's wiring: a run configuration in, the server's and the sites' parts out."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torchhefl.exceptions import ConfigError
+from torchhefl.federated.config import TrainConfig
+from torchhefl.federated.keyring import run_keypair
+from torchhefl.federated.server_key.client import HEMClient, HEMClientExchange
+from torchhefl.federated.server_key.constants import CLIP_NORM_MESSAGE, STEP_BITS
+from torchhefl.federated.server_key.server import HEMServerExchange
+
+__all__ = ["hem_parts"]
+
+
+def hem_parts(config: TrainConfig, initial: OrderedDict):
+    """The mode's parts for :func:`torchhefl.federated.simulation.build`.
+
+    ``config.extra`` may set ``hem_step_bits`` (default :data:`STEP_BITS`).
+    """
+    from torchhefl.federated.simulation import ModeParts
+
+    if config.clip_norm is not None:
+        raise ConfigError(CLIP_NORM_MESSAGE)
+    if config.clients < 2:
+        raise ConfigError("--key-holder server needs at least 2 clients: a sum over one client is its update")
+    if config.loss != "taylor":
+        raise ConfigError("--key-holder server trains on ciphertexts with the Taylor gradient (Eq 13): use --loss taylor")
+    step_bits = config.extra.get("hem_step_bits", STEP_BITS)
+    if isinstance(step_bits, bool) or not isinstance(step_bits, int) or not 8 <= step_bits <= 48:
+        raise ConfigError(f"hem_step_bits must be an int in [8, 48], got {step_bits!r}")
+    public_key, private_key = run_keypair(config)
+    allow_insecure = bool(config.extra.get("allow_insecure_keys", False))
+    server_exchange = HEMServerExchange(private_key, initial)
+    client_exchanges = [
+        HEMClientExchange(allow_insecure=allow_insecure, step_bits=step_bits) for _ in range(config.clients)
+    ]
+
+    return ModeParts(
+        server_exchange=server_exchange,
+        client_exchanges=client_exchanges,
+        client_class=HEMClient,
+        server_holds_test=True,
+        extras={"public_key": public_key},
+    )

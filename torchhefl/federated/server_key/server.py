@@ -1,0 +1,264 @@
+"""The server's side of the server-key scheme (the paper's HEM): it holds the key pair and the
+plaintext global model, and decrypts only sums.
+
+Each round it sends the global ``theta = [weight..., bias]`` encrypted (one ciphertext per value)
+at the public :data:`~torchhefl.federated.server_key.constants.BASE_SCALE`, serves the sites'
+blinded refreshes (:func:`torchhefl.secure.refresh.serve_refresh`), multiplies the masked uploads
+together and decrypts only the two sums: ``theta = sum(n_i theta_i) / sum(n_i)`` (FedAvg, Eq 14),
+then evaluates on its held-out set. A site that drops out mid-round makes the server re-run the
+round without it, with masks for the new participant set. The standardisation statistics are
+summed the same masked way.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from torchhefl.exceptions import MalformedMessageError, ProtocolError
+from torchhefl.federated.exchange import ServerExchange
+from torchhefl.federated.messages import (
+    decode_state,
+    encode_request,
+    encode_state,
+    same_int,
+)
+from torchhefl.federated.server_key.constants import (
+    BASE_SCALE,
+    COUNT_BITS,
+    KEYS_INS,
+    KEYS_RES,
+    PAYLOAD_FORMAT,
+    PEERS_INS,
+    PEERS_RES,
+    STAT_SCALE,
+    STATS_KIND,
+    UPDATE_KIND,
+    VALUE_BITS,
+)
+from torchhefl.federated.server_key.statistics import read_statistics_sum
+from torchhefl.federated.strategies import Strategy
+from torchhefl.secure import EncryptedTensor, PrivateKey, wire
+from torchhefl.secure.encoding import dequantize
+from torchhefl.secure.refresh import serve_refresh
+from torchhefl.secure.tensor import array_to_cts, check_fingerprint
+
+__all__ = ["HEMServerExchange"]
+
+
+class HEMServerExchange(ServerExchange):
+    """Server side of HEM: holds the key pair and the plaintext global model; decrypts only sums.
+
+    Args:
+        private_key: the server's key pair.
+        initial_state: the initial global state_dict (``weight`` of shape ``(1, d)``, ``bias``).
+        base_scale, value_bits: public fixed-point parameters (see :mod:`~torchhefl.federated.server_key.constants`).
+
+    Attributes:
+        refreshes: refresh requests served so far.
+        decryptions: what the server decrypted, in order: ``(purpose, number of values)`` with
+            purpose ``"statistics_sum"``, ``"update_sum"``, ``"count_sum"`` or ``"refresh"``.
+    """
+
+    needs_every_participant = True
+    serves_refreshes = True
+
+    def __init__(
+        self,
+        private_key: PrivateKey,
+        initial_state: Mapping[str, torch.Tensor],
+        *,
+        base_scale: int = BASE_SCALE,
+        value_bits: int = VALUE_BITS,
+    ) -> None:
+        super().__init__()
+        self._private_key = private_key
+        self.public_key = private_key.public_key
+        self.base_scale, self.value_bits = base_scale, value_bits
+        self._layout = [(k, tuple(v.shape), v.dtype) for k, v in initial_state.items()]
+        self.theta = torch.cat([v.detach().reshape(-1).to(torch.float64) for v in initial_state.values()])
+        self.refreshes = 0
+        self.decryptions: list[tuple[str, int]] = []
+        self._total_count: int | None = None
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def setup(self, server) -> None:
+        """Send the public key, collect the clients' X25519 keys and relay them to every client."""
+        ids = list(server.transport.client_ids)
+        request = encode_request(KEYS_INS, {"public_key": self.public_key.to_dict()})
+        replies = server.broadcast(ids, request, KEYS_RES)
+        if len(replies) < len(ids):
+            missing = sorted(set(ids) - set(replies))
+            raise ProtocolError(f"the pairwise key agreement needs every client; {', '.join(missing)} did not answer")
+        peers = {}
+        for cid, msg in replies.items():
+            key = msg.meta.get("x25519")
+            if msg.meta.get("cid") != cid or not isinstance(key, str):
+                raise ProtocolError(f"client {cid} answered the key agreement with a malformed reply")
+            peers[cid] = key
+        acks = server.broadcast(ids, encode_request(PEERS_INS, {"peers": peers}), PEERS_RES)
+        if len(acks) < len(ids):
+            raise ProtocolError("the pairwise key agreement needs every client; some did not take the relayed keys")
+
+    # -- rounds ---------------------------------------------------------------------------------
+    def global_payload(self) -> bytes:
+        with self.timer.phase("encrypt"):
+            try:
+                enc = EncryptedTensor.encrypt(self.theta, self.public_key, scale=self.base_scale, value_bits=self.value_bits)
+            except OverflowError as e:
+                raise ProtocolError(f"the global model diverged: {e}") from None
+            if enc.bound_bits > self.base_scale + self.value_bits:
+                raise ProtocolError(f"the global model diverged beyond the public bound 2^{self.value_bits}")
+            return enc.to_bytes()
+
+    def aggregate(self, payloads: Sequence[bytes], strategy: Strategy) -> None:
+        if not strategy.weighs_by_samples:
+            raise ProtocolError(f"{strategy!r} is not sample-weighted; HEM aggregates sample-weighted sums")
+        if not payloads:
+            raise ProtocolError("no client updates to aggregate")
+        pk, d = self.public_key, self.theta.numel()
+        label = None
+        weight_sum = [1] * d
+        count_sum = 1
+        n2 = pk.nsquare
+        with self.timer.phase("aggregate"):
+            for blob in payloads:
+                meta, weights, count = self._read_update(blob, d)
+                this = (meta["round"], meta["attempt"], tuple(meta["participants"]))
+                if label is None:
+                    label = this
+                elif this != label:
+                    raise ProtocolError("client updates were masked for different rounds or participant sets")
+                weight_sum = [a * b % n2 for a, b in zip(weight_sum, weights)]
+                count_sum = count_sum * count % n2
+        if len(label[2]) != len(payloads):
+            raise ProtocolError(
+                f"{len(payloads)} updates for {len(label[2])} participants: the masks cannot cancel"
+            )
+        if len(payloads) < 2:
+            raise ProtocolError("only one client's update reached the server: its sum would be that client's update")
+        with self.timer.phase("decrypt"):
+            count_bound = COUNT_BITS
+            (total,) = self._decrypt_sum("count_sum", [count_sum], scale=0, bound_bits=count_bound)
+            if total < 1:
+                raise ProtocolError(f"the masked sample counts sum to {total}: a client broke the protocol")
+            sums = self._decrypt_sum(
+                "update_sum", weight_sum, scale=self.base_scale,
+                bound_bits=self.base_scale + self.value_bits + count_bound,
+            )
+        self.theta = dequantize(sums, self.base_scale) / total
+
+    def check_update(self, payload: bytes, *, server_round=None, attempt=None, participants=None) -> bytes:
+        """Check one masked update before aggregation: key, format, ciphertext ranges, and masks made
+        for this round, attempt and participant set (else the masks could not cancel)."""
+        meta, _, _ = self._read_update(payload, self.theta.numel())
+        if server_round is not None and (meta["round"], meta["attempt"]) != (server_round, attempt):
+            raise MalformedMessageError(f"masked update for round {meta['round']} attempt {meta['attempt']}")
+        if participants is not None and meta["participants"] != sorted(participants):
+            raise MalformedMessageError("masked update for another participant set")
+        return payload
+
+    def restore_global(self, blob: bytes) -> None:
+        """Replace the global weights with a checkpoint's (``global_checkpoint`` bytes)."""
+        state, _ = decode_state(blob, expected=self.global_state())
+        self.theta = torch.cat([v.detach().reshape(-1).to(torch.float64) for v in state.values()])
+
+    def _decrypt_sum(self, purpose: str, cts: list, *, scale: int, bound_bits: int) -> list[int]:
+        tensor = EncryptedTensor.from_ciphertexts(self.public_key, cts, (len(cts),), scale=scale, bound_bits=bound_bits)
+        try:
+            values = tensor.decrypt_ints(self._private_key)
+        except OverflowError as e:
+            raise ProtocolError(f"the masked {purpose.replace('_', ' ')} does not decrypt to a valid sum: {e}") from None
+        self.decryptions.append((purpose, len(values)))
+        return values
+
+    def _read_update(self, blob: bytes, d: int):
+        pk = self.public_key
+        msg = wire.decode(blob, kind=UPDATE_KIND)
+        meta = msg.meta
+        check_fingerprint(meta, pk)
+        if not (same_int(meta.get("format"), PAYLOAD_FORMAT) and same_int(meta.get("scale"), self.base_scale)):
+            raise MalformedMessageError(f"masked update of format {meta.get('format')!r} at scale {meta.get('scale')!r}")
+        participants = meta.get("participants")
+        if (
+            not all(type(meta.get(k)) is int for k in ("round", "attempt"))
+            or not isinstance(participants, list)
+            or not all(isinstance(p, str) for p in participants)
+        ):
+            raise MalformedMessageError("masked update without its round, attempt and participants")
+        if set(msg.arrays) != {"weights", "count"}:
+            raise MalformedMessageError("a masked update holds exactly 'weights' and 'count'")
+        return meta, array_to_cts(msg.arrays["weights"], pk, d), array_to_cts(msg.arrays["count"], pk, 1)[0]
+
+    def check_statistics(self, payload: bytes) -> bytes:
+        """One site's masked statistics: key, format, scale, a participant list, ciphertexts in range
+        (the masks hide the values until all are summed)."""
+        self._read_statistics(payload)
+        return payload
+
+    def _read_statistics(self, blob: bytes) -> tuple[list[str], list]:
+        pk = self.public_key
+        msg = wire.decode(blob, kind=STATS_KIND)
+        meta = msg.meta
+        check_fingerprint(meta, pk)
+        if not (same_int(meta.get("format"), PAYLOAD_FORMAT) and same_int(meta.get("scale"), STAT_SCALE)) or set(msg.arrays) != {"values"}:
+            raise MalformedMessageError("masked statistics with an unexpected format, scale or arrays")
+        participants = meta.get("participants")
+        if not isinstance(participants, list) or not all(isinstance(p, str) for p in participants):
+            raise MalformedMessageError("masked statistics without a participant list")
+        arr = msg.arrays["values"]
+        length = arr.shape[0] if arr.ndim == 2 else -1
+        if not 3 <= length < 1 << 24 or length % 2 != 1:
+            raise MalformedMessageError(f"masked statistics of {length} values cannot hold a count, sums and squares")
+        return participants, array_to_cts(arr, pk, length)
+
+    def sum_statistics(self, payloads: Sequence[bytes]) -> bytes:
+        pk = self.public_key
+        total = None
+        participants = None
+        for blob in payloads:
+            theirs, cts = self._read_statistics(blob)
+            participants = theirs if participants is None else participants
+            if theirs != participants:
+                raise ProtocolError("statistics were masked for different participant sets")
+            if total is not None and len(cts) != len(total):
+                raise MalformedMessageError(f"masked statistics of {len(cts)} and {len(total)} values")
+            total = cts if total is None else [a * b % pk.nsquare for a, b in zip(total, cts)]
+        if total is None:
+            raise MalformedMessageError("no statistics to sum")
+        if not isinstance(participants, list) or len(participants) != len(payloads):
+            raise ProtocolError("statistics from fewer clients than were masked for: the masks cannot cancel")
+        if len(payloads) < 2:
+            raise ProtocolError("statistics of one client only: their sum would be that client's")
+        with self.timer.phase("decrypt"):
+            ints = self._decrypt_sum("statistics_sum", total, scale=STAT_SCALE, bound_bits=pk.max_bits)
+        try:
+            vector = dequantize(ints, STAT_SCALE).numpy()
+        except OverflowError:
+            raise ProtocolError("the masked statistics sum to values beyond the float range: a client broke the protocol") from None
+        d = (len(vector) - 1) // 2
+        self._total_count = int(round(float(vector[0])))
+        return encode_state({"count": vector[:1], "sum": vector[1 : 1 + d], "sumsq": vector[1 + d :]})
+
+    def read_statistics(self, payload: bytes) -> dict[str, np.ndarray]:
+        return read_statistics_sum(payload)
+
+    def global_state(self) -> OrderedDict:
+        out, offset = OrderedDict(), 0
+        for name, shape, dtype in self._layout:
+            size = int(np.prod(shape)) if shape else 1
+            out[name] = self.theta[offset : offset + size].reshape(shape).to(dtype).clone()
+            offset += size
+        return out
+
+    # -- the refresh endpoint -------------------------------------------------------------------
+    def refresh(self, request: bytes) -> bytes:
+        """Serve one blinded refresh (bytes in, bytes out); see :mod:`torchhefl.secure.refresh`."""
+        with self.timer.phase("refresh"):
+            reply, seen = serve_refresh(request, self._private_key)
+        self.refreshes += 1
+        self.decryptions.append(("refresh", len(seen)))
+        return reply
