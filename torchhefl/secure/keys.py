@@ -7,104 +7,66 @@ for a 2048-bit key), computed from a fixed-base table cached on the key. Ciphert
 ``gmpy2.mpz`` integers and are decryptable by ``phe``'s private key too (``public_key.phe`` and
 ``private_key.phe`` give the matching ``phe`` objects).
 
-Key files are JSON (no pickle, read by :func:`torchhefl.secure.strict_json.loads`): ``{"kind": "torchhefl.paillier.public", "version": 1, "bits": ...,
-"n": "<hex>"}`` and, for a private key, ``"kind": "torchhefl.paillier.private"`` plus ``"p"`` and
-``"q"``. Key files are replaced atomically through :mod:`torchhefl.secure.files` (a private key
-file is mode 0600 from its first byte, a symlink at its path is replaced, not followed); a private
-key cannot be pickled.
+Key files are JSON, in the format of :mod:`torchhefl.secure.key_files` (no pickle; a private key
+file is mode 0600 from its first byte); a private key cannot be pickled. Key sizes and the DJN
+exponent size are in :mod:`torchhefl.secure.key_sizes`, re-exported here.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import re
 import secrets
 import threading
-import warnings
 from collections.abc import Iterable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import gmpy2
 import phe
 from gmpy2 import mpz
 
-from torchhefl.exceptions import MalformedMessageError
-from torchhefl.secure import _parallel, strict_json
+from torchhefl.secure import _parallel
 from torchhefl.secure._fastmath import AdaptiveFixedBase
-from torchhefl.secure.files import write_private_file, write_public_file
-
-if TYPE_CHECKING:
-    from torchhefl.secure.coins import CoinKey, CoinList
+from torchhefl.secure.coins import CoinKey, CoinList
+from torchhefl.secure.key_files import (
+    PRIVATE_KIND,
+    PUBLIC_KIND,
+    private_dict,
+    public_dict,
+    read_key_file,
+    read_modulus,
+    read_primes,
+    write_key_file,
+)
+from torchhefl.secure.key_sizes import (
+    DEFAULT_KEY_BITS,
+    MIN_COIN_BITS,
+    MIN_SECURE_KEY_BITS,
+    InsecureKeyWarning,
+    check_key_bits,
+    coin_bits,
+)
 
 __all__ = [
     "DEFAULT_KEY_BITS",
     "GUARD_BITS",
+    "MIN_COIN_BITS",
     "MIN_SECURE_KEY_BITS",
     "InsecureKeyWarning",
     "PrivateKey",
     "PublicKey",
+    "coin_bits",
     "generate_keypair",
     "load_private_key",
     "load_public_key",
 ]
 
-DEFAULT_KEY_BITS = 2048
-MIN_SECURE_KEY_BITS = 2048
 GUARD_BITS = 8
 """Signed plaintexts must satisfy ``|m| < 2^(n_bits - GUARD_BITS)``; the rest of ``[0, n)`` is a
 band that no valid result can land in, so an overflow shows up on decryption instead of wrapping."""
 
-_MIN_KEY_BITS = 256
-_KEY_FILE_VERSION = 1
-_PUBLIC_KIND = "torchhefl.paillier.public"
-_PRIVATE_KIND = "torchhefl.paillier.private"
 # seconds per operation on a 2048-bit key, for deciding when forking workers pays off
 _DECRYPT_SECONDS_2048 = 2.3e-3
 _ENCRYPT_SECONDS_2048 = 1.2e-4
-
-
-class InsecureKeyWarning(UserWarning):
-    """A key shorter than :data:`MIN_SECURE_KEY_BITS` was generated or loaded on request."""
-
-
-MIN_COIN_BITS = 256
-"""Fewest bits of a DJN random exponent, whatever the key size."""
-
-
-def coin_bits(n_bits: int) -> int:
-    """Bits of a DJN random exponent for an ``n_bits`` key: ``max(256, 2 * security level)``.
-
-    The random factor of a ciphertext is ``h_s^a`` for a uniform ``a`` in ``[0, 2^t)``. Damgård,
-    Jurik and Nielsen, "A generalization of Paillier's public-key system with applications to
-    electronic voting" (Int. J. Inf. Secur. 9, 2010), in their section on making encryption
-    faster, take ``a`` of ``ceil(n_bits / 2)`` bits, as libdjn (in ABY), Intel's IPCL and
-    SecretFlow's HEU implement it. Shorter exponents rest on the short-exponent discrete-log
-    assumption: telling which plaintext a ciphertext holds then costs about ``2^(t/2)`` group
-    operations by the best known attack, Pollard's lambda method on ``a`` (van Oorschot and
-    Wiener, "On Diffie-Hellman key agreement with short exponents", EUROCRYPT 1996). We follow the
-    rule used for short private exponents in discrete-log groups, ``t >= 2s`` bits for security
-    strength ``s`` (NIST SP 800-56A Rev. 3 for the safe-prime groups), with ``s`` the key's
-    strength from NIST SP 800-57 Part 1 Rev. 5, table 2, and never fewer than 256 bits (128-bit
-    security for the randomness whatever the key): 2048-bit keys (112-bit strength) get 256; 3072
-    and 4096 (128) 256; 7680 (192) 384; 15360 (256) 512.
-    """
-    return max(MIN_COIN_BITS, 2 * _security_bits(n_bits))
-
-
-def _security_bits(n_bits: int) -> int:
-    # NIST SP 800-57 Part 1 Rev. 5, table 2: strengths of factoring-based (IFC) keys
-    if n_bits >= 15360:
-        return 256
-    if n_bits >= 7680:
-        return 192
-    if n_bits >= 3072:
-        return 128
-    if n_bits >= 2048:
-        return 112
-    return 80
 
 
 def _cost_factor(n_bits: int) -> float:
@@ -183,11 +145,11 @@ class PublicKey:
     # -- files ----------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         """The JSON-able description of this key (what :meth:`save` writes)."""
-        return {"kind": _PUBLIC_KIND, "version": _KEY_FILE_VERSION, "bits": self._bits, "n": format(int(self._n), "x")}
+        return public_dict(self._n)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the key as JSON to ``path`` (mode 0644), replacing it atomically."""
-        _write_json(path, self.to_dict(), private=False)
+        write_key_file(path, self.to_dict(), private=False)
 
     # -- randomness -----------------------------------------------------------------------------
     def _randomness_table(self, count: int):
@@ -306,6 +268,16 @@ class PrivateKey:
         return self._public_key.fingerprint
 
     @property
+    def p(self) -> mpz:
+        """The smaller prime factor of ``n`` (secret, as ``phe.PaillierPrivateKey.p`` is)."""
+        return self._p
+
+    @property
+    def q(self) -> mpz:
+        """The larger prime factor of ``n`` (secret)."""
+        return self._q
+
+    @property
     def phe(self) -> phe.PaillierPrivateKey:
         """The equivalent ``phe.PaillierPrivateKey``."""
         if self._phe is None:
@@ -332,8 +304,6 @@ class PrivateKey:
         Encrypting with it lets any holder of the key decrypt sums of the ciphertexts with one
         fixed-base exponentiation each (see :mod:`torchhefl.secure.coins`).
         """
-        from torchhefl.secure.coins import CoinKey
-
         with self._coins_lock:
             if self._coins is None:
                 self._coins = CoinKey(self)
@@ -343,9 +313,7 @@ class PrivateKey:
         """Write the private key as JSON to ``path`` with mode 0600, replacing it atomically: a crash
         leaves the old file or the new one, and a symlink at ``path`` is replaced, not followed
         (:func:`torchhefl.secure.files.write_private_file`)."""
-        d = self._public_key.to_dict()
-        d.update(kind=_PRIVATE_KIND, p=format(int(self._p), "x"), q=format(int(self._q), "x"))
-        _write_json(path, d, private=True)
+        write_key_file(path, private_dict(self._public_key.n, self._p, self._q), private=True)
 
     # -- raw integer layer ----------------------------------------------------------------------
     def decrypt_raw(self, c: int) -> mpz:
@@ -430,7 +398,7 @@ def generate_keypair(bits: int = DEFAULT_KEY_BITS, *, allow_insecure: bool = Fal
         bits: modulus size; at least 2048 (the default; 3072 and 4096 are common choices).
         allow_insecure: permit fewer than 2048 bits (tests only); warns with :class:`InsecureKeyWarning`.
     """
-    bits = _check_bits(bits, allow_insecure)
+    bits = check_key_bits(bits, allow_insecure)
     while True:
         p, q = _random_prime(bits // 2), _random_prime(bits - bits // 2)
         if abs(p - q).bit_length() > bits // 2 - 100 and (p * q).bit_length() == bits:
@@ -448,91 +416,14 @@ def _random_prime(bits: int) -> mpz:
             return p
 
 
-def _check_bits(bits: int, allow_insecure: bool, stacklevel: int = 3) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int):
-        raise TypeError(f"bits must be an int, got {type(bits).__name__}")
-    if bits < _MIN_KEY_BITS:
-        raise ValueError(f"a key of {bits} bits is too small to use at all (minimum {_MIN_KEY_BITS})")
-    if bits < MIN_SECURE_KEY_BITS:
-        if not allow_insecure:
-            raise ValueError(
-                f"a {bits}-bit key is insecure (minimum {MIN_SECURE_KEY_BITS}); pass allow_insecure=True for tests only"
-            )
-        warnings.warn(
-            f"using an insecure {bits}-bit Paillier key (allow_insecure=True); never use it for real data",
-            InsecureKeyWarning,
-            stacklevel=stacklevel,
-        )
-    return bits
-
-
-def _write_json(path: str | os.PathLike, obj: dict, *, private: bool) -> None:
-    data = (json.dumps(obj, indent=2) + "\n").encode("utf-8")
-    (write_private_file if private else write_public_file)(path, data)
-
-
-_MAX_KEY_FILE_BYTES = 1 << 20  # a 16384-bit private key file is about 8.5 KB
-_HEX = re.compile(r"[0-9a-fA-F]+")
-_MAX_KEY_HEX_DIGITS = 4096  # 16384 bits
-
-
-def _read_key_json(path: str | os.PathLike, kind: str) -> dict:
-    path = Path(path)
-    with open(path, "rb") as f:
-        raw = f.read(_MAX_KEY_FILE_BYTES + 1)
-    if len(raw) > _MAX_KEY_FILE_BYTES:
-        raise MalformedMessageError(f"{path}: not a torchhefl key file (larger than {_MAX_KEY_FILE_BYTES} bytes)")
-    try:
-        d = strict_json.loads(raw, what="its text")
-    except MalformedMessageError as e:
-        raise MalformedMessageError(f"{path}: not a torchhefl key file ({e})") from None
-    if not isinstance(d, dict) or d.get("kind") not in (_PUBLIC_KIND, _PRIVATE_KIND):
-        raise MalformedMessageError(f"{path}: not a torchhefl key file (missing or unknown 'kind')")
-    if d["kind"] != kind:
-        what = "private" if d["kind"] == _PRIVATE_KIND else "public"
-        raise MalformedMessageError(
-            f"{path}: this is a {what} key file, expected a {'private' if kind == _PRIVATE_KIND else 'public'} one"
-        )
-    version = d.get("version")
-    if type(version) is not int or version != _KEY_FILE_VERSION:
-        raise MalformedMessageError(f"{path}: unsupported key file version {version!r} (this build reads {_KEY_FILE_VERSION})")
-    return d
-
-
-def _hex_field(d: dict, name: str, path) -> mpz:
-    v = d.get(name)
-    if not isinstance(v, str) or not v or len(v) > _MAX_KEY_HEX_DIGITS:
-        raise MalformedMessageError(f"{path}: field {name!r} must be a hexadecimal string of at most {_MAX_KEY_HEX_DIGITS} digits")
-    if not _HEX.fullmatch(v):
-        raise MalformedMessageError(f"{path}: field {name!r} is not valid hexadecimal")
-    x = mpz(int(v, 16))
-    if x <= 0:
-        raise MalformedMessageError(f"{path}: field {name!r} must be positive")
-    return x
-
-
-def _public_from_dict(d: dict, path, *, allow_insecure: bool) -> PublicKey:
-    n = _hex_field(d, "n", path)
-    bits = d.get("bits")
-    if not isinstance(bits, int) or isinstance(bits, bool) or n.bit_length() != bits:
-        raise MalformedMessageError(f"{path}: 'bits' does not match the size of n ({n.bit_length()} bits)")
-    if n % 2 == 0 or gmpy2.is_prime(n):
-        raise MalformedMessageError(f"{path}: n is not a valid Paillier modulus")
-    try:
-        _check_bits(bits, allow_insecure, stacklevel=5)
-    except ValueError as e:
-        raise MalformedMessageError(f"{path}: {e}") from None
-    return PublicKey(n)
-
-
 def load_public_key(path: str | os.PathLike, *, allow_insecure: bool = False) -> PublicKey:
     """Read a public key file written by :meth:`PublicKey.save` and check it.
 
     Raises :class:`~torchhefl.exceptions.MalformedMessageError` (a ``ValueError``) with the reason
     for a file that is not a valid public key file, whatever its bytes; ``OSError`` if it cannot be read.
     """
-    d = _read_key_json(path, _PUBLIC_KIND)
-    return _public_from_dict(d, path, allow_insecure=allow_insecure)
+    d = read_key_file(path, PUBLIC_KIND)
+    return PublicKey(read_modulus(d, path, allow_insecure=allow_insecure))
 
 
 def load_private_key(path: str | os.PathLike, *, allow_insecure: bool = False) -> PrivateKey:
@@ -541,11 +432,7 @@ def load_private_key(path: str | os.PathLike, *, allow_insecure: bool = False) -
     Raises :class:`~torchhefl.exceptions.MalformedMessageError` (a ``ValueError``) with the reason
     for a file that is not a valid private key file, whatever its bytes; ``OSError`` if it cannot be read.
     """
-    d = _read_key_json(path, _PRIVATE_KIND)
-    public_key = _public_from_dict(d, path, allow_insecure=allow_insecure)
-    p, q = _hex_field(d, "p", path), _hex_field(d, "q", path)
-    if p * q != public_key.n:
-        raise MalformedMessageError(f"{path}: p * q does not equal n (corrupt or mismatched private key)")
-    if p == q or not gmpy2.is_prime(p, 50) or not gmpy2.is_prime(q, 50):
-        raise MalformedMessageError(f"{path}: p and q must be distinct primes")
+    d = read_key_file(path, PRIVATE_KIND)
+    public_key = PublicKey(read_modulus(d, path, allow_insecure=allow_insecure))
+    p, q = read_primes(d, path, public_key.n)
     return PrivateKey(public_key, p, q)
