@@ -20,6 +20,7 @@ from gmpy2 import mpz
 
 from torchhefl.exceptions import KeyMismatchError, MalformedMessageError
 from torchhefl.secure import wire
+from torchhefl.secure.encoding import FixedPoint
 from torchhefl.secure.keys import PrivateKey, PublicKey
 
 __all__ = [
@@ -120,6 +121,8 @@ class WireContainer:
     """Header fields a message may hold."""
     WIRE_ARTICLE: ClassVar[str] = "a"
     """The article before the class name in messages ("an EncryptedTensor")."""
+    FIXED_POINT: ClassVar[FixedPoint]
+    """The fixed-point parameters of the values held (see :mod:`torchhefl.secure.encoding`)."""
 
     _pk: PublicKey
 

@@ -18,17 +18,18 @@ from torchhefl.exceptions import KeyMismatchError, MalformedMessageError
 from torchhefl.secure import wire
 from torchhefl.secure.coins import CoinKey, CoinList, coins_from_wire, coins_to_wire, combine_coins
 from torchhefl.secure.container import WireContainer, check_private_key, check_public_key, is_int
+from torchhefl.secure.encoding import PACKED_SUM_FIXED_POINT
 from torchhefl.secure.keys import PrivateKey, PublicKey
 
 __all__ = ["MAX_ABS_VALUE", "MAX_TERMS", "PackedSum"]
 
-SCALE = 56
-SLOT_BITS = 160
-_MAG_BITS = 148
-_OFFSET = 1 << _MAG_BITS
+SCALE = PACKED_SUM_FIXED_POINT.scale_bits  # 56
+SLOT_BITS = PACKED_SUM_FIXED_POINT.slot_bits  # 160
+_OFFSET = 1 << PACKED_SUM_FIXED_POINT.mag_bits  # 2^148
 MAX_TERMS = 1 << 10
+"""Most vectors a PackedSum adds (within the slots' room of ``2^headroom_bits - 1`` terms)."""
 #: largest magnitude a value may have
-MAX_ABS_VALUE = float(2 ** (_MAG_BITS - SCALE))
+MAX_ABS_VALUE = PACKED_SUM_FIXED_POINT.max_abs_value
 
 
 def _slots(public_key: PublicKey) -> int:
@@ -42,6 +43,7 @@ class PackedSum(WireContainer):
     WIRE_FORMAT = 1
     WIRE_FIELDS = frozenset({"format", "fingerprint", "key_bits", "length", "terms"})
     WIRE_OPTIONAL_FIELDS = frozenset({"coins"})
+    FIXED_POINT = PACKED_SUM_FIXED_POINT
 
     def __init__(
         self, public_key: PublicKey, ciphertexts: list[mpz], length: int, terms: int, coins: CoinList | None = None

@@ -36,6 +36,7 @@ from torchhefl.exceptions import KeyMismatchError, MalformedMessageError
 from torchhefl.secure import _parallel, packing, wire
 from torchhefl.secure.coins import CoinKey, CoinList, coins_from_wire, coins_to_wire, combine_coins
 from torchhefl.secure.container import WireContainer, check_private_key, check_public_key, is_int
+from torchhefl.secure.encoding import STATE_DICT_FIXED_POINT
 from torchhefl.secure.keys import PrivateKey, PublicKey
 
 __all__ = ["SecureStateDict"]
@@ -85,6 +86,7 @@ class SecureStateDict(WireContainer):
     WIRE_FORMAT = 2
     WIRE_FIELDS = frozenset({"format", "fingerprint", "key_bits", "encoding", "weight_bound", "entries"})
     WIRE_OPTIONAL_FIELDS = frozenset({"coins"})
+    FIXED_POINT = STATE_DICT_FIXED_POINT
 
     def __init__(self, public_key, entries, ciphertexts, weight_bound, coins: CoinList | None = None):
         # private: use encrypt / from_bytes / weighted_average. The last slot holds the weight.
@@ -303,7 +305,7 @@ class SecureStateDict(WireContainer):
         u = packing.unpack(private_key.decrypt_raw_many(self._cts, coins=self._coins), slots, count + 1)
         W = self._checked_weight(u[-1])
         u = u[:-1]
-        if (u >= np.uint64(1 << 62)).any():
+        if (u >= np.uint64(1 << packing.SLOT_BITS)).any():
             raise OverflowError("a packed slot is out of range: corrupt ciphertext or metadata")
         off = W * _OFFSET
         s = u.astype(np.int64) - np.int64(off)

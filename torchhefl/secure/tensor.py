@@ -31,12 +31,20 @@ from torchhefl.secure.container import (  # the codec and fingerprint check, re-
     cts_to_array,
     is_int,
 )
-from torchhefl.secure.encoding import DEFAULT_PLAIN_BITS, DEFAULT_SCALE, as_plain_tensor, dequantize, plain_scale, quantize
+from torchhefl.secure.encoding import (
+    DEFAULT_PLAIN_BITS,
+    DEFAULT_SCALE,
+    TENSOR_FIXED_POINT,
+    as_plain_tensor,
+    dequantize,
+    plain_scale,
+    quantize,
+)
 from torchhefl.secure.keys import PrivateKey, PublicKey
 
 __all__ = ["DEFAULT_VALUE_BITS", "EncryptedTensor", "array_to_cts", "check_fingerprint", "cts_to_array"]
 
-DEFAULT_VALUE_BITS = 16
+DEFAULT_VALUE_BITS = TENSOR_FIXED_POINT.value_bits  # 16
 """Bits of integer part assumed public when a tensor is encrypted: ``bound_bits`` starts at
 ``scale + DEFAULT_VALUE_BITS`` unless the values are larger, so the bound does not reveal them."""
 
@@ -84,6 +92,7 @@ class EncryptedTensor(WireContainer):
     WIRE_FORMAT = 1
     WIRE_FIELDS = frozenset({"format", "fingerprint", "key_bits", "shape", "scale", "bound_bits"})
     WIRE_ARTICLE = "an"
+    FIXED_POINT = TENSOR_FIXED_POINT
 
     def __init__(self, public_key: PublicKey, ciphertexts: list[mpz], shape: torch.Size, scale: int, bound_bits: int):
         # private: use the classmethods, which check their inputs
