@@ -47,7 +47,8 @@ from torchhefl.secure._fastmath import AdaptiveFixedBase
 from torchhefl.secure.key_sizes import coin_bits
 
 if TYPE_CHECKING:  # coins.py sits below keys.py: it uses only the key it is given
-    from torchhefl.secure.keys import PrivateKey, PublicKey
+    from torchhefl.secure.private_key import PrivateKey
+    from torchhefl.secure.public_key import PublicKey
 
 __all__ = ["MAX_COIN_TERMS", "NONCE_BYTES", "CoinKey", "CoinList", "coins_from_wire", "coins_to_wire", "combine_coins"]
 

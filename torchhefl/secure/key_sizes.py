@@ -14,6 +14,7 @@ __all__ = [
     "check_key_bits",
     "coin_bits",
     "security_bits",
+    "work_factor",
 ]
 
 DEFAULT_KEY_BITS = 2048
@@ -60,6 +61,11 @@ def security_bits(n_bits: int) -> int:
     if n_bits >= 2048:
         return 112
     return 80
+
+
+def work_factor(n_bits: int) -> float:
+    """Cost of a modular exponentiation for an ``n_bits`` key relative to a 2048-bit one: ``(n_bits / 2048)^2.5``."""
+    return (n_bits / 2048.0) ** 2.5
 
 
 def check_key_bits(bits: int, allow_insecure: bool, stacklevel: int = 3) -> int:
