@@ -38,6 +38,7 @@ from torchhefl.secure.coins import CoinKey, CoinList, coins_from_wire, coins_to_
 from torchhefl.secure.container import WireContainer, check_private_key, check_public_key, is_int
 from torchhefl.secure.encoding import STATE_DICT_FIXED_POINT
 from torchhefl.secure.keys import PrivateKey, PublicKey
+from torchhefl.secure.shapes import numel
 
 __all__ = ["SecureStateDict"]
 
@@ -106,7 +107,7 @@ class SecureStateDict(WireContainer):
     @property
     def num_values(self) -> int:
         """Number of scalar values (parameters and buffers) held."""
-        return sum(_numel(shape) for _, shape, _ in self._entries)
+        return sum(numel(shape) for _, shape, _ in self._entries)
 
     @property
     def num_ciphertexts(self) -> int:
@@ -314,7 +315,7 @@ class SecureStateDict(WireContainer):
         out: OrderedDict[str, torch.Tensor] = OrderedDict()
         pos = 0
         for name, shape, dtype_name in self._entries:
-            k = _numel(shape)
+            k = numel(shape)
             seg = s[pos : pos + k]
             pos += k
             dtype = _DTYPES[dtype_name]
@@ -360,18 +361,11 @@ class SecureStateDict(WireContainer):
             if not is_int(wb) or not 1 <= wb <= packing.MAX_TOTAL_WEIGHT:
                 raise MalformedMessageError(f"weight_bound {wb!r} is out of range [1, {packing.MAX_TOTAL_WEIGHT}]")
             entries = _parse_entries(meta["entries"])
-            total = sum(_numel(s) for _, s, _ in entries)
+            total = sum(numel(s) for _, s, _ in entries)
             slots = packing.slots_per_plaintext(public_key.bits)
             cts = cls._read_ciphertexts(msg, public_key, -(-(total + 1) // slots))
             coins = coins_from_wire(meta["coins"]) if "coins" in meta else None
             return cls(public_key, entries, cts, wb, coins)
-
-
-def _numel(shape: Sequence[int]) -> int:
-    out = 1
-    for d in shape:
-        out *= d
-    return out
 
 
 def _parse_entries(raw) -> list[tuple[str, tuple[int, ...], str]]:
@@ -388,7 +382,7 @@ def _parse_entries(raw) -> list[tuple[str, tuple[int, ...], str]]:
             raise MalformedMessageError(f"entry {name!r}: invalid shape {shape!r}")
         if dtype not in _DTYPES:
             raise MalformedMessageError(f"entry {name!r}: unsupported dtype {dtype!r}")
-        total += _numel(shape)
+        total += numel(shape)
         if total > 2**40:
             raise MalformedMessageError("the entries hold implausibly many values")
         seen.add(name)

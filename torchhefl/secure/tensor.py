@@ -20,8 +20,7 @@ import torch
 from gmpy2 import mpz
 
 from torchhefl.exceptions import KeyMismatchError, MalformedMessageError
-from torchhefl.secure import _parallel, wire
-from torchhefl.secure._fastmath import multi_exp_rows
+from torchhefl.secure import wire
 from torchhefl.secure.container import (  # the codec and fingerprint check, re-exported from here as before
     WireContainer,
     array_to_cts,
@@ -41,6 +40,8 @@ from torchhefl.secure.encoding import (
     quantize,
 )
 from torchhefl.secure.keys import PrivateKey, PublicKey
+from torchhefl.secure.matmul import plan_matmul, run_matmul
+from torchhefl.secure.shapes import broadcast_shape, check_shape, flat_index, numel
 
 __all__ = ["DEFAULT_VALUE_BITS", "EncryptedTensor", "array_to_cts", "check_fingerprint", "cts_to_array"]
 
@@ -48,35 +49,11 @@ DEFAULT_VALUE_BITS = TENSOR_FIXED_POINT.value_bits  # 16
 """Bits of integer part assumed public when a tensor is encrypted: ``bound_bits`` starts at
 ``scale + DEFAULT_VALUE_BITS`` unless the values are larger, so the bound does not reveal them."""
 
-_MODMUL_SECONDS_2048 = 4e-6
 _MAX_DIMS = 32
-
-
-def _prod(shape: Sequence[int]) -> int:
-    out = 1
-    for d in shape:
-        out *= int(d)
-    return out
 
 
 def _bitlen(x: int) -> int:
     return int(abs(int(x))).bit_length()
-
-
-def _broadcast_shape(a: torch.Size, b: torch.Size) -> torch.Size:
-    """torch's broadcasting rule (without importing torch._refs, which is slow on first use)."""
-    out = []
-    for i in range(1, max(len(a), len(b)) + 1):
-        x = a[-i] if i <= len(a) else 1
-        y = b[-i] if i <= len(b) else 1
-        if x != y and x != 1 and y != 1:
-            raise ValueError(f"shapes {tuple(a)} and {tuple(b)} cannot be broadcast together")
-        out.append(y if x == 1 else x)
-    return torch.Size(reversed(out))
-
-
-def _flat_index(shape: torch.Size, out_shape: torch.Size) -> list[int]:
-    return torch.arange(_prod(shape), dtype=torch.int64).reshape(shape).expand(out_shape).reshape(-1).tolist()
 
 
 class EncryptedTensor(WireContainer):
@@ -140,9 +117,9 @@ class EncryptedTensor(WireContainer):
         ``bound_bits`` must bound every ``|m|``: ``|m| < 2^bound_bits``.
         """
         check_public_key(public_key)
-        shape = _check_shape(shape)
+        shape = check_shape(shape)
         ints = [int(m) for m in ints]
-        if len(ints) != _prod(shape):
+        if len(ints) != numel(shape):
             raise ValueError(f"{len(ints)} integers do not fill shape {tuple(shape)}")
         _check_scale(scale, public_key)
         _check_bound(bound_bits, public_key)
@@ -157,9 +134,9 @@ class EncryptedTensor(WireContainer):
     ) -> EncryptedTensor:
         """Wrap existing ciphertexts (row-major) with their encoding parameters."""
         check_public_key(public_key)
-        shape = _check_shape(shape)
+        shape = check_shape(shape)
         cts = [mpz(c) for c in ciphertexts]
-        if len(cts) != _prod(shape):
+        if len(cts) != numel(shape):
             raise ValueError(f"{len(cts)} ciphertexts do not fill shape {tuple(shape)}")
         for c in cts:
             public_key.check_ciphertext(c)
@@ -297,23 +274,23 @@ class EncryptedTensor(WireContainer):
     def __add__(self, other) -> EncryptedTensor:
         if isinstance(other, EncryptedTensor):
             self._same_key(other)
-            out_shape = _broadcast_shape(self._shape, other._shape)
+            out_shape = broadcast_shape(self._shape, other._shape)
             scale = max(self._scale, other._scale)
             a, ba = self._rescaled(scale)
             b, bb = other._rescaled(scale)
             bound = self._checked(max(ba, bb) + 1, "the sum")
-            ia, ib = _flat_index(self._shape, out_shape), _flat_index(other._shape, out_shape)
+            ia, ib = flat_index(self._shape, out_shape), flat_index(other._shape, out_shape)
             n2 = self._pk.nsquare
             return EncryptedTensor(self._pk, [a[i] * b[j] % n2 for i, j in zip(ia, ib)], out_shape, scale, bound)
         t = as_plain_tensor(other)
         if t is None:
             return NotImplemented
-        out_shape = _broadcast_shape(self._shape, t.shape)
+        out_shape = broadcast_shape(self._shape, t.shape)
         scale = max(self._scale, plain_scale(t))
         ms = quantize(t, scale)
         a, ba = self._rescaled(scale)
         bound = self._checked(max([ba] + [_bitlen(m) for m in ms]) + 1, "the sum")
-        ia, ib = _flat_index(self._shape, out_shape), _flat_index(t.shape, out_shape)
+        ia, ib = flat_index(self._shape, out_shape), flat_index(t.shape, out_shape)
         n, n2 = self._pk.n, self._pk.nsquare
         gm = [(1 + (mpz(m) % n) * n) % n2 for m in ms]
         return EncryptedTensor(self._pk, [a[i] * gm[j] % n2 for i, j in zip(ia, ib)], out_shape, scale, bound)
@@ -354,8 +331,8 @@ class EncryptedTensor(WireContainer):
         ks = quantize(t, ps)
         scale = self._checked(self._scale + ps, "the product's scale")
         bound = self._checked(self._bound + max([0] + [_bitlen(k) for k in ks]), "the product")
-        out_shape = _broadcast_shape(self._shape, t.shape)
-        ia, ib = _flat_index(self._shape, out_shape), _flat_index(t.shape, out_shape)
+        out_shape = broadcast_shape(self._shape, t.shape)
+        ia, ib = flat_index(self._shape, out_shape), flat_index(t.shape, out_shape)
         pk = self._pk
         if len(set(ks)) == 1:  # scalar: one exponent for every ciphertext
             k = ks[0]
@@ -391,52 +368,12 @@ class EncryptedTensor(WireContainer):
             )
         ps = plain_scale(plain, plain_bits)
         ks = quantize(plain, ps)
-        if plain.dim() == 2:
-            pr, pc = plain.shape
-            P = [ks[i * pc : (i + 1) * pc] for i in range(pr)]
-        cts = self._cts
-        if plain_on_left:  # A (m, d) @ E (d, c): out[i, col] = prod_j E[j, col] ^ A[i, j]
-            A = P if plain.dim() == 2 else [ks]
-            d = plain.shape[-1]
-            Ed, Ec = (self._shape[0], self._shape[1]) if self.ndim == 2 else (self._shape[0], 1)
-            if d != Ed:
-                raise ValueError(f"matmul shape mismatch: {tuple(plain.shape)} @ {tuple(self._shape)}")
-            groups = [([cts[j * Ec + col] for j in range(d)], A) for col in range(Ec)]
-            row_sum = max([0] + [sum(abs(k) for k in row) for row in A])
-            out_dims = ([len(A)] if plain.dim() == 2 else []) + ([Ec] if self.ndim == 2 else [])
-        else:  # E (r, d) @ B (d, k): out[i, col] = prod_j E[i, j] ^ B[j, col]
-            B = P if plain.dim() == 2 else [[k] for k in ks]
-            d = plain.shape[0]
-            Er, Ed = (self._shape[0], self._shape[1]) if self.ndim == 2 else (1, self._shape[0])
-            if d != Ed:
-                raise ValueError(f"matmul shape mismatch: {tuple(self._shape)} @ {tuple(plain.shape)}")
-            kk = len(B[0]) if B else (plain.shape[1] if plain.dim() == 2 else 1)
-            BT = [[B[j][col] for j in range(d)] for col in range(kk)]
-            groups = [([cts[i * Ed + j] for j in range(Ed)], BT) for i in range(Er)]
-            row_sum = max([0] + [sum(abs(k) for k in row) for row in BT])
-            out_dims = ([Er] if self.ndim == 2 else []) + ([kk] if plain.dim() == 2 else [])
+        plan = plan_matmul(self._cts, self._shape, ks, plain.shape, plain_on_left)
         scale = self._checked(self._scale + ps, "the product's scale")
-        bound = self._checked(self._bound + _bitlen(row_sum), "the product")
-        n2 = self._pk.nsquare
+        bound = self._checked(self._bound + _bitlen(plan.row_sum), "the product")
         exp_bits = _bitlen(max([0] + [abs(k) for k in ks]))
-        per_row = d * (exp_bits // 4 + 1) * _MODMUL_SECONDS_2048 * (self._pk.bits / 2048.0) ** 1.6
-        if len(groups) == 1:  # split the rows of the single group across the cores
-            bases, rows = groups[0]
-            results = [
-                _parallel.map_chunks(lambda rs: multi_exp_rows(bases, rs, n2), rows, seconds_per_item=per_row)
-            ]
-        else:
-            results = _parallel.map_chunks(
-                lambda gs: [multi_exp_rows(b, rs, n2) for b, rs in gs],
-                groups,
-                seconds_per_item=per_row * (len(groups[0][1]) if groups else 0),
-            )
-        if plain_on_left:  # results[col][i] -> out[i, col]
-            n_rows = len(groups[0][1]) if groups else 0
-            flat_out = [results[col][i] for i in range(n_rows) for col in range(len(results))]
-        else:  # results[i][col] -> out[i, col]
-            flat_out = [x for r in results for x in r]
-        return EncryptedTensor(self._pk, flat_out, torch.Size(out_dims), scale, bound)
+        flat_out = run_matmul(plan, self._pk.nsquare, self._pk.bits, exp_bits)
+        return EncryptedTensor(self._pk, flat_out, plan.out_shape, scale, bound)
 
     def matmul(self, other, *, plain_bits: int = DEFAULT_PLAIN_BITS) -> EncryptedTensor:
         """``self @ other`` for a plaintext ``other`` (1-D or 2-D)."""
@@ -478,7 +415,7 @@ class EncryptedTensor(WireContainer):
             return EncryptedTensor(self._pk, [acc], torch.Size([]), self._scale, bound)
         g = self._index_grid().movedim(dim, -1)
         length = g.shape[-1]
-        groups = g.reshape(-1, length).tolist() if length else [[] for _ in range(_prod(g.shape[:-1]))]
+        groups = g.reshape(-1, length).tolist() if length else [[] for _ in range(numel(g.shape[:-1]))]
         out = []
         for idx in groups:
             acc = mpz(1)
@@ -512,21 +449,11 @@ class EncryptedTensor(WireContainer):
             for name, v in (("scale", scale), ("bound_bits", bound)):
                 if not is_int(v) or not 0 <= v <= public_key.max_bits:
                     raise MalformedMessageError(f"{name} {v!r} is out of range [0, {public_key.max_bits}]")
-            cts = cls._read_ciphertexts(msg, public_key, _prod(shape))
+            cts = cls._read_ciphertexts(msg, public_key, numel(shape))
             return cls(public_key, cts, torch.Size(shape), scale, bound)
 
 
 # -- argument checks ------------------------------------------------------------------------------
-def _check_shape(shape) -> torch.Size:
-    try:
-        shape = torch.Size([int(d) for d in shape])
-    except (TypeError, ValueError):
-        raise TypeError(f"shape must be a sequence of ints, got {shape!r}") from None
-    if any(d < 0 for d in shape):
-        raise ValueError(f"invalid shape {tuple(shape)}")
-    return shape
-
-
 def _check_scale(scale, public_key: PublicKey) -> None:
     if not is_int(scale) or not 0 <= scale <= public_key.max_bits:
         raise ValueError(f"scale must be an int in [0, {public_key.max_bits}], got {scale!r}")
