@@ -1,7 +1,14 @@
 """Paillier encryption for torchhefl: keys, fixed-point and packed encodings, encrypted tensors and
 state dicts, and the wire format. Stands alone: imports neither torchhefl.nn nor torchhefl.federated."""
 
-from torchhefl.secure.encoding import DEFAULT_PLAIN_BITS, DEFAULT_SCALE
+from torchhefl.secure.encoding import (
+    DEFAULT_PLAIN_BITS,
+    DEFAULT_SCALE,
+    PACKED_SUM_FIXED_POINT,
+    STATE_DICT_FIXED_POINT,
+    TENSOR_FIXED_POINT,
+    FixedPoint,
+)
 from torchhefl.secure.keys import (
     DEFAULT_KEY_BITS,
     InsecureKeyWarning,
@@ -21,7 +28,11 @@ __all__ = [
     "DEFAULT_PLAIN_BITS",
     "DEFAULT_SCALE",
     "MAX_TOTAL_WEIGHT",
+    "PACKED_SUM_FIXED_POINT",
+    "STATE_DICT_FIXED_POINT",
+    "TENSOR_FIXED_POINT",
     "EncryptedTensor",
+    "FixedPoint",
     "InsecureKeyWarning",
     "PackedSum",
     "PrivateKey",

@@ -36,6 +36,7 @@ import hmac
 import re
 import secrets
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import gmpy2
 from gmpy2 import mpz
@@ -43,7 +44,11 @@ from gmpy2 import mpz
 from torchhefl.exceptions import MalformedMessageError
 from torchhefl.secure import _parallel
 from torchhefl.secure._fastmath import AdaptiveFixedBase
-from torchhefl.secure.keys import PrivateKey, PublicKey, coin_bits
+from torchhefl.secure.key_sizes import coin_bits
+
+if TYPE_CHECKING:  # coins.py sits below keys.py: it uses only the key it is given
+    from torchhefl.secure.private_key import PrivateKey
+    from torchhefl.secure.public_key import PublicKey
 
 __all__ = ["MAX_COIN_TERMS", "NONCE_BYTES", "CoinKey", "CoinList", "coins_from_wire", "coins_to_wire", "combine_coins"]
 
@@ -104,7 +109,7 @@ class CoinKey:
 
     def __init__(self, private_key: PrivateKey) -> None:
         pk = private_key.public_key
-        p, q = (int(x) for x in (private_key._p, private_key._q))  # noqa: SLF001 - part of the private key
+        p, q = int(private_key.p), int(private_key.q)
         pb, qb = (x.to_bytes((x.bit_length() + 7) // 8, "big") for x in (p, q))
         secret = hmac.new(_LABEL, len(pb).to_bytes(4, "big") + pb + qb, hashlib.sha256).digest()
         self._public_key = pk
@@ -202,7 +207,7 @@ def _base(secret: bytes, private_key: PrivateKey) -> mpz:
 
 def _nth_power(h: mpz, private_key: PrivateKey) -> mpz:
     """``h^n mod n^2`` by the Chinese remainder theorem (four half-size exponentiations, two at a time)."""
-    p, q = private_key._p, private_key._q  # noqa: SLF001 - part of the private key
+    p, q = private_key.p, private_key.q
     p2, q2 = p * p, q * q
     # modulo p^2 the group is cyclic of order p(p-1): h^p lies in the subgroup of order dividing
     # p - 1, so h^(pq) = (h^p)^(q mod (p-1)); likewise modulo q^2

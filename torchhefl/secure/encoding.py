@@ -1,5 +1,10 @@
 """Fixed-point encoding of real tensors as integers: ``value = m / 2^scale``.
 
+:class:`FixedPoint` holds the parameters of one encoding (as a TenSEAL context holds its scale
+settings); the three containers use one each: :data:`TENSOR_FIXED_POINT` (EncryptedTensor),
+:data:`STATE_DICT_FIXED_POINT` (SecureStateDict's packed slots) and :data:`PACKED_SUM_FIXED_POINT`
+(PackedSum's wide slots).
+
 * Encrypted tensors use an absolute scale (:data:`DEFAULT_SCALE` bits after the binary point).
 * Plaintext operands of ``*`` and ``@`` are quantised with :data:`DEFAULT_PLAIN_BITS` significant
   bits relative to the operand's largest magnitude (like a block floating point), or at the
@@ -10,16 +15,82 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["DEFAULT_PLAIN_BITS", "DEFAULT_SCALE", "MAX_PLAIN_SCALE", "as_plain_tensor", "dequantize", "plain_scale", "quantize"]
+__all__ = [
+    "DEFAULT_PLAIN_BITS",
+    "DEFAULT_SCALE",
+    "MAX_PLAIN_SCALE",
+    "PACKED_SUM_FIXED_POINT",
+    "STATE_DICT_FIXED_POINT",
+    "TENSOR_FIXED_POINT",
+    "FixedPoint",
+    "as_plain_tensor",
+    "dequantize",
+    "plain_scale",
+    "quantize",
+]
 
-DEFAULT_SCALE = 32
+
+@dataclass(frozen=True)
+class FixedPoint:
+    """Parameters of a fixed-point encoding: ``m = round(v * 2^scale_bits)`` (integers: ``m = v``).
+
+    In a packed slot, ``m`` is stored offset by ``2^mag_bits`` (so the slot holds ``m + 2^mag_bits``
+    in ``[0, 2^(mag_bits + 1))``), and :attr:`headroom_bits` more bits keep weighted sums of slots
+    from carrying into the next: a slot is :attr:`slot_bits` wide.
+
+    Args:
+        scale_bits: bits after the binary point (resolution ``2^-scale_bits``).
+        value_bits: bits of the integer part: floating values need ``|v| < 2^value_bits``.
+        headroom_bits: bits of a slot above the offset value, for sums of total weight below
+            ``2^headroom_bits``; default 0 (no slots).
+        plain_bits: significant bits kept of a plaintext operand of ``*``, ``/`` and ``@``; default 24.
+    """
+
+    scale_bits: int
+    value_bits: int
+    headroom_bits: int = 0
+    plain_bits: int = 24
+
+    @property
+    def mag_bits(self) -> int:
+        """``|m| < 2^mag_bits`` for every encoded value: ``scale_bits + value_bits``."""
+        return self.scale_bits + self.value_bits
+
+    @property
+    def slot_bits(self) -> int:
+        """Bits of one packed slot: the offset value (``mag_bits + 1``) and the headroom."""
+        return self.mag_bits + 1 + self.headroom_bits
+
+    @property
+    def max_abs_value(self) -> float:
+        """Floating values need ``|v| <`` this (``2^value_bits``)."""
+        return float(1 << self.value_bits)
+
+    @property
+    def max_total_weight(self) -> int:
+        """Largest total weight of a sum of slots that cannot carry: ``2^headroom_bits - 1``."""
+        return (1 << self.headroom_bits) - 1
+
+
+TENSOR_FIXED_POINT = FixedPoint(scale_bits=32, value_bits=16, plain_bits=24)
+"""EncryptedTensor (unpacked): resolution 2^-32 (about 2.3e-10); the bound tracked per tensor
+starts at ``scale + 16`` bits; plaintext operands keep 24 significant bits."""
+
+STATE_DICT_FIXED_POINT = FixedPoint(scale_bits=24, value_bits=13, headroom_bits=24)
+"""SecureStateDict (packed): resolution 2^-24, ``|v| < 8192``, total weight below 2^24; 62-bit slots."""
+
+PACKED_SUM_FIXED_POINT = FixedPoint(scale_bits=56, value_bits=92, headroom_bits=11)
+"""PackedSum (wide slots for large statistics): resolution 2^-56, ``|v| < 2^92``; 160-bit slots."""
+
+DEFAULT_SCALE = TENSOR_FIXED_POINT.scale_bits
 """Bits after the binary point when a tensor is encrypted (resolution 2^-32, about 2.3e-10)."""
 
-DEFAULT_PLAIN_BITS = 24
+DEFAULT_PLAIN_BITS = TENSOR_FIXED_POINT.plain_bits
 """Significant bits kept of a plaintext operand of ``*``, ``/`` and ``@`` (relative error <= 2^-24)."""
 
 MAX_PLAIN_SCALE = 64

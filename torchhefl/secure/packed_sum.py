@@ -17,39 +17,39 @@ from gmpy2 import mpz
 from torchhefl.exceptions import KeyMismatchError, MalformedMessageError
 from torchhefl.secure import wire
 from torchhefl.secure.coins import CoinKey, CoinList, coins_from_wire, coins_to_wire, combine_coins
+from torchhefl.secure.container import WireContainer, check_private_key, check_public_key, is_int
+from torchhefl.secure.encoding import PACKED_SUM_FIXED_POINT
 from torchhefl.secure.keys import PrivateKey, PublicKey
-from torchhefl.secure.tensor import _check_key, _is_int, array_to_cts, check_fingerprint, cts_to_array
 
 __all__ = ["MAX_ABS_VALUE", "MAX_TERMS", "PackedSum"]
 
-SCALE = 56
-SLOT_BITS = 160
-_MAG_BITS = 148
-_OFFSET = 1 << _MAG_BITS
+SCALE = PACKED_SUM_FIXED_POINT.scale_bits  # 56
+SLOT_BITS = PACKED_SUM_FIXED_POINT.slot_bits  # 160
+_OFFSET = 1 << PACKED_SUM_FIXED_POINT.mag_bits  # 2^148
 MAX_TERMS = 1 << 10
+"""Most vectors a PackedSum adds (within the slots' room of ``2^headroom_bits - 1`` terms)."""
 #: largest magnitude a value may have
-MAX_ABS_VALUE = float(2 ** (_MAG_BITS - SCALE))
-_KIND = "torchhefl.PackedSum"
-_META_KEYS = {"format", "fingerprint", "key_bits", "length", "terms"}
-_OPTIONAL_META_KEYS = {"coins"}
+MAX_ABS_VALUE = PACKED_SUM_FIXED_POINT.max_abs_value
 
 
 def _slots(public_key: PublicKey) -> int:
     return (public_key.max_bits - 1) // SLOT_BITS
 
 
-class PackedSum:
+class PackedSum(WireContainer):
     """An encrypted float64 vector that supports ``+`` with others of its kind under the same key."""
+
+    WIRE_KIND = "torchhefl.PackedSum"
+    WIRE_FORMAT = 1
+    WIRE_FIELDS = frozenset({"format", "fingerprint", "key_bits", "length", "terms"})
+    WIRE_OPTIONAL_FIELDS = frozenset({"coins"})
+    FIXED_POINT = PACKED_SUM_FIXED_POINT
 
     def __init__(
         self, public_key: PublicKey, ciphertexts: list[mpz], length: int, terms: int, coins: CoinList | None = None
     ) -> None:
         self._pk, self._cts, self._length, self._terms = public_key, ciphertexts, length, terms
         self._coins = coins  # the coin list when the random factors are known (torchhefl.secure.coins)
-
-    @property
-    def public_key(self) -> PublicKey:
-        return self._pk
 
     def __len__(self) -> int:
         return self._length
@@ -66,7 +66,7 @@ class PackedSum:
         ``coins``: the key pair's :meth:`PrivateKey.coins`, for an encryptor holding the private key
         (key holders then decrypt sums fast; see :mod:`torchhefl.secure.coins`).
         """
-        _check_key(public_key)
+        check_public_key(public_key)
         if coins is not None and (not isinstance(coins, CoinKey) or coins.public_key != public_key):
             raise KeyMismatchError("coins must be the CoinKey of this public key's key pair")
         v = np.asarray(vector, dtype=np.float64).reshape(-1)
@@ -99,10 +99,7 @@ class PackedSum:
 
     def decrypt(self, private_key: PrivateKey) -> np.ndarray:
         """The summed vector, float64."""
-        if not isinstance(private_key, PrivateKey):
-            raise TypeError(f"decrypt needs a torchhefl PrivateKey, not {type(private_key).__name__}")
-        if private_key.public_key != self._pk:
-            raise KeyMismatchError("this private key does not match the PackedSum's public key")
+        check_private_key(private_key, self._pk, "the PackedSum's")
         mask, k = (1 << SLOT_BITS) - 1, _slots(self._pk)
         slots = []
         for pt in private_key.decrypt_raw_many(self._cts, coins=self._coins):
@@ -119,39 +116,25 @@ class PackedSum:
         return np.array([float(x) / 2.0**SCALE for x in values], dtype=np.float64)
 
     def to_bytes(self) -> bytes:
-        meta = {
-            "format": 1,
-            "fingerprint": self._pk.fingerprint,
-            "key_bits": self._pk.bits,
-            "length": self._length,
-            "terms": self._terms,
-        }
+        fields = {"length": self._length, "terms": self._terms}
         if self._coins is not None:
-            meta["coins"] = coins_to_wire(self._coins)
-        return wire.encode(_KIND, meta, {"ciphertexts": cts_to_array(self._cts, self._pk)})
+            fields["coins"] = coins_to_wire(self._coins)
+        return self._encode(fields, self._cts)
 
     @classmethod
-    def from_bytes(cls, blob: bytes, *, public_key: PublicKey) -> PackedSum:
+    def from_bytes(cls, blob: bytes, *, public_key: PublicKey, max_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES) -> PackedSum:
         """Parse bytes from :meth:`to_bytes`; raises ``MalformedMessageError`` or ``KeyMismatchError``."""
-        _check_key(public_key)
-        try:
-            msg = wire.decode(blob, kind=_KIND)
+        check_public_key(public_key)
+        with cls._parsing():
+            msg = cls._decode_header(blob, public_key, max_bytes)
             meta = msg.meta
-            if not _META_KEYS <= set(meta) <= _META_KEYS | _OPTIONAL_META_KEYS or meta["format"] != 1:
-                raise MalformedMessageError("PackedSum header fields or format are not recognised")
-            check_fingerprint(meta, public_key)
             length, terms = meta["length"], meta["terms"]
-            if not (_is_int(length) and 0 <= length < 2**24 and _is_int(terms) and 1 <= terms <= MAX_TERMS):
+            if not (is_int(length) and 0 <= length < 2**24 and is_int(terms) and 1 <= terms <= MAX_TERMS):
                 raise MalformedMessageError(f"PackedSum length {length!r} or terms {terms!r} out of range")
-            if set(msg.arrays) != {"ciphertexts"}:
-                raise MalformedMessageError("a PackedSum message holds exactly one array, 'ciphertexts'")
             count = -(-(length + 1) // _slots(public_key))
+            cts = cls._read_ciphertexts(msg, public_key, count)
             coins = coins_from_wire(meta["coins"]) if "coins" in meta else None
-            return cls(public_key, array_to_cts(msg.arrays["ciphertexts"], public_key, count), length, terms, coins)
-        except (MalformedMessageError, KeyMismatchError):
-            raise
-        except Exception as e:  # noqa: BLE001 - a malformed message must never leak another error type
-            raise MalformedMessageError(f"malformed PackedSum message: {e}") from None
+            return cls(public_key, cts, length, terms, coins)
 
 
 def sum_packed(items: Sequence[PackedSum]) -> PackedSum:

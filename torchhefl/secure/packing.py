@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from torchhefl.secure.encoding import STATE_DICT_FIXED_POINT
+
 __all__ = ["MAG_BITS", "MAX_ABS_VALUE", "MAX_TOTAL_WEIGHT", "SCALE", "SLOT_BITS", "WEIGHT_BITS", "pack", "slots_per_plaintext", "unpack"]
 
-SCALE = 24
+SCALE = STATE_DICT_FIXED_POINT.scale_bits  # 24
 """Bits after the binary point of packed floating values (resolution 2^-24)."""
-MAG_BITS = 37
+MAG_BITS = STATE_DICT_FIXED_POINT.mag_bits  # 37
 """``|m| < 2^37``: floating values need ``|v| < 2^13 = 8192``; integer values ``|v| < 2^37``."""
-WEIGHT_BITS = 24
-MAX_TOTAL_WEIGHT = (1 << WEIGHT_BITS) - 1
+WEIGHT_BITS = STATE_DICT_FIXED_POINT.headroom_bits  # 24
+MAX_TOTAL_WEIGHT = STATE_DICT_FIXED_POINT.max_total_weight
 """Largest total weight (e.g. sum of sample counts over clients) a packed aggregate can hold."""
-SLOT_BITS = MAG_BITS + 1 + WEIGHT_BITS  # 62
-MAX_ABS_VALUE = float(1 << (MAG_BITS - SCALE))
+SLOT_BITS = STATE_DICT_FIXED_POINT.slot_bits  # 62
+MAX_ABS_VALUE = STATE_DICT_FIXED_POINT.max_abs_value
 
 
 def slots_per_plaintext(n_bits: int) -> int:

@@ -35,15 +35,13 @@ from gmpy2 import mpz
 from torchhefl.exceptions import KeyMismatchError, MalformedMessageError
 from torchhefl.secure import _parallel, packing, wire
 from torchhefl.secure.coins import CoinKey, CoinList, coins_from_wire, coins_to_wire, combine_coins
+from torchhefl.secure.container import WireContainer, check_private_key, check_public_key, is_int
+from torchhefl.secure.encoding import STATE_DICT_FIXED_POINT
 from torchhefl.secure.keys import PrivateKey, PublicKey
-from torchhefl.secure.tensor import _check_key, _is_int, array_to_cts, check_fingerprint, cts_to_array
+from torchhefl.secure.shapes import numel
 
 __all__ = ["SecureStateDict"]
 
-_WIRE_KIND = "torchhefl.SecureStateDict"
-_FORMAT = 2
-_META_KEYS = {"format", "fingerprint", "key_bits", "encoding", "weight_bound", "entries"}
-_OPTIONAL_META_KEYS = {"coins"}
 _DTYPES = {
     str(d).removeprefix("torch."): d
     for d in (
@@ -71,19 +69,25 @@ def _check_weight(w, what: str) -> int:
         w = int(w.item())
     if isinstance(w, np.integer):
         w = int(w)
-    if not _is_int(w):
+    if not is_int(w):
         raise TypeError(f"{what} must be a non-negative integer such as a sample count, got {w!r}")
     if w < 0:
         raise ValueError(f"{what} must be non-negative, got {w}")
     return w
 
 
-class SecureStateDict:
+class SecureStateDict(WireContainer):
     """An encrypted, packed ``state_dict`` bound to one public key.
 
     Build with :meth:`encrypt` or :meth:`from_bytes`; combine with :meth:`weighted_average`
     (no private key needed); read with :meth:`decrypt`.
     """
+
+    WIRE_KIND = "torchhefl.SecureStateDict"
+    WIRE_FORMAT = 2
+    WIRE_FIELDS = frozenset({"format", "fingerprint", "key_bits", "encoding", "weight_bound", "entries"})
+    WIRE_OPTIONAL_FIELDS = frozenset({"coins"})
+    FIXED_POINT = STATE_DICT_FIXED_POINT
 
     def __init__(self, public_key, entries, ciphertexts, weight_bound, coins: CoinList | None = None):
         # private: use encrypt / from_bytes / weighted_average. The last slot holds the weight.
@@ -96,10 +100,6 @@ class SecureStateDict:
 
     # -- properties -----------------------------------------------------------------------------
     @property
-    def public_key(self) -> PublicKey:
-        return self._pk
-
-    @property
     def weight_bound(self) -> int:
         """Public upper bound on the (encrypted) total weight."""
         return self._weight_bound
@@ -107,7 +107,7 @@ class SecureStateDict:
     @property
     def num_values(self) -> int:
         """Number of scalar values (parameters and buffers) held."""
-        return sum(_numel(shape) for _, shape, _ in self._entries)
+        return sum(numel(shape) for _, shape, _ in self._entries)
 
     @property
     def num_ciphertexts(self) -> int:
@@ -158,7 +158,7 @@ class SecureStateDict:
             public: no random factor at all, for values that are public anyway (such as an initial
                 model drawn before any data is seen): the ciphertexts reveal the values to anyone.
         """
-        _check_key(public_key)
+        check_public_key(public_key)
         if coins is not None:
             if not isinstance(coins, CoinKey):
                 raise TypeError(f"coins must be a CoinKey (PrivateKey.coins()), not {type(coins).__name__}")
@@ -273,7 +273,7 @@ class SecureStateDict:
     # -- decrypt --------------------------------------------------------------------------------
     def decrypt_weight(self, private_key: PrivateKey) -> int:
         """The total weight (e.g. the sum of the clients' sample counts)."""
-        self._check_private(private_key)
+        check_private_key(private_key, self._pk, "the state dict's")
         slots = packing.slots_per_plaintext(self._pk.bits)
         first_slot = (len(self._cts) - 1) * slots
         last_ct = private_key.decrypt_raw_many(self._cts[-1:], coins=self._coins, start=len(self._cts) - 1)
@@ -300,13 +300,13 @@ class SecureStateDict:
             KeyMismatchError: ``private_key`` does not match.
             OverflowError: a slot holds a value no valid aggregate can hold (corruption or overflow).
         """
-        self._check_private(private_key)
+        check_private_key(private_key, self._pk, "the state dict's")
         slots = packing.slots_per_plaintext(self._pk.bits)
         count = self.num_values
         u = packing.unpack(private_key.decrypt_raw_many(self._cts, coins=self._coins), slots, count + 1)
         W = self._checked_weight(u[-1])
         u = u[:-1]
-        if (u >= np.uint64(1 << 62)).any():
+        if (u >= np.uint64(1 << packing.SLOT_BITS)).any():
             raise OverflowError("a packed slot is out of range: corrupt ciphertext or metadata")
         off = W * _OFFSET
         s = u.astype(np.int64) - np.int64(off)
@@ -315,7 +315,7 @@ class SecureStateDict:
         out: OrderedDict[str, torch.Tensor] = OrderedDict()
         pos = 0
         for name, shape, dtype_name in self._entries:
-            k = _numel(shape)
+            k = numel(shape)
             seg = s[pos : pos + k]
             pos += k
             dtype = _DTYPES[dtype_name]
@@ -329,27 +329,17 @@ class SecureStateDict:
             out[name] = vals.to(dtype).reshape(shape)
         return out
 
-    def _check_private(self, private_key) -> None:
-        if not isinstance(private_key, PrivateKey):
-            raise TypeError(f"decrypt needs a torchhefl PrivateKey, not {type(private_key).__name__}")
-        if private_key.public_key != self._pk:
-            raise KeyMismatchError("this private key does not match the state dict's public key")
-
     # -- wire -----------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         """Serialise to the torchhefl wire format."""
-        meta = {
-            "format": _FORMAT,
-            "fingerprint": self._pk.fingerprint,
-            "key_bits": self._pk.bits,
+        fields = {
             "encoding": _encoding(self._pk),
             "weight_bound": self._weight_bound,
             "entries": [{"name": n, "shape": list(s), "dtype": d} for n, s, d in self._entries],
         }
         if self._coins is not None:
-            meta["coins"] = coins_to_wire(self._coins)
-        arrays = {"ciphertexts": cts_to_array(self._cts, self._pk)}
-        return wire.encode(_WIRE_KIND, meta, arrays)
+            fields["coins"] = coins_to_wire(self._coins)
+        return self._encode(fields, self._cts)
 
     @classmethod
     def from_bytes(
@@ -361,39 +351,21 @@ class SecureStateDict:
             MalformedMessageError: anything malformed (truncated, corrupted, out of range, bad version).
             KeyMismatchError: the message is bound to another key.
         """
-        _check_key(public_key)
-        try:
-            msg = wire.decode(blob, kind=_WIRE_KIND, max_bytes=max_bytes)
+        check_public_key(public_key)
+        with cls._parsing():
+            msg = cls._decode_header(blob, public_key, max_bytes)
             meta = msg.meta
-            if not _META_KEYS <= set(meta) <= _META_KEYS | _OPTIONAL_META_KEYS:
-                raise MalformedMessageError(f"SecureStateDict header fields {sorted(meta)} != {sorted(_META_KEYS)}")
-            if meta["format"] != _FORMAT:
-                raise MalformedMessageError(f"unsupported SecureStateDict format {meta['format']!r}")
-            check_fingerprint(meta, public_key)
             if meta["encoding"] != _encoding(public_key):
                 raise MalformedMessageError(f"unsupported encoding parameters {meta['encoding']!r}")
             wb = meta["weight_bound"]
-            if not _is_int(wb) or not 1 <= wb <= packing.MAX_TOTAL_WEIGHT:
+            if not is_int(wb) or not 1 <= wb <= packing.MAX_TOTAL_WEIGHT:
                 raise MalformedMessageError(f"weight_bound {wb!r} is out of range [1, {packing.MAX_TOTAL_WEIGHT}]")
             entries = _parse_entries(meta["entries"])
-            if set(msg.arrays) != {"ciphertexts"}:
-                raise MalformedMessageError("a SecureStateDict message holds exactly one array, 'ciphertexts'")
-            total = sum(_numel(s) for _, s, _ in entries)
+            total = sum(numel(s) for _, s, _ in entries)
             slots = packing.slots_per_plaintext(public_key.bits)
-            cts = array_to_cts(msg.arrays["ciphertexts"], public_key, -(-(total + 1) // slots))
+            cts = cls._read_ciphertexts(msg, public_key, -(-(total + 1) // slots))
             coins = coins_from_wire(meta["coins"]) if "coins" in meta else None
             return cls(public_key, entries, cts, wb, coins)
-        except (MalformedMessageError, KeyMismatchError):
-            raise
-        except Exception as e:  # noqa: BLE001 - a malformed message must never leak another error type
-            raise MalformedMessageError(f"malformed SecureStateDict message: {e}") from None
-
-
-def _numel(shape: Sequence[int]) -> int:
-    out = 1
-    for d in shape:
-        out *= d
-    return out
 
 
 def _parse_entries(raw) -> list[tuple[str, tuple[int, ...], str]]:
@@ -406,11 +378,11 @@ def _parse_entries(raw) -> list[tuple[str, tuple[int, ...], str]]:
         name, shape, dtype = e["name"], e["shape"], e["dtype"]
         if not isinstance(name, str) or name in seen:
             raise MalformedMessageError(f"entry name {name!r} is not a string or appears twice")
-        if not isinstance(shape, list) or len(shape) > 32 or not all(_is_int(d) and 0 <= d < 2**40 for d in shape):
+        if not isinstance(shape, list) or len(shape) > 32 or not all(is_int(d) and 0 <= d < 2**40 for d in shape):
             raise MalformedMessageError(f"entry {name!r}: invalid shape {shape!r}")
         if dtype not in _DTYPES:
             raise MalformedMessageError(f"entry {name!r}: unsupported dtype {dtype!r}")
-        total += _numel(shape)
+        total += numel(shape)
         if total > 2**40:
             raise MalformedMessageError("the entries hold implausibly many values")
         seen.add(name)

@@ -20,52 +20,43 @@ import torch
 from gmpy2 import mpz
 
 from torchhefl.exceptions import KeyMismatchError, MalformedMessageError
-from torchhefl.secure import _parallel, wire
-from torchhefl.secure._fastmath import multi_exp_rows
-from torchhefl.secure.encoding import DEFAULT_PLAIN_BITS, DEFAULT_SCALE, as_plain_tensor, dequantize, plain_scale, quantize
+from torchhefl.secure import wire
+from torchhefl.secure.container import (  # the codec and fingerprint check, re-exported from here as before
+    WireContainer,
+    array_to_cts,
+    check_fingerprint,
+    check_private_key,
+    check_public_key,
+    cts_to_array,
+    is_int,
+)
+from torchhefl.secure.encoding import (
+    DEFAULT_PLAIN_BITS,
+    DEFAULT_SCALE,
+    TENSOR_FIXED_POINT,
+    as_plain_tensor,
+    dequantize,
+    plain_scale,
+    quantize,
+)
 from torchhefl.secure.keys import PrivateKey, PublicKey
+from torchhefl.secure.matmul import plan_matmul, run_matmul
+from torchhefl.secure.shapes import broadcast_shape, check_shape, flat_index, numel
 
-__all__ = ["DEFAULT_VALUE_BITS", "EncryptedTensor"]
+__all__ = ["DEFAULT_VALUE_BITS", "EncryptedTensor", "array_to_cts", "check_fingerprint", "cts_to_array"]
 
-DEFAULT_VALUE_BITS = 16
+DEFAULT_VALUE_BITS = TENSOR_FIXED_POINT.value_bits  # 16
 """Bits of integer part assumed public when a tensor is encrypted: ``bound_bits`` starts at
 ``scale + DEFAULT_VALUE_BITS`` unless the values are larger, so the bound does not reveal them."""
 
-_WIRE_KIND = "torchhefl.EncryptedTensor"
-_WIRE_META = {"format", "fingerprint", "key_bits", "shape", "scale", "bound_bits"}
-_FORMAT = 1
-_MODMUL_SECONDS_2048 = 4e-6
 _MAX_DIMS = 32
-
-
-def _prod(shape: Sequence[int]) -> int:
-    out = 1
-    for d in shape:
-        out *= int(d)
-    return out
 
 
 def _bitlen(x: int) -> int:
     return int(abs(int(x))).bit_length()
 
 
-def _broadcast_shape(a: torch.Size, b: torch.Size) -> torch.Size:
-    """torch's broadcasting rule (without importing torch._refs, which is slow on first use)."""
-    out = []
-    for i in range(1, max(len(a), len(b)) + 1):
-        x = a[-i] if i <= len(a) else 1
-        y = b[-i] if i <= len(b) else 1
-        if x != y and x != 1 and y != 1:
-            raise ValueError(f"shapes {tuple(a)} and {tuple(b)} cannot be broadcast together")
-        out.append(y if x == 1 else x)
-    return torch.Size(reversed(out))
-
-
-def _flat_index(shape: torch.Size, out_shape: torch.Size) -> list[int]:
-    return torch.arange(_prod(shape), dtype=torch.int64).reshape(shape).expand(out_shape).reshape(-1).tolist()
-
-
-class EncryptedTensor:
+class EncryptedTensor(WireContainer):
     """A tensor of Paillier ciphertexts, one fixed-point value each, row-major.
 
     Build one with :meth:`encrypt`, :meth:`encrypt_ints`, :meth:`from_ciphertexts` or
@@ -74,6 +65,11 @@ class EncryptedTensor:
     """
 
     __array_ufunc__ = None  # make numpy defer to the reflected operators
+    WIRE_KIND = "torchhefl.EncryptedTensor"
+    WIRE_FORMAT = 1
+    WIRE_FIELDS = frozenset({"format", "fingerprint", "key_bits", "shape", "scale", "bound_bits"})
+    WIRE_ARTICLE = "an"
+    FIXED_POINT = TENSOR_FIXED_POINT
 
     def __init__(self, public_key: PublicKey, ciphertexts: list[mpz], shape: torch.Size, scale: int, bound_bits: int):
         # private: use the classmethods, which check their inputs
@@ -103,7 +99,7 @@ class EncryptedTensor:
                 for ``bound_bits`` so the metadata does not reveal the values' size; larger values
                 still encrypt and raise the bound accordingly.
         """
-        _check_key(public_key)
+        check_public_key(public_key)
         t = as_plain_tensor(tensor)
         if t is None:
             raise TypeError(f"cannot encrypt a {type(tensor).__name__}; pass a tensor, array or number")
@@ -120,10 +116,10 @@ class EncryptedTensor:
 
         ``bound_bits`` must bound every ``|m|``: ``|m| < 2^bound_bits``.
         """
-        _check_key(public_key)
-        shape = _check_shape(shape)
+        check_public_key(public_key)
+        shape = check_shape(shape)
         ints = [int(m) for m in ints]
-        if len(ints) != _prod(shape):
+        if len(ints) != numel(shape):
             raise ValueError(f"{len(ints)} integers do not fill shape {tuple(shape)}")
         _check_scale(scale, public_key)
         _check_bound(bound_bits, public_key)
@@ -137,10 +133,10 @@ class EncryptedTensor:
         cls, public_key: PublicKey, ciphertexts: Sequence[int], shape, *, scale: int, bound_bits: int
     ) -> EncryptedTensor:
         """Wrap existing ciphertexts (row-major) with their encoding parameters."""
-        _check_key(public_key)
-        shape = _check_shape(shape)
+        check_public_key(public_key)
+        shape = check_shape(shape)
         cts = [mpz(c) for c in ciphertexts]
-        if len(cts) != _prod(shape):
+        if len(cts) != numel(shape):
             raise ValueError(f"{len(cts)} ciphertexts do not fill shape {tuple(shape)}")
         for c in cts:
             public_key.check_ciphertext(c)
@@ -149,10 +145,6 @@ class EncryptedTensor:
         return cls(public_key, cts, shape, scale, bound_bits)
 
     # -- attributes -----------------------------------------------------------------------------
-    @property
-    def public_key(self) -> PublicKey:
-        return self._pk
-
     @property
     def shape(self) -> torch.Size:
         return self._shape
@@ -243,10 +235,7 @@ class EncryptedTensor:
     # -- decryption -----------------------------------------------------------------------------
     def decrypt_ints(self, private_key: PrivateKey) -> list[int]:
         """The signed integers ``m`` (value * 2^scale), row-major; ``OverflowError`` on overflow."""
-        if not isinstance(private_key, PrivateKey):
-            raise TypeError(f"decrypt needs a torchhefl PrivateKey, not {type(private_key).__name__}")
-        if private_key.public_key != self._pk:
-            raise KeyMismatchError("this private key does not match the tensor's public key")
+        check_private_key(private_key, self._pk, "the tensor's")
         ints = private_key.decrypt_ints(self._cts, bound_bits=self._bound)
         limit = 1 << self._bound
         if any(not -limit < m < limit for m in ints):
@@ -285,23 +274,23 @@ class EncryptedTensor:
     def __add__(self, other) -> EncryptedTensor:
         if isinstance(other, EncryptedTensor):
             self._same_key(other)
-            out_shape = _broadcast_shape(self._shape, other._shape)
+            out_shape = broadcast_shape(self._shape, other._shape)
             scale = max(self._scale, other._scale)
             a, ba = self._rescaled(scale)
             b, bb = other._rescaled(scale)
             bound = self._checked(max(ba, bb) + 1, "the sum")
-            ia, ib = _flat_index(self._shape, out_shape), _flat_index(other._shape, out_shape)
+            ia, ib = flat_index(self._shape, out_shape), flat_index(other._shape, out_shape)
             n2 = self._pk.nsquare
             return EncryptedTensor(self._pk, [a[i] * b[j] % n2 for i, j in zip(ia, ib)], out_shape, scale, bound)
         t = as_plain_tensor(other)
         if t is None:
             return NotImplemented
-        out_shape = _broadcast_shape(self._shape, t.shape)
+        out_shape = broadcast_shape(self._shape, t.shape)
         scale = max(self._scale, plain_scale(t))
         ms = quantize(t, scale)
         a, ba = self._rescaled(scale)
         bound = self._checked(max([ba] + [_bitlen(m) for m in ms]) + 1, "the sum")
-        ia, ib = _flat_index(self._shape, out_shape), _flat_index(t.shape, out_shape)
+        ia, ib = flat_index(self._shape, out_shape), flat_index(t.shape, out_shape)
         n, n2 = self._pk.n, self._pk.nsquare
         gm = [(1 + (mpz(m) % n) * n) % n2 for m in ms]
         return EncryptedTensor(self._pk, [a[i] * gm[j] % n2 for i, j in zip(ia, ib)], out_shape, scale, bound)
@@ -342,8 +331,8 @@ class EncryptedTensor:
         ks = quantize(t, ps)
         scale = self._checked(self._scale + ps, "the product's scale")
         bound = self._checked(self._bound + max([0] + [_bitlen(k) for k in ks]), "the product")
-        out_shape = _broadcast_shape(self._shape, t.shape)
-        ia, ib = _flat_index(self._shape, out_shape), _flat_index(t.shape, out_shape)
+        out_shape = broadcast_shape(self._shape, t.shape)
+        ia, ib = flat_index(self._shape, out_shape), flat_index(t.shape, out_shape)
         pk = self._pk
         if len(set(ks)) == 1:  # scalar: one exponent for every ciphertext
             k = ks[0]
@@ -379,52 +368,12 @@ class EncryptedTensor:
             )
         ps = plain_scale(plain, plain_bits)
         ks = quantize(plain, ps)
-        if plain.dim() == 2:
-            pr, pc = plain.shape
-            P = [ks[i * pc : (i + 1) * pc] for i in range(pr)]
-        cts = self._cts
-        if plain_on_left:  # A (m, d) @ E (d, c): out[i, col] = prod_j E[j, col] ^ A[i, j]
-            A = P if plain.dim() == 2 else [ks]
-            d = plain.shape[-1]
-            Ed, Ec = (self._shape[0], self._shape[1]) if self.ndim == 2 else (self._shape[0], 1)
-            if d != Ed:
-                raise ValueError(f"matmul shape mismatch: {tuple(plain.shape)} @ {tuple(self._shape)}")
-            groups = [([cts[j * Ec + col] for j in range(d)], A) for col in range(Ec)]
-            row_sum = max([0] + [sum(abs(k) for k in row) for row in A])
-            out_dims = ([len(A)] if plain.dim() == 2 else []) + ([Ec] if self.ndim == 2 else [])
-        else:  # E (r, d) @ B (d, k): out[i, col] = prod_j E[i, j] ^ B[j, col]
-            B = P if plain.dim() == 2 else [[k] for k in ks]
-            d = plain.shape[0]
-            Er, Ed = (self._shape[0], self._shape[1]) if self.ndim == 2 else (1, self._shape[0])
-            if d != Ed:
-                raise ValueError(f"matmul shape mismatch: {tuple(self._shape)} @ {tuple(plain.shape)}")
-            kk = len(B[0]) if B else (plain.shape[1] if plain.dim() == 2 else 1)
-            BT = [[B[j][col] for j in range(d)] for col in range(kk)]
-            groups = [([cts[i * Ed + j] for j in range(Ed)], BT) for i in range(Er)]
-            row_sum = max([0] + [sum(abs(k) for k in row) for row in BT])
-            out_dims = ([Er] if self.ndim == 2 else []) + ([kk] if plain.dim() == 2 else [])
+        plan = plan_matmul(self._cts, self._shape, ks, plain.shape, plain_on_left)
         scale = self._checked(self._scale + ps, "the product's scale")
-        bound = self._checked(self._bound + _bitlen(row_sum), "the product")
-        n2 = self._pk.nsquare
+        bound = self._checked(self._bound + _bitlen(plan.row_sum), "the product")
         exp_bits = _bitlen(max([0] + [abs(k) for k in ks]))
-        per_row = d * (exp_bits // 4 + 1) * _MODMUL_SECONDS_2048 * (self._pk.bits / 2048.0) ** 1.6
-        if len(groups) == 1:  # split the rows of the single group across the cores
-            bases, rows = groups[0]
-            results = [
-                _parallel.map_chunks(lambda rs: multi_exp_rows(bases, rs, n2), rows, seconds_per_item=per_row)
-            ]
-        else:
-            results = _parallel.map_chunks(
-                lambda gs: [multi_exp_rows(b, rs, n2) for b, rs in gs],
-                groups,
-                seconds_per_item=per_row * (len(groups[0][1]) if groups else 0),
-            )
-        if plain_on_left:  # results[col][i] -> out[i, col]
-            n_rows = len(groups[0][1]) if groups else 0
-            flat_out = [results[col][i] for i in range(n_rows) for col in range(len(results))]
-        else:  # results[i][col] -> out[i, col]
-            flat_out = [x for r in results for x in r]
-        return EncryptedTensor(self._pk, flat_out, torch.Size(out_dims), scale, bound)
+        flat_out = run_matmul(plan, self._pk.nsquare, self._pk.bits, exp_bits)
+        return EncryptedTensor(self._pk, flat_out, plan.out_shape, scale, bound)
 
     def matmul(self, other, *, plain_bits: int = DEFAULT_PLAIN_BITS) -> EncryptedTensor:
         """``self @ other`` for a plaintext ``other`` (1-D or 2-D)."""
@@ -466,7 +415,7 @@ class EncryptedTensor:
             return EncryptedTensor(self._pk, [acc], torch.Size([]), self._scale, bound)
         g = self._index_grid().movedim(dim, -1)
         length = g.shape[-1]
-        groups = g.reshape(-1, length).tolist() if length else [[] for _ in range(_prod(g.shape[:-1]))]
+        groups = g.reshape(-1, length).tolist() if length else [[] for _ in range(numel(g.shape[:-1]))]
         out = []
         for idx in groups:
             acc = mpz(1)
@@ -479,15 +428,7 @@ class EncryptedTensor:
     # -- wire -----------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         """Serialise to the torchhefl wire format (header + big-endian ciphertext bytes)."""
-        meta = {
-            "format": _FORMAT,
-            "fingerprint": self._pk.fingerprint,
-            "key_bits": self._pk.bits,
-            "shape": list(self._shape),
-            "scale": self._scale,
-            "bound_bits": self._bound,
-        }
-        return wire.encode(_WIRE_KIND, meta, {"ciphertexts": cts_to_array(self._cts, self._pk)})
+        return self._encode({"shape": list(self._shape), "scale": self._scale, "bound_bits": self._bound}, self._cts)
 
     @classmethod
     def from_bytes(cls, blob: bytes, *, public_key: PublicKey, max_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES) -> EncryptedTensor:
@@ -497,109 +438,27 @@ class EncryptedTensor:
             MalformedMessageError: anything malformed (truncated, corrupted, out-of-range values).
             KeyMismatchError: the message is bound to another key.
         """
-        _check_key(public_key)
-        try:
-            msg = wire.decode(blob, kind=_WIRE_KIND, max_bytes=max_bytes)
+        check_public_key(public_key)
+        with cls._parsing():
+            msg = cls._decode_header(blob, public_key, max_bytes)
             meta = msg.meta
-            if set(meta) != _WIRE_META:
-                raise MalformedMessageError(f"EncryptedTensor header fields {sorted(meta)} != {sorted(_WIRE_META)}")
-            if meta["format"] != _FORMAT:
-                raise MalformedMessageError(f"unsupported EncryptedTensor format {meta['format']!r}")
-            check_fingerprint(meta, public_key)
             shape = meta["shape"]
-            if not isinstance(shape, list) or len(shape) > _MAX_DIMS or not all(_is_int(d) and d >= 0 for d in shape):
+            if not isinstance(shape, list) or len(shape) > _MAX_DIMS or not all(is_int(d) and d >= 0 for d in shape):
                 raise MalformedMessageError(f"invalid shape {shape!r}")
             scale, bound = meta["scale"], meta["bound_bits"]
             for name, v in (("scale", scale), ("bound_bits", bound)):
-                if not _is_int(v) or not 0 <= v <= public_key.max_bits:
+                if not is_int(v) or not 0 <= v <= public_key.max_bits:
                     raise MalformedMessageError(f"{name} {v!r} is out of range [0, {public_key.max_bits}]")
-            if set(msg.arrays) != {"ciphertexts"}:
-                raise MalformedMessageError("an EncryptedTensor message holds exactly one array, 'ciphertexts'")
-            cts = array_to_cts(msg.arrays["ciphertexts"], public_key, _prod(shape))
+            cts = cls._read_ciphertexts(msg, public_key, numel(shape))
             return cls(public_key, cts, torch.Size(shape), scale, bound)
-        except (MalformedMessageError, KeyMismatchError):
-            raise
-        except Exception as e:  # noqa: BLE001 - a malformed message must never leak another error type
-            raise MalformedMessageError(f"malformed EncryptedTensor message: {e}") from None
 
 
-# -- helpers shared with SecureStateDict ---------------------------------------------------------
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _check_key(public_key) -> None:
-    if not isinstance(public_key, PublicKey):
-        raise TypeError(f"expected a torchhefl PublicKey, got {type(public_key).__name__}")
-
-
-def _check_shape(shape) -> torch.Size:
-    try:
-        shape = torch.Size([int(d) for d in shape])
-    except (TypeError, ValueError):
-        raise TypeError(f"shape must be a sequence of ints, got {shape!r}") from None
-    if any(d < 0 for d in shape):
-        raise ValueError(f"invalid shape {tuple(shape)}")
-    return shape
-
-
+# -- argument checks ------------------------------------------------------------------------------
 def _check_scale(scale, public_key: PublicKey) -> None:
-    if not _is_int(scale) or not 0 <= scale <= public_key.max_bits:
+    if not is_int(scale) or not 0 <= scale <= public_key.max_bits:
         raise ValueError(f"scale must be an int in [0, {public_key.max_bits}], got {scale!r}")
 
 
 def _check_bound(bound_bits, public_key: PublicKey) -> None:
-    if not _is_int(bound_bits) or not 0 <= bound_bits <= public_key.max_bits:
+    if not is_int(bound_bits) or not 0 <= bound_bits <= public_key.max_bits:
         raise OverflowError(f"bound_bits must be an int in [0, {public_key.max_bits}] for this key, got {bound_bits!r}")
-
-
-def check_fingerprint(meta: dict, public_key: PublicKey) -> None:
-    fp, bits = meta.get("fingerprint"), meta.get("key_bits")
-    if not isinstance(fp, str) or not _is_int(bits):
-        raise MalformedMessageError("header fields 'fingerprint' and 'key_bits' are missing or have the wrong type")
-    if fp != public_key.fingerprint:
-        raise KeyMismatchError(
-            f"message was encrypted under key {fp[:16]}, expected key {public_key.fingerprint[:16]}"
-        )
-    if bits != public_key.bits:
-        raise MalformedMessageError(f"key_bits {bits} does not match the key ({public_key.bits} bits)")
-
-
-def cts_to_array(cts: Sequence[mpz], public_key: PublicKey):
-    """Ciphertexts as a ``uint8`` array of shape ``(count, ciphertext_bytes)``, big-endian."""
-    import numpy as np
-
-    width = public_key.ciphertext_bytes
-    buf = b"".join(mpz(c).to_bytes(width, "big") for c in cts)
-    return np.frombuffer(buf, dtype=np.uint8).reshape(len(cts), width)
-
-
-def array_to_cts(arr, public_key: PublicKey, count: int) -> list[mpz]:
-    """Inverse of :func:`cts_to_array`, checking the shape, ``0 < c < n^2`` and ``gcd(c, n) = 1``
-    for every ciphertext (every Paillier ciphertext is a unit modulo ``n^2``; one that is not, such
-    as ``c = n`` or a multiple of a prime factor, encrypts nothing and is refused).
-
-    The units are checked all at once: ``gcd(prod c_i mod n, n) = 1`` exactly when every ``c_i`` is
-    prime to ``n`` (one gcd and ``count`` multiplications modulo ``n``, not ``count`` gcds).
-    """
-    import numpy as np
-
-    width = public_key.ciphertext_bytes
-    if arr.dtype != np.uint8 or arr.shape != (count, width):
-        raise MalformedMessageError(
-            f"ciphertext array has dtype {arr.dtype} and shape {tuple(arr.shape)}, expected uint8 ({count}, {width})"
-        )
-    buf = arr.tobytes()
-    n, n2 = public_key.n, public_key.nsquare
-    out = []
-    product = mpz(1)
-    for i in range(count):
-        c = mpz.from_bytes(buf[i * width : (i + 1) * width], "big")
-        if not 0 < c < n2:
-            raise MalformedMessageError(f"ciphertext {i} is out of range (must satisfy 0 < c < n^2)")
-        product = product * (c % n) % n
-        out.append(c)
-    if gmpy2.gcd(product, n) != 1:
-        bad = next(i for i, c in enumerate(out) if gmpy2.gcd(c, n) != 1)
-        raise MalformedMessageError(f"ciphertext {bad} is not a unit (it shares a factor with n): not a Paillier ciphertext")
-    return out
