@@ -22,7 +22,9 @@ from torchhefl.exceptions import ConfigError, DataError
 from torchhefl.federated.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from torchhefl.federated.client import Client
 from torchhefl.federated.config import TrainConfig
-from torchhefl.federated.exchange import ClientExchange, PlainClientExchange, PlainServerExchange, ServerExchange
+from torchhefl.federated.exchange import ClientExchange
+from torchhefl.federated.modes import mode_of
+from torchhefl.federated.parts import ModeParts
 from torchhefl.federated.recorder import RunRecorder
 from torchhefl.federated.server import DEFAULT_MAX_MESSAGE_BYTES, Server
 from torchhefl.federated.strategies import get_strategy
@@ -38,6 +40,7 @@ __all__ = [
     "load_dataset",
     "make_client",
     "make_loss",
+    "make_model",
     "round_line",
     "run",
 ]
@@ -52,6 +55,12 @@ def make_loss(name: str, reduction: str = "mean") -> nn.Module:
     if name == "bce":
         return nn.BCEWithLogitsLoss(reduction=reduction)
     raise ConfigError(f"unknown loss {name!r}; choose taylor or bce")
+
+
+def make_model(config: TrainConfig, num_features: int) -> nn.Module:
+    """The run's initial model for ``num_features`` inputs, drawn from ``config.seed`` (every party draws the same)."""
+    torch.manual_seed(config.seed)
+    return LogisticRegression(num_features, dtype=torch.float64)
 
 
 def load_dataset(config: TrainConfig) -> Dataset:
@@ -107,11 +116,10 @@ def build(
     data = dataset if dataset is not None else load_dataset(config)
     train, test, parts = _split(config, data)
 
-    torch.manual_seed(config.seed)
-    model = LogisticRegression(data.num_features, dtype=torch.float64)
+    model = make_model(config, data.num_features)
     initial = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
 
-    parts_of_mode = _mode_parts(config, initial)
+    parts_of_mode = mode_of(config).parts(config, initial)
     server_exchange = parts_of_mode.server_exchange
     test_parts = None if parts_of_mode.server_holds_test else _test_parts(config, test)
 
@@ -233,33 +241,6 @@ def round_line(result: dict, rounds: int) -> str:
     if result["dropped"]:
         line += f"  dropped {','.join(result['dropped'])}"
     return line
-
-
-@dataclass
-class ModeParts:
-    """What a mode contributes to a run: the exchanges, the client class, where the test set lives."""
-
-    server_exchange: ServerExchange
-    client_exchanges: list[ClientExchange]
-    client_class: type[Client] = Client
-    client_kwargs: dict = field(default_factory=dict)
-    server_holds_test: bool = True
-    extras: dict = field(default_factory=dict)
-    #: called once the server and clients exist (e.g. to wire a back channel)
-    connect: Callable[[Server, list[Client]], None] = lambda server, clients: None
-
-
-def _mode_parts(config: TrainConfig, initial: OrderedDict) -> ModeParts:
-    """The parts of ``config.mode`` (and ``config.key_holder`` in HE mode)."""
-    if config.mode == "plain":
-        return ModeParts(PlainServerExchange(initial), [PlainClientExchange() for _ in range(config.clients)])
-    if config.key_holder == "server":
-        from torchhefl.federated.hem import hem_parts
-
-        return hem_parts(config, initial)
-    from torchhefl.federated.clients_key import clients_key_parts
-
-    return clients_key_parts(config, initial)
 
 
 def site_privacy(config: TrainConfig, num_examples: int):
@@ -415,7 +396,7 @@ def check_resume(config: TrainConfig, saved: dict, saved_round: int) -> None:
             f"--rounds {config.rounds}: this run's DP noise was calibrated to spend epsilon {config.epsilon} over "
             f"{saved.get('rounds')} rounds; a differentially private run cannot be extended (start a new run)"
         )
-    if config.mode == "he" and config.extra.get("key_dir") is None:
+    if mode_of(config).uses_key and config.extra.get("key_dir") is None:
         raise ConfigError(
             "resuming an HE run needs the run's key: pass --key-dir with the folder its key was loaded from "
             "(a run whose key was generated for it, without --key-dir, cannot be resumed)"
