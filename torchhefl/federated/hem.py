@@ -50,7 +50,7 @@ import torch
 from torchhefl.exceptions import ConfigError, MalformedMessageError, ProtocolError
 from torchhefl.federated.client import Client, local_batches, round_generator
 from torchhefl.federated.config import TrainConfig
-from torchhefl.federated.exchange import ClientExchange, ServerExchange
+from torchhefl.federated.exchange import ClientExchange, FollowUp, ServerExchange
 from torchhefl.federated.keyring import run_keypair
 from torchhefl.federated.masking import PairwiseMasker, mask_label
 from torchhefl.federated.messages import decode_state, encode_request, encode_state, payload_of, same_int
@@ -727,7 +727,11 @@ class HEMServerExchange(ServerExchange):
     """
 
     needs_every_participant = True
-    serves_refreshes = True
+
+    @property
+    def follow_ups(self) -> dict[str, FollowUp]:
+        """Clients ask for refreshes mid-fit (:meth:`refresh`); the round result counts them."""
+        return {"refresh_req": FollowUp("refresh_ins", self.refresh, what="refresh request", counted_as="refreshes")}
 
     def __init__(
         self,

@@ -51,8 +51,9 @@ class Server:
         seed: seeds client selection.
         max_message_bytes: the largest reply accepted; a bigger one is refused before parsing.
         max_retries: how often a round that got fewer than ``min_clients`` good replies is tried again.
-        max_refreshes: the most ``refresh_req`` replies one client may send while answering one fit
-            request (a client that needs the key holder mid-training; see :meth:`answer_refresh`).
+        max_follow_ups: the most follow-up requests of one kind (the exchange's
+            :attr:`~torchhefl.federated.exchange.ServerExchange.follow_ups`) one client may send while
+            answering one fit request (see :meth:`answer_follow_up`).
     """
 
     def __init__(
@@ -70,11 +71,11 @@ class Server:
         seed: int = 0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_retries: int = 2,
-        max_refreshes: int = 10_000,
+        max_follow_ups: int = 10_000,
     ) -> None:
         self.model, self.strategy, self.transport, self.exchange = model, strategy, transport, exchange
         self.loss_fn = loss_fn
-        self.max_refreshes = max_refreshes
+        self.max_follow_ups = max_follow_ups
         self._X_test_raw = None if X_test is None else np.asarray(X_test, dtype=np.float64)
         self.y_test = None if y_test is None else torch.as_tensor(np.asarray(y_test), dtype=torch.float64)
         self.X_test: torch.Tensor | None = None
@@ -86,9 +87,9 @@ class Server:
         #: fit request to a client that holds the current global names it by that digest instead
         #: of carrying it again (the client asks for it with ``global_req`` if it no longer has it)
         self.holders: dict[str, str] = {}
-        #: client id -> refresh requests this server served it in the current round (what it
-        #: counts itself; a reply carries no count)
-        self.refreshes_served: dict[str, int] = {}
+        #: follow-up kind -> client id -> requests of that kind this server served it in the current
+        #: round (what it counts itself; a reply carries no count)
+        self.follow_ups_served: dict[str, dict[str, int]] = {}
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -150,11 +151,12 @@ class Server:
         The result's figures are the server's own: ``seconds`` are its phases (``aggregate``, and
         ``encrypt``/``decrypt``/``refresh`` where it does them; plus the phases of sites that chose
         to share theirs), ``time`` the round's wall time, ``refreshes`` (where the exchange serves
-        them) the refresh requests it served in the round, retried attempts included.
+        them) the refresh requests it served in the round, retried attempts included (each
+        follow-up kind of the exchange with a ``counted_as`` field is counted so).
         """
         server_round = self.round + 1 if server_round is None else server_round
         start = time.perf_counter()
-        self.refreshes_served = {}
+        self.follow_ups_served = {}
         up0, down0 = self.transport.bytes_up, self.transport.bytes_down
         selected = self.select(server_round)
         participants = list(selected)
@@ -228,8 +230,9 @@ class Server:
         epsilons = [float(m.meta["epsilon"]) for m in replies.values() if "epsilon" in m.meta]
         if epsilons:
             result["epsilon"] = max(epsilons)
-        if self.exchange.serves_refreshes:
-            result["refreshes"] = sum(self.refreshes_served.values())
+        for kind, follow_up in self.exchange.follow_ups.items():
+            if follow_up.counted_as is not None:
+                result[follow_up.counted_as] = sum(self.follow_ups_served.get(kind, {}).values())
         result.update({f"test_{k}": v for k, v in self.evaluate().items()})
         result["seconds"] = seconds
         result["bytes_up"] = self.transport.bytes_up - up0
@@ -277,25 +280,50 @@ class Server:
         )
         return msg, update
 
-    def answer_refresh(self, cid: str, answer: bytes | Exception, *, server_round: int, attempt: int, seq: int) -> bytes:
-        """The ``refresh_ins`` request that answers a client's ``refresh_req`` reply.
+    def answer_follow_up(self, cid: str, answer: bytes | Exception, *, server_round: int, attempt: int, seq: int) -> bytes:
+        """The request that answers a client's follow-up request (one of the exchange's
+        :attr:`~torchhefl.federated.exchange.ServerExchange.follow_ups`, e.g. a refresh).
 
-        A client that needs the key holder in the middle of a fit (HEM) answers the fit request, or
-        the previous ``refresh_ins``, with a ``refresh_req`` carrying its blinded request; the
-        exchange's :meth:`~torchhefl.federated.exchange.ServerExchange.refresh` serves it. The
-        envelope is checked like a fit reply: size, kind, sender, this ``server_round`` and
-        ``attempt``, and ``seq`` (the client's ``seq``-th request of this fit, at most
-        ``max_refreshes``). Raises only the client faults.
+        A client that needs the server in the middle of a fit answers the fit request, or the
+        server's previous answer, with such a request; the exchange's handler serves its payload.
+        The envelope is checked like a fit reply: size, kind, sender, this ``server_round`` and
+        ``attempt``, and ``seq`` (the client's ``seq``-th request of this kind in this fit, at most
+        ``max_follow_ups``). Raises only the client faults.
         """
-        msg = self._read_follow_up(cid, answer, "refresh_req", "refresh request", server_round=server_round, attempt=attempt)
-        meta = msg.meta
-        if not same_int(meta.get("seq"), seq):
-            raise MalformedMessageError(f"refresh request number {meta.get('seq')!r}, expected {seq}")
-        if seq > self.max_refreshes:
-            raise ProtocolError(f"more than {self.max_refreshes} refresh requests for one fit")
-        reply = self.exchange.refresh(payload_of(msg))
-        self.refreshes_served[cid] = self.refreshes_served.get(cid, 0) + 1
-        return encode_request("refresh_ins", {"round": server_round, "attempt": attempt, "seq": seq}, reply)
+        follow_ups = self.exchange.follow_ups
+        msg = self._read_reply(cid, answer, tuple(follow_ups))
+        follow_up = follow_ups[msg.kind]
+        what = follow_up.what
+        self._check_round(msg, what, server_round=server_round, attempt=attempt)
+        if not same_int(msg.meta.get("seq"), seq):
+            raise MalformedMessageError(f"{what} number {msg.meta.get('seq')!r}, expected {seq}")
+        if seq > self.max_follow_ups:
+            raise ProtocolError(f"more than {self.max_follow_ups} {what}s for one fit")
+        reply = follow_up.serve(payload_of(msg))
+        served = self.follow_ups_served.setdefault(msg.kind, {})
+        served[cid] = served.get(cid, 0) + 1
+        return encode_request(follow_up.reply_kind, {"round": server_round, "attempt": attempt, "seq": seq}, reply)
+
+    #: the name the server-key mode's tests and tools call :meth:`answer_follow_up` by
+    answer_refresh = answer_follow_up
+
+    @property
+    def max_refreshes(self) -> int:
+        """:attr:`max_follow_ups`, by the name the server-key mode's callers use."""
+        return self.max_follow_ups
+
+    @max_refreshes.setter
+    def max_refreshes(self, value: int) -> None:
+        self.max_follow_ups = value
+
+    @property
+    def refreshes_served(self) -> dict[str, int]:
+        """Client id -> follow-up requests of every kind served it in the current round."""
+        out: dict[str, int] = {}
+        for served in self.follow_ups_served.values():
+            for cid, n in served.items():
+                out[cid] = out.get(cid, 0) + n
+        return out
 
     def read_stats_reply(self, cid: str, answer: bytes | Exception) -> wire.Message:
         """Check one client's answer to the statistics request (envelope, then the exchange's
@@ -315,7 +343,7 @@ class Server:
         except ValueError as e:
             raise MalformedMessageError(str(e)) from None
 
-    def _read_reply(self, cid: str, answer: bytes | Exception, kind: str) -> wire.Message:
+    def _read_reply(self, cid: str, answer: bytes | Exception, kind: str | tuple[str, ...]) -> wire.Message:
         if isinstance(answer, Exception):
             raise answer
         msg = decode_request(answer, kind=kind, max_bytes=self.max_message_bytes)
@@ -386,8 +414,8 @@ class Server:
 
         ``requests`` maps each client to its fit request; ``full`` is the one that carries the
         global model. A client that answers with ``global_req`` (it was sent the model's digest but
-        no longer holds the model) gets ``full``, once; while a client answers with ``refresh_req``,
-        it gets a ``refresh_ins`` back (:meth:`answer_refresh`). The clients waiting for an answer
+        no longer holds the model) gets ``full``, once; while a client answers with one of the
+        exchange's follow-up kinds, it gets the answer back (:meth:`answer_follow_up`). The clients waiting for an answer
         are served together. A client whose follow-up request is refused ends with that fault as
         its answer.
         """
@@ -398,7 +426,8 @@ class Server:
             answers = dict(self._deliver(ids, requests[ids[0]]))
         else:
             answers = dict(self._deliver_each(requests))
-        asked = dict.fromkeys(ids, 0)
+        follow_ups = self.exchange.follow_ups
+        asked: dict[tuple[str, str], int] = {}
         resent: set[str] = set()
         while True:
             follow = {}
@@ -410,9 +439,9 @@ class Server:
                             cid, answer, full, server_round=server_round, attempt=attempt, already=cid in resent
                         )
                         resent.add(cid)
-                    elif kind == "refresh_req":
-                        asked[cid] += 1
-                        follow[cid] = self.answer_refresh(cid, answer, server_round=server_round, attempt=attempt, seq=asked[cid])
+                    elif kind in follow_ups:
+                        asked[cid, kind] = seq = asked.get((cid, kind), 0) + 1
+                        follow[cid] = self.answer_follow_up(cid, answer, server_round=server_round, attempt=attempt, seq=seq)
                 except _CLIENT_FAULTS as e:
                     answers[cid] = e
             if not follow:
@@ -438,13 +467,17 @@ class Server:
     ) -> wire.Message:
         """A client's ``kind`` request in the middle of a fit: a reply from ``cid`` for this round and attempt."""
         msg = self._read_reply(cid, answer, kind)
+        self._check_round(msg, what, server_round=server_round, attempt=attempt)
+        return msg
+
+    @staticmethod
+    def _check_round(msg: wire.Message, what: str, *, server_round: int, attempt: int) -> None:
         got = (msg.meta.get("round"), msg.meta.get("attempt"))
         if not (same_int(got[0], server_round) and same_int(got[1], attempt)):
             raise MalformedMessageError(
                 f"stale or replayed {what} for round {got[0]!r} attempt {got[1]!r}, "
                 f"expected round {server_round} attempt {attempt}"
             )
-        return msg
 
     def _kind(self, answer: bytes) -> str | None:
         try:
