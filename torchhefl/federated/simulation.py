@@ -22,6 +22,7 @@ from torchhefl.exceptions import ConfigError, DataError
 from torchhefl.federated.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from torchhefl.federated.client import Client
 from torchhefl.federated.config import TrainConfig
+from torchhefl.federated.drive import drive, round_line, summarize
 from torchhefl.federated.exchange import ClientExchange
 from torchhefl.federated.modes import mode_of
 from torchhefl.federated.parts import ModeParts
@@ -229,20 +230,6 @@ def make_client(
     )
 
 
-def round_line(result: dict, rounds: int) -> str:
-    """The one line printed for a finished round."""
-    line = (
-        f"round {result['round']:3d}/{rounds}  acc {result['test_accuracy']:.4f}  auc {result['test_auc']:.4f}  "
-        f"loss {result['test_loss']:.4f}  up {_kib(result['bytes_up'])}  down {_kib(result['bytes_down'])}  "
-        f"{result['time']:.2f}s"
-    )
-    if "epsilon" in result:
-        line += f"  eps {result['epsilon']:.3f}"
-    if result["dropped"]:
-        line += f"  dropped {','.join(result['dropped'])}"
-    return line
-
-
 def site_privacy(config: TrainConfig, num_examples: int):
     """The site's DP-SGD under ``--epsilon`` (None without it)."""
     if config.epsilon is None:
@@ -320,42 +307,23 @@ def run(
     if checkpoint is not None:
         log.info("resuming %s after round %d of %d", run_dir, checkpoint.round, config.rounds)
     sim.server.setup()
-    rounds = range(first, config.rounds + 1)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(rounds, desc=f"{config.mode} rounds", unit="round", leave=False)
-        rounds = bar
-    last: dict = {}
-    totals = {
-        "bytes_up": sum(int(r["bytes_up"]) for r in kept),
-        "bytes_down": sum(int(r["bytes_down"]) for r in kept),
-        "seconds": sum(float(r["seconds_round"]) for r in recorder.kept_timings),
-    }
-    for rnd in rounds:
-        last = sim.run_round(rnd)
-        recorder.record(last)
-        save_checkpoint(checkpoint_dir, sim, config.to_dict())
-        totals["bytes_up"] += last["bytes_up"]
-        totals["bytes_down"] += last["bytes_down"]
-        totals["seconds"] += last["time"]
-        if echo is not None:
-            (bar.write if bar is not None else echo)(round_line(last, config.rounds))
-        if after_round is not None:
-            after_round(rnd, last)
-    if bar is not None:
-        bar.close()
+    last, totals = drive(
+        sim.run_round,
+        first=first,
+        rounds=config.rounds,
+        recorder=recorder,
+        save=lambda: save_checkpoint(checkpoint_dir, sim, config.to_dict()),
+        echo=echo,
+        progress=f"{config.mode} rounds" if progress else None,
+        after_round=after_round,
+        totals={
+            "bytes_up": sum(int(r["bytes_up"]) for r in kept),
+            "bytes_down": sum(int(r["bytes_down"]) for r in kept),
+            "seconds": sum(float(r["seconds_round"]) for r in recorder.kept_timings),
+        },
+    )
     final_state = sim.final_state()
-    summary = {
-        "data": describe_dataset(sim.dataset, config),
-        "rounds": config.rounds,
-        "test_accuracy": last["test_accuracy"],
-        "test_auc": last["test_auc"],
-        "test_f1": last["test_f1"],
-        "test_loss": last["test_loss"],
-        **totals,
-    }
+    summary = {"data": describe_dataset(sim.dataset, config), **summarize(last, totals, config.rounds)}
     summary.update(privacy_summary(config, last))
     if checkpoint is not None:
         summary["resumed_after"] = checkpoint.round
@@ -408,8 +376,3 @@ def describe_dataset(data: Dataset, config: TrainConfig) -> str:
     source = "WDBC (scikit-learn)" if config.data is None else config.data
     mapping = ", ".join(f"{c} -> {i}" for i, c in enumerate(data.classes))
     return f"data: {source}, {len(data)} rows, {data.num_features} features; label {data.label_name!r}: {mapping}"
-
-
-def _kib(n: int) -> str:
-    return f"{n / 1024:.1f}KiB"
-
