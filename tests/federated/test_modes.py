@@ -8,7 +8,6 @@ configuration's checks and the Flower adapters find it through :mod:`torchhefl.f
 
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
 
