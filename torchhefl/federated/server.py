@@ -17,7 +17,22 @@ from torchhefl.data import Standardizer
 from torchhefl.exceptions import KeyMismatchError, MalformedMessageError, ProtocolError
 from torchhefl.federated.evaluation import add_counts, counts_from_wire, evaluation_counts, metrics_from_counts
 from torchhefl.federated.exchange import ServerExchange, standardizer_from_statistics
-from torchhefl.federated.messages import decode_request, decode_state, encode_request, payload_of, same_int
+from torchhefl.federated.messages import (
+    EVALUATE_INS,
+    EVALUATE_RES,
+    FIT_INS,
+    FIT_RES,
+    GLOBAL_REQ,
+    STANDARDIZE_INS,
+    STANDARDIZE_RES,
+    STATS_INS,
+    STATS_RES,
+    decode_request,
+    decode_state,
+    encode_request,
+    payload_of,
+    same_int,
+)
 from torchhefl.federated.strategies import Strategy
 from torchhefl.federated.transport import ClientUnavailableError, Transport
 from torchhefl.secure import wire
@@ -106,7 +121,7 @@ class Server:
         """Fit the feature standardisation from the clients' summed moments (no rows leave a site)."""
         ids = self.transport.client_ids
         replies, refused = {}, {}
-        for cid, answer in self._deliver(ids, encode_request("stats_ins", {})):
+        for cid, answer in self._deliver(ids, encode_request(STATS_INS, {})):
             try:
                 replies[cid] = self.read_stats_reply(cid, answer)
             except _CLIENT_FAULTS as e:
@@ -122,7 +137,7 @@ class Server:
             standardizer = None if stats is None else standardizer_from_statistics(stats, num_features=num_features)
         except (MalformedMessageError, KeyMismatchError) as e:
             raise ProtocolError(f"the clients' statistics do not add up to usable moments: {e}") from None
-        self._broadcast(ids, encode_request("standardize_ins", {}, total), "standardize_res")
+        self._broadcast(ids, encode_request(STANDARDIZE_INS, {}, total), STANDARDIZE_RES)
         if standardizer is not None:
             self.standardizer = standardizer
             if self._X_test_raw is not None:
@@ -173,8 +188,8 @@ class Server:
             }
             payload = self.exchange.global_payload()
             digest = hashlib.sha256(payload).hexdigest()
-            full = encode_request("fit_ins", meta, payload)
-            named = encode_request("fit_ins", {**meta, "global": digest})
+            full = encode_request(FIT_INS, meta, payload)
+            named = encode_request(FIT_INS, {**meta, "global": digest})
             requests = {cid: named if self.holders.get(cid) == digest else full for cid in participants}
             replies, updates, seen = {}, {}, {}
             for cid, answer in self._converse(requests, full, server_round=server_round, attempt=attempt):
@@ -257,7 +272,7 @@ class Server:
         fingerprint, names, shapes, value ranges). Raises only the client faults (``MalformedMessageError``,
         ``KeyMismatchError``, ``ProtocolError``, ``ClientUnavailableError``).
         """
-        msg = self._read_reply(cid, answer, "fit_res")
+        msg = self._read_reply(cid, answer, FIT_RES)
         meta = msg.meta
         if not (same_int(meta.get("round"), server_round) and same_int(meta.get("attempt"), attempt)):
             raise MalformedMessageError(
@@ -329,14 +344,14 @@ class Server:
         """Check one client's answer to the statistics request (envelope, then the exchange's
         :meth:`~torchhefl.federated.exchange.ServerExchange.check_statistics`); same errors as
         :meth:`read_fit_reply`."""
-        msg = self._read_reply(cid, answer, "stats_res")
+        msg = self._read_reply(cid, answer, STATS_RES)
         self.exchange.check_statistics(payload_of(msg))
         return msg
 
     def read_evaluate_reply(self, cid: str, answer: bytes | Exception) -> dict[str, np.ndarray]:
         """Check one client's answer to a federated evaluation; returns its counts (the expected
         names and shapes, finite, non-negative). Same errors as :meth:`read_fit_reply`."""
-        msg = self._read_reply(cid, answer, "evaluate_res")
+        msg = self._read_reply(cid, answer, EVALUATE_RES)
         counts, _ = decode_state(payload_of(msg))
         try:
             return counts_from_wire({k: v.numpy() for k, v in counts.items()})
@@ -362,7 +377,7 @@ class Server:
             return metrics_from_counts(evaluation_counts(logits, self.y_test, self.loss_fn))
         payload = self.exchange.global_payload()
         digest = hashlib.sha256(payload).hexdigest()
-        request = encode_request("evaluate_ins", {"round": self.round}, payload)
+        request = encode_request(EVALUATE_INS, {"round": self.round}, payload)
         total = None
         for cid, answer in self._deliver(self.transport.client_ids, request):
             try:
@@ -434,7 +449,7 @@ class Server:
             for cid, answer in answers.items():
                 kind = None if isinstance(answer, Exception) else self._kind(answer)
                 try:
-                    if kind == "global_req":
+                    if kind == GLOBAL_REQ:
                         follow[cid] = self.answer_global_request(
                             cid, answer, full, server_round=server_round, attempt=attempt, already=cid in resent
                         )
@@ -456,7 +471,7 @@ class Server:
         The ``global_req`` is checked like a fit reply (size, kind, sender, this ``server_round``
         and ``attempt``); a client may ask once per fit request. Raises only the client faults.
         """
-        self._read_follow_up(cid, answer, "global_req", "request for the model", server_round=server_round, attempt=attempt)
+        self._read_follow_up(cid, answer, GLOBAL_REQ, "request for the model", server_round=server_round, attempt=attempt)
         if already:
             raise ProtocolError("asked for the global model twice in one fit")
         self.holders.pop(cid, None)

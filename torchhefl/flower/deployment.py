@@ -51,11 +51,12 @@ from torchhefl.data import load_csv, train_test_split
 from torchhefl.exceptions import ConfigError, MalformedMessageError, ProtocolError
 from torchhefl.federated.client import Client
 from torchhefl.federated.config import DP_CLIP_NORM, DP_LR, TrainConfig
-from torchhefl.federated.messages import decode_request, payload_of
+from torchhefl.federated.messages import EVALUATE_INS, FIT_INS, STANDARDIZE_INS, decode_request, payload_of
 from torchhefl.federated.modes import mode_of
 from torchhefl.federated.server import Server
 from torchhefl.federated.simulation import load_dataset, make_client, make_loss, make_model, site_data, site_privacy
 from torchhefl.federated.strategies import get_strategy
+from torchhefl.flower.records import HELLO_TYPE
 from torchhefl.secure import PublicKey
 from torchhefl.secure.files import write_private_file
 
@@ -105,14 +106,10 @@ class _ModeFlags(NamedTuple):
     key_holder: str
 
 
-#: Flower message type of the first exchange, in which each SuperNode says which site it runs
-HELLO_TYPE = "query.hello"
 #: the ConfigRecord of a hello reply, and of a site's state between messages
 _HELLO_RECORD = "torchhefl.hello"
 _STATE_RECORD = "torchhefl.site"
 _HEX_KEY = re.compile(r"[0-9a-f]{0,4096}")  # the sites' public n (at most 16384 bits), or "" for none
-#: requests whose effect a site keeps for the rest of the run; replayed when the client is rebuilt
-_REPLAYED_KINDS = ("hem_keys_ins", "hem_peers_ins", "standardize_ins")
 
 
 @dataclass
@@ -278,16 +275,16 @@ class Site:
             log(INFO, "site %d: fit of round %s took %s", self.index, msg.meta.get("round"),
                 ", ".join(f"{k} {v:.3f} s" for k, v in sorted(timings.items())))
         record = self._record()
-        if msg.kind in _REPLAYED_KINDS:
+        if msg.kind == STANDARDIZE_INS or msg.kind in mode_of(self.config).setup_kinds:
             record["setup"] = [*record.get("setup", []), bytes(request)]
-        if msg.kind in ("fit_ins", "evaluate_ins") and "payload" in msg.arrays:
+        if msg.kind in (FIT_INS, EVALUATE_INS) and "payload" in msg.arrays:
             record["global"] = payload_of(msg)  # a later fit request may name it by its digest
         record["last-round"] = list(self.client.last_round)
         record["asked-global"] = list(self.client.asked_global or [])
         for name, value in self._secrets().items():
             record[name] = value
         self.state[_STATE_RECORD] = record
-        if msg.kind == "evaluate_ins" and self.node_config.get("model-out"):
+        if msg.kind == EVALUATE_INS and self.node_config.get("model-out"):
             _save_state(self.client.model.state_dict(), Path(str(self.node_config["model-out"])))
         return reply
 

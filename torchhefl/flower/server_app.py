@@ -18,7 +18,8 @@ from torchhefl.exceptions import ProtocolError
 from torchhefl.federated.recorder import RunRecorder
 from torchhefl.federated.drive import drive, summarize
 from torchhefl.federated.simulation import privacy_summary
-from torchhefl.flower.deployment import HELLO_TYPE, DeploymentSettings, build_server, read_hellos
+from torchhefl.flower.deployment import DeploymentSettings, build_server, read_hellos
+from torchhefl.flower.records import HELLO_TYPE
 from torchhefl.flower.transport import DEFAULT_POLL_INTERVAL, FlowerTransport, exchange
 
 __all__ = ["app", "serve", "wait_for_nodes"]

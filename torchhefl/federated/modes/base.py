@@ -43,6 +43,10 @@ class Mode:
     #: whether sites train on plaintext gradients (which can be clipped, and noised under ``--epsilon``)
     clips_gradients: bool = True
 
+    #: the set-up requests (beyond standardisation) whose effect a site keeps for the rest of the
+    #: run: a deployed site, rebuilt for every message, replays them into its new client
+    setup_kinds: tuple[str, ...] = ()
+
     def validate(self, config: "TrainConfig") -> None:
         """Raise :class:`~torchhefl.exceptions.ConfigError` for a setting this mode cannot run. Default: nothing."""
 

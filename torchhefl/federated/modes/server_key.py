@@ -38,6 +38,7 @@ class ServerKeyMode(Mode):
     uses_key = True
     server_evaluates = True
     clips_gradients = False
+    setup_kinds = ("hem_keys_ins", "hem_peers_ins")  # the sites' key agreement
 
     def validate(self, config: TrainConfig) -> None:
         if config.epsilon is not None:
