@@ -7,7 +7,8 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -47,7 +48,72 @@ log = logging.getLogger(__name__)
 #: what a misbehaving or vanished client can raise; anything else is a bug and propagates
 _CLIENT_FAULTS = (ClientUnavailableError, MalformedMessageError, KeyMismatchError, ProtocolError)
 
-RoundResult = dict
+@dataclass(eq=False)
+class RoundResult(Mapping):
+    """What one round did, as the server measured it.
+
+    Also a read-only mapping, by the names of ``metrics.csv`` and the recorder: ``result["round"]``,
+    ``result["test_accuracy"]`` (each test metric as ``test_<name>``), ``result["refreshes"]`` (each
+    follow-up count), ``"epsilon" in result`` (only under DP).
+    """
+
+    #: the round's number
+    round: int
+    #: the clients whose updates were aggregated, in reply order
+    clients: list[str]
+    #: the selected clients left out, in selection order
+    dropped: list[str]
+    #: the reason each dropped client's reply was refused (those refused rather than silent)
+    rejected: dict[str, str]
+    #: how many times the round was tried
+    attempts: int
+    #: each aggregated client's reported training loss (NaN where it cannot see it)
+    train_loss: dict[str, float]
+    #: the global model's test metrics after the round: ``accuracy``, ``loss``, ``auc``, ``f1``
+    test: dict[str, float] = field(default_factory=dict)
+    #: seconds per phase (the server's own, and those of sites that share theirs)
+    seconds: dict[str, float] = field(default_factory=dict)
+    #: bytes the transport carried up (client to server) and down in the round
+    bytes_up: int = 0
+    bytes_down: int = 0
+    #: the round's wall time in seconds
+    time: float = 0.0
+    #: the most privacy any aggregated client reports having spent (``None`` without DP)
+    epsilon: float | None = None
+    #: follow-up requests served in the round, by the exchange's ``counted_as`` name (``refreshes``)
+    served: dict[str, int] = field(default_factory=dict)
+
+    def keys(self) -> list[str]:  # type: ignore[override]
+        """The mapping's names, in the order of the round's fields."""
+        out = ["round", "clients", "dropped", "rejected", "attempts", "train_loss"]
+        if self.epsilon is not None:
+            out.append("epsilon")
+        out += list(self.served)
+        out += [f"test_{k}" for k in self.test]
+        return out + ["seconds", "bytes_up", "bytes_down", "time"]
+
+    def __getitem__(self, key: str):
+        if key in self.served:
+            return self.served[key]
+        if key.startswith("test_") and key[5:] in self.test:
+            return self.test[key[5:]]
+        if key in _RESULT_FIELDS and not (key == "epsilon" and self.epsilon is None):
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def to_dict(self) -> dict:
+        """The result as a plain dict (the mapping's items)."""
+        return {k: self[k] for k in self.keys()}
+
+
+_RESULT_FIELDS = {"round", "clients", "dropped", "rejected", "attempts", "train_loss", "seconds", "bytes_up",
+                  "bytes_down", "time", "epsilon"}
 
 
 class Server:
@@ -228,32 +294,34 @@ class Server:
         self.exchange.aggregate([updates[cid] for cid in replies], self.strategy)
         self.round = server_round
         dropped = sorted(set(selected) - set(replies), key=selected.index)
-        result: RoundResult = {
-            "round": server_round,
-            "clients": list(replies),
-            "dropped": dropped,
-            "rejected": {cid: rejected[cid] for cid in dropped if cid in rejected},
-            "attempts": attempt,
-        }
-        result["train_loss"] = {cid: float(m.meta.get("train_loss", float("nan"))) for cid, m in replies.items()}
         seconds: dict[str, float] = {}
         for m in replies.values():
-            for phase, s in (m.meta.get("seconds") or {}).items():
-                seconds[phase] = seconds.get(phase, 0.0) + _seconds(s)
-        for phase, s in self.exchange.timer.take().items():
-            seconds[phase] = seconds.get(phase, 0.0) + s
+            for phase, sec in (m.meta.get("seconds") or {}).items():
+                seconds[phase] = seconds.get(phase, 0.0) + _seconds(sec)
+        for phase, sec in self.exchange.timer.take().items():
+            seconds[phase] = seconds.get(phase, 0.0) + sec
         epsilons = [float(m.meta["epsilon"]) for m in replies.values() if "epsilon" in m.meta]
-        if epsilons:
-            result["epsilon"] = max(epsilons)
-        for kind, follow_up in self.exchange.follow_ups.items():
-            if follow_up.counted_as is not None:
-                result[follow_up.counted_as] = sum(self.follow_ups_served.get(kind, {}).values())
-        result.update({f"test_{k}": v for k, v in self.evaluate().items()})
-        result["seconds"] = seconds
-        result["bytes_up"] = self.transport.bytes_up - up0
-        result["bytes_down"] = self.transport.bytes_down - down0
-        result["time"] = time.perf_counter() - start
-        return result
+        served = {
+            follow_up.counted_as: sum(self.follow_ups_served.get(kind, {}).values())
+            for kind, follow_up in self.exchange.follow_ups.items()
+            if follow_up.counted_as is not None
+        }
+        test = self.evaluate()
+        return RoundResult(
+            round=server_round,
+            clients=list(replies),
+            dropped=dropped,
+            rejected={cid: rejected[cid] for cid in dropped if cid in rejected},
+            attempts=attempt,
+            train_loss={cid: float(m.meta.get("train_loss", float("nan"))) for cid, m in replies.items()},
+            test=test,
+            seconds=seconds,
+            bytes_up=self.transport.bytes_up - up0,
+            bytes_down=self.transport.bytes_down - down0,
+            time=time.perf_counter() - start,
+            epsilon=max(epsilons) if epsilons else None,
+            served=served,
+        )
 
     def read_fit_reply(
         self,

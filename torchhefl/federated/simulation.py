@@ -27,7 +27,7 @@ from torchhefl.federated.exchange import ClientExchange
 from torchhefl.federated.modes import mode_of
 from torchhefl.federated.parts import ModeParts
 from torchhefl.federated.recorder import RunRecorder
-from torchhefl.federated.server import DEFAULT_MAX_MESSAGE_BYTES, Server
+from torchhefl.federated.server import DEFAULT_MAX_MESSAGE_BYTES, RoundResult, Server
 from torchhefl.federated.strategies import get_strategy
 from torchhefl.federated.transport import InProcessTransport
 from torchhefl.nn import LogisticRegression, TaylorLoss
@@ -82,20 +82,20 @@ class Simulation:
     transport: InProcessTransport
     extras: dict = field(default_factory=dict)
 
-    def run_round(self, server_round: int | None = None) -> dict:
+    def run_round(self, server_round: int | None = None) -> RoundResult:
         """One round (:meth:`Server.run_round`), with the sites' own phase seconds added to its
         ``seconds``: the simulation reads them from the clients it holds (as each site would from
         its own log); they never cross the wire. (A site that shares its timings is counted once,
         from its replies.)"""
         result = self.server.run_round(server_round)
-        seconds = dict(result.get("seconds", {}))
+        seconds = dict(result.seconds)
         for client in self.clients:
             own = client.take_timings()
             if client.share_timings:
                 continue
             for phase, s in own.items():
                 seconds[phase] = seconds.get(phase, 0.0) + s
-        result["seconds"] = seconds
+        result.seconds = seconds
         return result
 
     def final_state(self) -> OrderedDict:
