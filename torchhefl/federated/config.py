@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from torchhefl.exceptions import ConfigError
+from torchhefl.federated.modes import key_holders, mode_of
 
 __all__ = ["DP_CLIP_NORM", "DP_LR", "LOSSES", "PARTITIONS", "TrainConfig"]
 
@@ -53,8 +54,6 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check every field; raise :class:`ConfigError` naming the first bad one."""
-        from torchhefl.federated.modes import key_holders, mode_of  # the registry's modes import this module
-
         mode = mode_of(self)
         _choice("key_holder", self.key_holder, key_holders())
         _choice("loss", self.loss, LOSSES)

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,7 +22,6 @@ from torchhefl.data import Dataset, load_csv, load_wdbc, partition_dirichlet, pa
 from torchhefl.exceptions import ConfigError, DataError
 from torchhefl.federated.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from torchhefl.federated.client import Client
-from torchhefl.federated.config import TrainConfig
 from torchhefl.federated.drive import drive, round_line, summarize
 from torchhefl.federated.exchange import ClientExchange
 from torchhefl.federated.modes import mode_of
@@ -31,6 +31,9 @@ from torchhefl.federated.server import DEFAULT_MAX_MESSAGE_BYTES, RoundResult, S
 from torchhefl.federated.strategies import get_strategy
 from torchhefl.federated.transport import InProcessTransport
 from torchhefl.nn import LogisticRegression, TaylorLoss
+
+if TYPE_CHECKING:
+    from torchhefl.federated.config import TrainConfig
 
 __all__ = [
     "ModeParts",

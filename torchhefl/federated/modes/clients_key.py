@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 from torchhefl.exceptions import ConfigError
 from torchhefl.federated.clients_key import ClientKeyClientExchange, ClientKeyServerExchange, clients_key_parts
-from torchhefl.federated.config import TrainConfig
 from torchhefl.federated.exchange import ServerExchange
 from torchhefl.federated.keyring import run_keypair
 from torchhefl.federated.modes.base import Mode, ModeParts, SiteParts
 from torchhefl.secure import MAX_TOTAL_WEIGHT, PublicKey
+
+if TYPE_CHECKING:
+    from torchhefl.federated.config import TrainConfig
 
 __all__ = ["ClientsKeyMode"]
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
-from torchhefl.federated.config import TrainConfig
 from torchhefl.federated.exchange import PlainClientExchange, PlainServerExchange, ServerExchange
 from torchhefl.federated.modes.base import Mode, ModeParts, SiteParts
 from torchhefl.secure import PublicKey
+
+if TYPE_CHECKING:
+    from torchhefl.federated.config import TrainConfig
 
 __all__ = ["PlainMode"]
 

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 from torchhefl.exceptions import ConfigError
-from torchhefl.federated.config import TrainConfig
 from torchhefl.federated.exchange import ServerExchange
 from torchhefl.federated.keyring import run_keypair
 from torchhefl.federated.modes.base import Mode, ModeParts, SiteParts
 from torchhefl.secure import PublicKey
+
+if TYPE_CHECKING:
+    from torchhefl.federated.config import TrainConfig
 
 __all__ = ["CLIP_NORM_MESSAGE", "EPSILON_MESSAGE", "ServerKeyMode"]
 
