@@ -201,14 +201,15 @@ def rows_of(sweeps: Sequence[Sweep], jobs: list[Job], settings: ExperimentSettin
                     if len(curve) < setting.rounds:
                         raise RuntimeError(f"job for {sweep.name}/{setting.label} has {len(curve)} rounds")
                     last = curve[-1]
+                    keyed = mode_of(TrainConfig.from_dict(cfg)).uses_key
                     rows.append(
                         {
                             "sweep": sweep.name,
                             "figure": sweep.figure if sweep.figure is not None else "",
                             "mode": mode,
-                            "scheme": "DP" if mode == "plain" else "HE",
-                            "key_holder": cfg["key_holder"] if mode == "he" else "",
-                            "key_bits": cfg["key_bits"] if mode == "he" else "",
+                            "scheme": "HE" if keyed else "DP",
+                            "key_holder": cfg["key_holder"] if keyed else "",
+                            "key_bits": cfg["key_bits"] if keyed else "",
                             "setting": setting.label,
                             "seed": seed,
                             "rounds": setting.rounds,

@@ -101,6 +101,11 @@ class Simulation:
         result.seconds = seconds
         return result
 
+    @property
+    def public_key(self):
+        """The run's public key where its mode has a key pair (``extras["public_key"]``), else ``None``."""
+        return self.extras.get("public_key") if mode_of(self.config).uses_key else None
+
     def final_state(self) -> OrderedDict:
         """The final global state_dict, read by whoever may read it (the server, or a key-holding site)."""
         state = self.server.global_state()
