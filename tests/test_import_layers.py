@@ -13,11 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "torchhefl"
 
-# cycles that other parts of issue 14 are removing (simulation <-> the mode modules through
-# ModeParts); each entry is one cycle as its sorted modules. The coordinator empties this list.
-KNOWN_CYCLES: set[tuple[str, ...]] = {
-    ("torchhefl.federated.clients_key", "torchhefl.federated.server_key", "torchhefl.federated.server_key.parts", "torchhefl.federated.simulation"),
-}
+# cycles allowed for now, each as its sorted modules: none
+KNOWN_CYCLES: set[tuple[str, ...]] = set()
 
 # (importing module, imported module, name) of underscore names imported across modules outside
 # torchhefl/secure, which other parts of issue 14 are removing. The coordinator empties this list.

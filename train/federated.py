@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from torchhefl.exceptions import ConfigError, DataError, MalformedMessageError, ProtocolError
-from torchhefl.federated.config import DP_CLIP_NORM, DP_LR, KEY_HOLDERS, LOSSES, MODES, PARTITIONS, TrainConfig
+from torchhefl.federated.config import DP_CLIP_NORM, DP_LR, LOSSES, PARTITIONS, TrainConfig
+from torchhefl.federated.modes import cli_modes, key_holders, mode_of
 from torchhefl.federated.server import DEFAULT_MAX_MESSAGE_BYTES
 from torchhefl.federated.strategies import STRATEGIES
 from torchhefl.secure import strict_json
@@ -60,20 +61,19 @@ def _clip_norm(text: str) -> float | str:
 
 
 def _clip_norm_of(args: argparse.Namespace) -> float | None:
-    """The clipping bound: as given, or the mode's default (none with --key-holder server, which
-    trains on ciphertexts and has no plaintext gradient to clip)."""
-    hem = args.mode == "he" and args.key_holder == "server"
+    """The clipping bound: as given, or the mode's default (none in a mode whose sites train on
+    ciphertexts and have no plaintext gradient to clip)."""
+    mode = mode_of(args)
     given = getattr(args, "clip_norm", None)
     if given is None:
-        if hem:
+        if not mode.clips_gradients:
             return None
         return DP_CLIP_NORM if args.epsilon is not None else _DEFAULTS.clip_norm
     if given == _NO_CLIP:
         return None
-    if hem:
-        from torchhefl.federated.server_key import CLIP_NORM_MESSAGE
-
-        raise ConfigError(CLIP_NORM_MESSAGE)
+    refusal = mode.clip_norm_refusal()
+    if refusal is not None:
+        raise ConfigError(refusal)
     return given
 
 
@@ -84,9 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("protection")
-    g.add_argument("--mode", choices=MODES, default=_DEFAULTS.mode,
+    g.add_argument("--mode", choices=cli_modes(), default=_DEFAULTS.mode,
                    help="plain: parameters in the clear (the paper's DP); he: Paillier-encrypted")
-    g.add_argument("--key-holder", choices=KEY_HOLDERS, default=_DEFAULTS.key_holder,
+    g.add_argument("--key-holder", choices=key_holders(), default=_DEFAULTS.key_holder,
                    help="with --mode he: who holds the private key (clients: server sees only ciphertexts; "
                         "server: the paper's HEM, clients train on encrypted weights)")
     g.add_argument("--key-bits", type=int, default=_DEFAULTS.key_bits, help="Paillier modulus size")
@@ -219,8 +219,7 @@ def _given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> dict:
 
 
 def _run_name(cfg: TrainConfig) -> str:
-    mode = cfg.mode if cfg.mode == "plain" else f"he-{cfg.key_holder}"
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{mode}-seed{cfg.seed}"
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{mode_of(cfg).label()}-seed{cfg.seed}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import pytest
 
 from torchhefl.exceptions import MalformedMessageError
 from torchhefl.federated import TrainConfig, build
-from torchhefl.federated.messages import decode_request, encode_request, payload_of
+from torchhefl.federated.messages import FIT_INS, decode_request, encode_request, payload_of
 from torchhefl.secure import PrivateKey, wire
 
 REFUSAL = r"is not a unit \(it shares a factor with n\)"
@@ -57,13 +57,13 @@ def test_a_server_relaying_c_n_to_key_holding_sites_is_refused(decryptions, valu
     bad = int(pk.n) if value == "n" else 5 * int(sk._p)  # the server cannot know p: the strongest case
     honest = sim.server.exchange.global_payload()
     meta = {"round": 2, "attempt": 1, "participants": [c.cid for c in sim.clients], "config": {}}
-    tampered = encode_request("fit_ins", meta, _with_ciphertext(honest, 0, bad, pk.ciphertext_bytes))
+    tampered = encode_request(FIT_INS, meta, _with_ciphertext(honest, 0, bad, pk.ciphertext_bytes))
     decryptions.clear()
     with pytest.raises(MalformedMessageError, match="ciphertext 0 " + REFUSAL):
         site.handle(tampered)
     assert decryptions == []  # refused before any decryption
     # the same request with the honest model is answered
-    reply = decode_request(site.handle(encode_request("fit_ins", {**meta, "attempt": 2}, honest)))
+    reply = decode_request(site.handle(encode_request(FIT_INS, {**meta, "attempt": 2}, honest)))
     assert reply.kind == "fit_res"
 
 

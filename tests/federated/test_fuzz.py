@@ -42,7 +42,7 @@ from torchhefl.data import Dataset
 from torchhefl.exceptions import ConfigError, KeyMismatchError, MalformedMessageError, ProtocolError
 from torchhefl.federated import TrainConfig, build
 from torchhefl.federated.checkpoint import Checkpoint, checkpoint_of, restore_checkpoint
-from torchhefl.federated.messages import decode_request, encode_request
+from torchhefl.federated.messages import FIT_RES, GLOBAL_REQ, STATS_INS, decode_request, encode_request
 from torchhefl.secure import (
     EncryptedTensor,
     InsecureKeyWarning,
@@ -343,7 +343,7 @@ def framed_garbage():
 # -- the fuzzer's own checks ---------------------------------------------------------------------------
 def test_header_edits_write_what_json_dumps_will_not():
     """The edits do reach the parser as the hostile text intended."""
-    valid = encode_request("fit_res", {"cid": "site0", "round": 1})
+    valid = encode_request(FIT_RES, {"cid": "site0", "round": 1})
     assert b"9" * 5000 in _apply(valid, [(0, ("meta", "round"), "replace", HUGE)])
     assert b'"round":NaN' in _apply(valid, [(0, ("meta", "round"), "replace", Raw("NaN"))])
     assert b'"round":1,"round":1' in _apply(valid, [(0, ("meta",), "duplicate", 1)])
@@ -358,7 +358,7 @@ def test_header_edits_write_what_json_dumps_will_not():
             decode_request(_apply(valid, edits))
     with pytest.raises(MalformedMessageError, match="nested 16777215 deep"):  # the largest header, all '['
         decode_request(_frame("[" * ((16 << 20) - 1), b""))
-    nested = encode_request("fit_res", {}, encode_request("inner", {"x": 1}, encode_request("leaf", {"y": 2})))
+    nested = encode_request(FIT_RES, {}, encode_request("inner", {"x": 1}, encode_request("leaf", {"y": 2})))
     assert len(_layers(nested)) == 3
     edited = _apply(nested, [(2, ("meta", "y"), "replace", 5)])
     inner = decode_request(decode_request(edited).arrays["payload"].tobytes())
@@ -623,7 +623,7 @@ def test_server_follow_up_requests_and_evaluation_replies(case):
     """``global_req`` (every mode), ``refresh_req`` (server-held key) and ``evaluate_res`` (sites' key)."""
     server = case.server
     full = case.requests["fit_ins"]
-    global_req = encode_request("global_req", {"cid": "site0", "round": 1, "attempt": 1})
+    global_req = encode_request(GLOBAL_REQ, {"cid": "site0", "round": 1, "attempt": 1})
     targets = [
         (global_req, lambda b: server.answer_global_request("site0", b, full, server_round=1, attempt=1, already=False)),
     ]
@@ -905,6 +905,6 @@ def test_flower_adapters_fuzz(tmp_path):
     _fuzz(100, records, unpack_target)
     assert unpack(pack(b"abc")) == b"abc"
 
-    stats = encode_request("stats_ins", {})
+    stats = encode_request(STATS_INS, {})
     sites[0].handle(stats)
     _fuzz(N_FLOWER - 100 - n_hello, st.one_of(mutated(stats), bit_flips(stats), st.binary(max_size=64)), sites[0].handle, declared=SITE_DECLARED)

@@ -6,7 +6,7 @@ import torch
 
 from torchhefl.exceptions import MalformedMessageError
 from torchhefl.federated import TrainConfig, build
-from torchhefl.federated.messages import decode_request, encode_request
+from torchhefl.federated.messages import FIT_INS, decode_request, encode_request
 
 pytestmark = pytest.mark.filterwarnings("ignore::torchhefl.secure.keys.InsecureKeyWarning")
 
@@ -132,7 +132,7 @@ def test_a_refused_request_for_the_model_excludes_only_its_sender(wrap, reason):
 def test_a_fit_request_needs_the_model_or_its_digest():
     sim = build(_config(rounds=1))
     sim.server.setup()
-    request = encode_request("fit_ins", {"round": 1, "attempt": 1, "participants": ["site0"], "config": {}})
+    request = encode_request(FIT_INS, {"round": 1, "attempt": 1, "participants": ["site0"], "config": {}})
     with pytest.raises(MalformedMessageError, match="neither a global model nor its digest"):
         sim.clients[0].handle(request)
 
@@ -142,7 +142,7 @@ def test_the_model_a_site_asked_for_is_accepted_once():
     assert results[1]["clients"] == ["site0", "site1", "site2"]
     client = sim.clients[0]
     full = encode_request(
-        "fit_ins", {"round": 2, "attempt": 1, "participants": ["site0", "site1", "site2"], "config": {}},
+        FIT_INS, {"round": 2, "attempt": 1, "participants": ["site0", "site1", "site2"], "config": {}},
         sim.server.exchange.global_payload(),
     )
     with pytest.raises(MalformedMessageError, match="stale round 2"):

@@ -15,7 +15,7 @@ from torchhefl.federated import TrainConfig, build
 from torchhefl.federated.checkpoint import Checkpoint, checkpoint_of
 from torchhefl.federated.evaluation import evaluation_counts
 from torchhefl.federated.exchange import standardizer_from_statistics
-from torchhefl.federated.messages import decode_request, decode_state, encode_request, encode_state, payload_of
+from torchhefl.federated.messages import FIT_INS, FIT_RES, STANDARDIZE_INS, STATS_RES, decode_request, decode_state, encode_request, encode_state, payload_of
 from torchhefl.federated.strategies import weighted_mean
 from torchhefl.nn import TaylorLoss
 from torchhefl.secure import InsecureKeyWarning, PackedSum, SecureStateDict, wire
@@ -43,7 +43,7 @@ def _sim(mode: str, setup: bool = True, **overrides):
 def _fit_request(sim, meta=None, payload=None) -> bytes:
     ids = sim.transport.client_ids
     base = {"round": 1, "attempt": 1, "participants": ids, "config": {}}
-    return encode_request("fit_ins", {**base, **(meta or {})}, sim.server.exchange.global_payload() if payload is None else payload)
+    return encode_request(FIT_INS, {**base, **(meta or {})}, sim.server.exchange.global_payload() if payload is None else payload)
 
 
 # -- wire and plain_state ------------------------------------------------------------------------------
@@ -76,7 +76,7 @@ def test_a_round_number_must_be_an_integer_not_a_bool_or_float(value):
     sim = _sim("plain")
     reply = sim.clients[0].handle(_fit_request(sim))
     msg = decode_request(reply)
-    forged = encode_request("fit_res", {**msg.meta, "round": value}, payload_of(msg))
+    forged = encode_request(FIT_RES, {**msg.meta, "round": value}, payload_of(msg))
     with pytest.raises(MalformedMessageError, match=f"stale or replayed reply for round {value!r} attempt 1"):
         sim.server.read_fit_reply("site0", forged, server_round=1, attempt=1)
 
@@ -87,7 +87,7 @@ def test_summed_statistics_beyond_the_float_range_stop_setup_with_the_reason():
     sim = _sim("plain", setup=False)
     huge = encode_state({"count": np.array([1.0]), "sum": np.full(4, 1e308), "sumsq": np.full(4, 1e308)})
     for cid in ("site0", "site1"):
-        sim.transport.clients[cid] = _Answer(lambda request: encode_request("stats_res", {}, huge))
+        sim.transport.clients[cid] = _Answer(lambda request: encode_request(STATS_RES, {}, huge))
     with pytest.raises(ProtocolError, match="do not add up to usable moments: parameter 'sum' holds NaN or infinite values"):
         sim.server.setup()
 
@@ -120,7 +120,7 @@ def test_statistics_that_give_no_standardisation(stats, reason):
 def test_a_site_refuses_a_standardisation_it_cannot_use():
     """A site indexed ``stats["count"][0]`` of whatever arrived (IndexError, KeyError before)."""
     sim = _sim("plain")
-    bad = encode_request("standardize_ins", {}, encode_state({"count": np.array(3.0), "sum": np.zeros(4), "sumsq": np.zeros(4)}))
+    bad = encode_request(STANDARDIZE_INS, {}, encode_state({"count": np.array(3.0), "sum": np.zeros(4), "sumsq": np.zeros(4)}))
     with pytest.raises(MalformedMessageError, match="statistics of shapes"):
         sim.clients[0].handle(bad)
 

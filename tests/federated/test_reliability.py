@@ -10,7 +10,7 @@ import torch
 from torchhefl.exceptions import ProtocolError
 from torchhefl.federated import TrainConfig, build
 from torchhefl.federated.transport import ClientUnavailableError
-from torchhefl.federated.messages import decode_request, encode_request, encode_state, payload_of
+from torchhefl.federated.messages import EVALUATE_RES, FIT_RES, STATS_RES, decode_request, encode_request, encode_state, payload_of
 from torchhefl.secure import InsecureKeyWarning, SecureStateDict, generate_keypair, wire
 from train.federated import main
 
@@ -122,13 +122,13 @@ COMMON = {
     "random bytes": (lambda reply, msg, t: b"\x9a\x00 not a message " * 9, "bad magic"),
     "truncated": (lambda reply, msg, t: reply[: len(reply) // 2], "truncated"),
     "wrong format version": (_wrong_version, "unsupported wire format version 2"),
-    "wrong kind": (lambda reply, msg, t: encode_request("evaluate_res", decode_request(reply).meta), "expected a 'fit_res'"),
+    "wrong kind": (lambda reply, msg, t: encode_request(EVALUATE_RES, decode_request(reply).meta), "expected a 'fit_res'"),
     "stale round": (lambda reply, msg, t: _rewrap(reply, meta={"round": msg.meta["round"] - 1}), "stale or replayed"),
     "wrong attempt": (lambda reply, msg, t: _rewrap(reply, meta={"attempt": msg.meta["attempt"] + 1}), "stale or replayed"),
     "another sender": (lambda reply, msg, t: _rewrap(reply, meta={"cid": "site2"}), "signed as client 'site2'"),
     "oversized": (_oversized, "exceeds the limit of 400000 bytes"),
     "replayed update": (_replay_of_site0, "duplicates the one site0 sent"),
-    "no payload": (lambda reply, msg, t: encode_request("fit_res", decode_request(reply).meta), "has no payload"),
+    "no payload": (lambda reply, msg, t: encode_request(FIT_RES, decode_request(reply).meta), "has no payload"),
     "bad metadata": (lambda reply, msg, t: _rewrap(reply, meta={"seconds": {"train": "soon"}}), "is not a number"),
 }
 
@@ -324,7 +324,7 @@ def test_refused_statistics_stop_the_run_with_the_reason():
     class _BadStats:
         def handle(self, request):
             if decode_request(request).kind == "stats_ins":
-                return encode_request("stats_res", {"cid": "site1"}, encode_state({"count": np.ones(1)}))
+                return encode_request(STATS_RES, {"cid": "site1"}, encode_state({"count": np.ones(1)}))
             return sim.clients[1].handle(request)
 
     sim.transport.clients["site1"] = _BadStats()

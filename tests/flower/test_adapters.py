@@ -24,7 +24,7 @@ from flwr.app import Context, Error, Message, RecordDict  # noqa: E402
 from torchhefl.exceptions import ConfigError, MalformedMessageError, ProtocolError  # noqa: E402
 from torchhefl.federated import ClientUnavailableError, TrainConfig, build  # noqa: E402
 from torchhefl.federated.config import DP_CLIP_NORM, DP_LR  # noqa: E402
-from torchhefl.federated.messages import decode_request, encode_request, payload_of  # noqa: E402
+from torchhefl.federated.messages import FIT_INS, STANDARDIZE_INS, STATS_INS, decode_request, encode_request, payload_of  # noqa: E402
 from torchhefl.flower import client_app  # noqa: E402
 from torchhefl.flower.app import write_app  # noqa: E402
 from torchhefl.flower.certificates import generate_certificates  # noqa: E402
@@ -355,7 +355,7 @@ def test_silent_node_is_left_out_of_the_round(key_dir):
     assert result["clients"] == ["site0", "site2"]
     assert result["dropped"] == ["site1"]
     with pytest.raises(ClientUnavailableError, match="site1 did not answer within 0.3s"):
-        transport.send("site1", encode_request("stats_ins", {}))
+        transport.send("site1", encode_request(STATS_INS, {}))
 
 
 def test_client_failure_comes_back_as_unavailable(key_dir):
@@ -363,7 +363,7 @@ def test_client_failure_comes_back_as_unavailable(key_dir):
     grid = FakeGrid(run_config, _node_configs(key_dir))
     transport = FlowerTransport(grid, {"site0": 907}, timeout=1.0)
     # a fit request before standardisation: the client refuses, the transport reports why
-    request = encode_request("fit_ins", {"round": 1, "attempt": 1, "participants": ["site0"], "config": {}}, b"")
+    request = encode_request(FIT_INS, {"round": 1, "attempt": 1, "participants": ["site0"], "config": {}}, b"")
     with pytest.raises(ClientUnavailableError, match="client site0 failed: .*"):
         transport.send("site0", request)
     with pytest.raises(ClientUnavailableError, match="has no SuperNode"):
@@ -377,10 +377,10 @@ def test_site_state_survives_rebuild_and_rejects_replays(key_dir):
     node = _node_configs(key_dir)[907]
     state = RecordDict()
     sim = build(TrainConfig(mode="plain", clients=SITES))
-    stats = [Site(config, {**node, "partition-id": i}, RecordDict()).handle(encode_request("stats_ins", {})) for i in range(SITES)]
+    stats = [Site(config, {**node, "partition-id": i}, RecordDict()).handle(encode_request(STATS_INS, {})) for i in range(SITES)]
     summed = sim.server.exchange.sum_statistics([payload_of(decode_request(s)) for s in stats])
-    Site(config, node, state).handle(encode_request("standardize_ins", {}, summed))
-    fit = encode_request("fit_ins", {"round": 1, "attempt": 1, "participants": ["site0"], "config": {}}, sim.server.exchange.global_payload())
+    Site(config, node, state).handle(encode_request(STANDARDIZE_INS, {}, summed))
+    fit = encode_request(FIT_INS, {"round": 1, "attempt": 1, "participants": ["site0"], "config": {}}, sim.server.exchange.global_payload())
     rebuilt = Site(config, node, state)
     assert rebuilt.client.standardizer is not None  # replayed from the node state
     rebuilt.handle(fit)

@@ -21,6 +21,7 @@ import numpy as np
 from torchhefl.exceptions import ConfigError
 from torchhefl.experiments.sweeps import Sweep
 from torchhefl.federated.config import TrainConfig
+from torchhefl.federated.modes import MODES, cli_modes, key_holders, mode_of
 
 __all__ = ["ExperimentSettings", "Job", "estimate_seconds", "plan", "rows_of", "run_job", "run_jobs"]
 
@@ -49,13 +50,14 @@ class ExperimentSettings:
     allow_insecure_keys: bool = False
 
     def validate(self) -> "ExperimentSettings":
+        choices = cli_modes()
         for m in self.modes:
-            if m not in ("plain", "he"):
-                raise ConfigError(f"--modes takes plain and he; got {m!r}")
+            if m not in choices:
+                raise ConfigError(f"--modes takes {' and '.join(choices)}; got {m!r}")
         if not self.modes:
-            raise ConfigError("--modes needs at least one of plain, he")
-        if self.he_key_holder not in ("server", "clients"):
-            raise ConfigError(f"--he-mode must be server or clients; got {self.he_key_holder!r}")
+            raise ConfigError(f"--modes needs at least one of {', '.join(choices)}")
+        if self.he_key_holder not in key_holders():
+            raise ConfigError(f"--he-mode must be {' or '.join(sorted(key_holders(), reverse=True))}; got {self.he_key_holder!r}")
         if not self.seeds:
             raise ConfigError("--seeds must be at least 1")
         if self.key_bits < 2048 and not self.allow_insecure_keys:
@@ -85,11 +87,13 @@ def _train_config(fields: dict, mode: str, seed: int, settings: ExperimentSettin
     cfg = TrainConfig(**fields)
     cfg.mode = mode
     cfg.seed = seed
-    if mode == "he":
+    if any(m.key_holder is not None for m in MODES.values() if m.cli_mode == mode):
         cfg.key_holder = settings.he_key_holder
+    chosen = mode_of(cfg)
+    if chosen.uses_key:
         cfg.key_bits = settings.key_bits
-        if cfg.key_holder == "server":
-            cfg.clip_norm = None  # HEM clients train on ciphertexts: no plaintext gradient to clip
+    if not chosen.clips_gradients:
+        cfg.clip_norm = None  # its sites train on ciphertexts: no plaintext gradient to clip
     if settings.allow_insecure_keys:
         cfg.extra = {"allow_insecure_keys": True}
     cfg.validate()
@@ -197,14 +201,15 @@ def rows_of(sweeps: Sequence[Sweep], jobs: list[Job], settings: ExperimentSettin
                     if len(curve) < setting.rounds:
                         raise RuntimeError(f"job for {sweep.name}/{setting.label} has {len(curve)} rounds")
                     last = curve[-1]
+                    keyed = mode_of(TrainConfig.from_dict(cfg)).uses_key
                     rows.append(
                         {
                             "sweep": sweep.name,
                             "figure": sweep.figure if sweep.figure is not None else "",
                             "mode": mode,
-                            "scheme": "DP" if mode == "plain" else "HE",
-                            "key_holder": cfg["key_holder"] if mode == "he" else "",
-                            "key_bits": cfg["key_bits"] if mode == "he" else "",
+                            "scheme": "HE" if keyed else "DP",
+                            "key_holder": cfg["key_holder"] if keyed else "",
+                            "key_bits": cfg["key_bits"] if keyed else "",
                             "setting": setting.label,
                             "seed": seed,
                             "rounds": setting.rounds,

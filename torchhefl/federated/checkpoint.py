@@ -179,7 +179,7 @@ def _check_python_rng(state) -> None:
 def checkpoint_of(sim, config_dict: dict) -> Checkpoint:
     """A checkpoint of ``sim`` (a :class:`~torchhefl.federated.simulation.Simulation`) as it stands."""
     server = sim.server
-    public_key = sim.extras.get("public_key")
+    public_key = sim.public_key
     name, keys, pos, has_gauss, cached = np.random.get_state()
     version, state, gauss_next = random.getstate()
     return Checkpoint(
@@ -221,7 +221,7 @@ def restore_checkpoint(sim, checkpoint: Checkpoint) -> None:
         ConfigError: the run's key is not the checkpoint's (fingerprints differ), or the checkpoint
             does not fit this run's model or strategy.
     """
-    public_key = sim.extras.get("public_key")
+    public_key = sim.public_key
     fingerprint = None if public_key is None else public_key.fingerprint
     if fingerprint != checkpoint.key_fingerprint:
         if checkpoint.key_fingerprint is None or fingerprint is None:

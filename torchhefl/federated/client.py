@@ -16,7 +16,21 @@ from torchhefl.data import Standardizer, local_moments
 from torchhefl.exceptions import MalformedMessageError, ProtocolError
 from torchhefl.federated.evaluation import counts_to_wire, evaluation_counts
 from torchhefl.federated.exchange import ClientExchange, standardizer_from_statistics
-from torchhefl.federated.messages import decode_request, encode_request, encode_state, payload_of
+from torchhefl.federated.messages import (
+    EVALUATE_INS,
+    EVALUATE_RES,
+    FIT_INS,
+    FIT_RES,
+    GLOBAL_REQ,
+    STANDARDIZE_INS,
+    STANDARDIZE_RES,
+    STATS_INS,
+    STATS_RES,
+    decode_request,
+    encode_request,
+    encode_state,
+    payload_of,
+)
 
 __all__ = ["MAX_ROUND", "Client", "local_batches", "round_generator"]
 
@@ -64,7 +78,7 @@ class Client:
     """
 
     #: the requests this client answers; each ``X_ins`` is handled by ``_on_X``
-    REQUEST_KINDS: tuple[str, ...] = ("stats_ins", "standardize_ins", "fit_ins", "evaluate_ins")
+    REQUEST_KINDS: tuple[str, ...] = (STATS_INS, STANDARDIZE_INS, FIT_INS, EVALUATE_INS)
 
     def __init__(
         self,
@@ -132,7 +146,7 @@ class Client:
     def _on_stats(self, msg) -> bytes:
         m = local_moments(self._X_raw)
         stats = {"count": np.array([float(m.count)]), "sum": m.sum, "sumsq": m.sumsq}
-        return encode_request("stats_res", {"cid": self.cid}, self.exchange.write_statistics(stats))
+        return encode_request(STATS_RES, {"cid": self.cid}, self.exchange.write_statistics(stats))
 
     def _on_standardize(self, msg) -> bytes:
         stats = self.exchange.read_statistics(payload_of(msg))
@@ -140,7 +154,7 @@ class Client:
         self.X = torch.as_tensor(self.standardizer.transform(self._X_raw), dtype=self.dtype)
         if self._X_test_raw is not None:
             self.X_test = torch.as_tensor(self.standardizer.transform(self._X_test_raw), dtype=self.dtype)
-        return encode_request("standardize_res", {"cid": self.cid})
+        return encode_request(STANDARDIZE_RES, {"cid": self.cid})
 
     def remember_global(self, payload: bytes) -> None:
         """Keep ``payload`` as the global model a later fit request may name by its digest."""
@@ -167,7 +181,7 @@ class Client:
         payload = self._global_of(msg)
         if payload is None:  # named by a digest this client does not hold: ask for the model
             self.asked_global = (server_round, self.last_round[1])
-            return encode_request("global_req", {"cid": self.cid, "round": server_round, "attempt": self.last_round[1]})
+            return encode_request(GLOBAL_REQ, {"cid": self.cid, "round": server_round, "attempt": self.last_round[1]})
         with self.exchange.timer.phase("decrypt"):
             state = self.exchange.read_global(payload)
         self._load_global(state)
@@ -193,7 +207,7 @@ class Client:
         log.debug("%s round %d: %s", self.cid, meta["round"], ", ".join(f"{k} {v:.3f} s" for k, v in sorted(seconds.items())))
         if self.share_timings:
             meta = {**meta, "seconds": _fixed_width(seconds)}
-        return encode_request("fit_res", meta, payload)
+        return encode_request(FIT_RES, meta, payload)
 
     def _fit_settings(self, msg) -> tuple[int, dict]:
         server_round, attempt = msg.meta.get("round"), msg.meta.get("attempt", 1)
@@ -244,7 +258,7 @@ class Client:
         self.model.eval()
         with torch.no_grad():
             counts = evaluation_counts(self.model(self.X_test), self.y_test, self.eval_loss_fn)
-        return encode_request("evaluate_res", {"cid": self.cid}, encode_state(counts_to_wire(counts)))
+        return encode_request(EVALUATE_RES, {"cid": self.cid}, encode_state(counts_to_wire(counts)))
 
     # -- local training -----------------------------------------------------------------------
 

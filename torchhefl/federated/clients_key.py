@@ -10,17 +10,21 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from torchhefl.exceptions import MalformedMessageError, ProtocolError
-from torchhefl.federated.config import TrainConfig
 from torchhefl.federated.exchange import ClientExchange, ServerExchange
 from torchhefl.federated.keyring import run_keypair
+from torchhefl.federated.parts import ModeParts
 from torchhefl.federated.strategies import Strategy
 from torchhefl.secure import MAX_TOTAL_WEIGHT, PackedSum, PrivateKey, PublicKey, SecureStateDict
 from torchhefl.secure.packed_sum import sum_packed
+
+if TYPE_CHECKING:
+    from torchhefl.federated.config import TrainConfig
 
 __all__ = ["ClientKeyClientExchange", "ClientKeyServerExchange", "clients_key_parts"]
 
@@ -179,8 +183,6 @@ def clients_key_parts(config: TrainConfig, initial: OrderedDict):
     In simulation the key pair is made on the sites' side and handed to every site; the server
     object receives the public key only.
     """
-    from torchhefl.federated.simulation import ModeParts
-
     public_key, private_key = run_keypair(config)
     weight_bound = MAX_TOTAL_WEIGHT // config.clients
     return ModeParts(

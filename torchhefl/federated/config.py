@@ -7,11 +7,10 @@ import math
 from dataclasses import dataclass, field
 
 from torchhefl.exceptions import ConfigError
+from torchhefl.federated.modes import key_holders, mode_of
 
-__all__ = ["DP_CLIP_NORM", "DP_LR", "MODES", "KEY_HOLDERS", "LOSSES", "PARTITIONS", "TrainConfig"]
+__all__ = ["DP_CLIP_NORM", "DP_LR", "LOSSES", "PARTITIONS", "TrainConfig"]
 
-MODES = ("plain", "he")
-KEY_HOLDERS = ("clients", "server")
 LOSSES = ("taylor", "bce")
 PARTITIONS = ("iid", "dirichlet")
 #: learning rate and clipping bound used with --epsilon unless given (few, large, clipped steps:
@@ -55,8 +54,8 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check every field; raise :class:`ConfigError` naming the first bad one."""
-        _choice("mode", self.mode, MODES)
-        _choice("key_holder", self.key_holder, KEY_HOLDERS)
+        mode = mode_of(self)
+        _choice("key_holder", self.key_holder, key_holders())
         _choice("loss", self.loss, LOSSES)
         _choice("partition", self.partition, PARTITIONS)
         if self.rounds < 1:
@@ -89,11 +88,7 @@ class TrainConfig:
             raise ConfigError(f"--dp-steps must be at least 1, got {self.dp_steps}")
         if not 0.0 < self.delta < 1.0:
             raise ConfigError(f"--delta must be in (0, 1), got {self.delta}")
-        if self.epsilon is not None and self.mode == "he" and self.key_holder == "server":
-            raise ConfigError(
-                "--epsilon needs plaintext local gradients; with --key-holder server clients train on "
-                "ciphertexts, so no gradient can be clipped or noised"
-            )
+        mode.validate(self)
         if self.epsilon is not None and self.clip_norm is None:
             raise ConfigError("--epsilon needs a clipping bound: give --clip-norm a number, not 'none'")
         if (self.data is None) != (self.label is None):

@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from torchhefl.data import Moments, Standardizer
-from torchhefl.exceptions import DataError, MalformedMessageError, ProtocolError
+from torchhefl.exceptions import DataError, MalformedMessageError
 from torchhefl.federated.messages import decode_state, encode_state
 from torchhefl.federated.strategies import Strategy
 
 __all__ = [
     "ClientExchange",
+    "FollowUp",
     "PlainClientExchange",
     "PlainServerExchange",
     "ServerExchange",
@@ -60,18 +62,41 @@ class _Phase:
         self.timer.seconds[self.name] = self.timer.seconds.get(self.name, 0.0) + time.perf_counter() - self.start
 
 
+@dataclass(frozen=True)
+class FollowUp:
+    """A request a client may answer a fit request with, before its fit reply, and how it is served.
+
+    The server checks the envelope of each such request (size, sender, this round and attempt, the
+    ``seq``-th of its kind in this fit, at most the server's ``max_follow_ups``), calls ``serve``
+    with its payload, and sends ``serve``'s bytes back as a ``reply_kind`` request with the same
+    ``round``, ``attempt`` and ``seq``; the client then answers that, and so on until its fit reply.
+    """
+
+    #: the kind of the request the server sends back
+    reply_kind: str
+    #: the payload of the client's request in, the payload of the answer out (raises client faults only)
+    serve: Callable[[bytes], bytes]
+    #: what one such request is called in error messages ("refresh request")
+    what: str
+    #: the round result's field counting the requests of this kind served in the round (``None``: not reported)
+    counted_as: str | None = None
+
+
 class ServerExchange:
     """Server side of an exchange. Subclasses implement the hooks below."""
 
     #: whether a round must be re-run when a selected client does not answer (masked aggregation,
     #: where the survivors' masks do not cancel without every participant)
     needs_every_participant: bool = False
-    #: whether clients may ask this exchange for refreshes mid-fit (:meth:`refresh`); the server
-    #: then reports how many it served each round
-    serves_refreshes: bool = False
 
     def __init__(self) -> None:
         self.timer = Timer()
+
+    @property
+    def follow_ups(self) -> Mapping[str, FollowUp]:
+        """The mid-fit requests this exchange serves, by the kind a client sends (e.g. a mode whose
+        server holds the key serves refreshes). Default: none."""
+        return {}
 
     def setup(self, server) -> None:
         """Once before standardisation; ``server.broadcast`` reaches the clients. Default: nothing."""
@@ -119,13 +144,6 @@ class ServerExchange:
     def global_state(self) -> OrderedDict | None:
         """The global state_dict, if the server may read it; else ``None``."""
         return None
-
-    def refresh(self, request: bytes) -> bytes:
-        """Serve a client's mid-training request to the key holder (bytes in, bytes out).
-
-        Only an exchange whose server holds the key serves these; default: refuse.
-        """
-        raise ProtocolError(f"{type(self).__name__} serves no refresh requests")
 
     def global_checkpoint(self) -> bytes:
         """The global parameters as the server holds them, as wire bytes for a checkpoint.

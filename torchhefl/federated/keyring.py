@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torchhefl.exceptions import ConfigError
-from torchhefl.federated.config import TrainConfig
 from torchhefl.secure import InsecureKeyWarning, PrivateKey, PublicKey, generate_keypair, load_private_key
+
+if TYPE_CHECKING:
+    from torchhefl.federated.config import TrainConfig
 
 __all__ = ["PRIVATE_KEY_FILE", "PUBLIC_KEY_FILE", "run_keypair"]
 

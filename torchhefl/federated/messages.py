@@ -18,7 +18,16 @@ from torchhefl.exceptions import MalformedMessageError
 from torchhefl.secure import wire
 
 __all__ = [
+    "EVALUATE_INS",
+    "EVALUATE_RES",
+    "FIT_INS",
+    "FIT_RES",
+    "GLOBAL_REQ",
     "PLAIN_STATE",
+    "STANDARDIZE_INS",
+    "STANDARDIZE_RES",
+    "STATS_INS",
+    "STATS_RES",
     "decode_request",
     "decode_state",
     "encode_request",
@@ -27,6 +36,20 @@ __all__ = [
     "same_int",
 ]
 
+# The kinds of the core protocol's messages, every mode's: the server sends each ``*_INS`` request,
+# a client answers with the matching ``*_RES`` reply. A mode's own kinds live with the mode.
+#: the feature statistics (count, sum, sum of squares) of a site's rows
+STATS_INS, STATS_RES = "stats_ins", "stats_res"
+#: the summed statistics, from which each site standardises its rows
+STANDARDIZE_INS, STANDARDIZE_RES = "standardize_ins", "standardize_res"
+#: train on the global model (carried, or named by its digest); the reply carries the update
+FIT_INS, FIT_RES = "fit_ins", "fit_res"
+#: evaluate the global model on the site's share of the held-out set; the reply carries counts
+EVALUATE_INS, EVALUATE_RES = "evaluate_ins", "evaluate_res"
+#: a client's answer to a fit request that named a global model it no longer holds: send it again
+GLOBAL_REQ = "global_req"
+
+#: the kind of a plaintext state_dict payload
 PLAIN_STATE = "plain_state"
 #: each tensor dtype a ``plain_state`` message may name, with the wire dtype of its array
 #: (``bfloat16`` travels as float64, which numpy has)

@@ -7,7 +7,8 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -17,7 +18,22 @@ from torchhefl.data import Standardizer
 from torchhefl.exceptions import KeyMismatchError, MalformedMessageError, ProtocolError
 from torchhefl.federated.evaluation import add_counts, counts_from_wire, evaluation_counts, metrics_from_counts
 from torchhefl.federated.exchange import ServerExchange, standardizer_from_statistics
-from torchhefl.federated.messages import decode_request, decode_state, encode_request, payload_of, same_int
+from torchhefl.federated.messages import (
+    EVALUATE_INS,
+    EVALUATE_RES,
+    FIT_INS,
+    FIT_RES,
+    GLOBAL_REQ,
+    STANDARDIZE_INS,
+    STANDARDIZE_RES,
+    STATS_INS,
+    STATS_RES,
+    decode_request,
+    decode_state,
+    encode_request,
+    payload_of,
+    same_int,
+)
 from torchhefl.federated.strategies import Strategy
 from torchhefl.federated.transport import ClientUnavailableError, Transport
 from torchhefl.secure import wire
@@ -32,7 +48,72 @@ log = logging.getLogger(__name__)
 #: what a misbehaving or vanished client can raise; anything else is a bug and propagates
 _CLIENT_FAULTS = (ClientUnavailableError, MalformedMessageError, KeyMismatchError, ProtocolError)
 
-RoundResult = dict
+@dataclass(eq=False)
+class RoundResult(Mapping):
+    """What one round did, as the server measured it.
+
+    Also a read-only mapping, by the names of ``metrics.csv`` and the recorder: ``result["round"]``,
+    ``result["test_accuracy"]`` (each test metric as ``test_<name>``), ``result["refreshes"]`` (each
+    follow-up count), ``"epsilon" in result`` (only under DP).
+    """
+
+    #: the round's number
+    round: int
+    #: the clients whose updates were aggregated, in reply order
+    clients: list[str]
+    #: the selected clients left out, in selection order
+    dropped: list[str]
+    #: the reason each dropped client's reply was refused (those refused rather than silent)
+    rejected: dict[str, str]
+    #: how many times the round was tried
+    attempts: int
+    #: each aggregated client's reported training loss (NaN where it cannot see it)
+    train_loss: dict[str, float]
+    #: the global model's test metrics after the round: ``accuracy``, ``loss``, ``auc``, ``f1``
+    test: dict[str, float] = field(default_factory=dict)
+    #: seconds per phase (the server's own, and those of sites that share theirs)
+    seconds: dict[str, float] = field(default_factory=dict)
+    #: bytes the transport carried up (client to server) and down in the round
+    bytes_up: int = 0
+    bytes_down: int = 0
+    #: the round's wall time in seconds
+    time: float = 0.0
+    #: the most privacy any aggregated client reports having spent (``None`` without DP)
+    epsilon: float | None = None
+    #: follow-up requests served in the round, by the exchange's ``counted_as`` name (``refreshes``)
+    served: dict[str, int] = field(default_factory=dict)
+
+    def keys(self) -> list[str]:  # type: ignore[override]
+        """The mapping's names, in the order of the round's fields."""
+        out = ["round", "clients", "dropped", "rejected", "attempts", "train_loss"]
+        if self.epsilon is not None:
+            out.append("epsilon")
+        out += list(self.served)
+        out += [f"test_{k}" for k in self.test]
+        return out + ["seconds", "bytes_up", "bytes_down", "time"]
+
+    def __getitem__(self, key: str):
+        if key in self.served:
+            return self.served[key]
+        if key.startswith("test_") and key[5:] in self.test:
+            return self.test[key[5:]]
+        if key in _RESULT_FIELDS and not (key == "epsilon" and self.epsilon is None):
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def to_dict(self) -> dict:
+        """The result as a plain dict (the mapping's items)."""
+        return {k: self[k] for k in self.keys()}
+
+
+_RESULT_FIELDS = {"round", "clients", "dropped", "rejected", "attempts", "train_loss", "seconds", "bytes_up",
+                  "bytes_down", "time", "epsilon"}
 
 
 class Server:
@@ -51,8 +132,9 @@ class Server:
         seed: seeds client selection.
         max_message_bytes: the largest reply accepted; a bigger one is refused before parsing.
         max_retries: how often a round that got fewer than ``min_clients`` good replies is tried again.
-        max_refreshes: the most ``refresh_req`` replies one client may send while answering one fit
-            request (a client that needs the key holder mid-training; see :meth:`answer_refresh`).
+        max_follow_ups: the most follow-up requests of one kind (the exchange's
+            :attr:`~torchhefl.federated.exchange.ServerExchange.follow_ups`) one client may send while
+            answering one fit request (see :meth:`answer_follow_up`).
     """
 
     def __init__(
@@ -70,11 +152,11 @@ class Server:
         seed: int = 0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_retries: int = 2,
-        max_refreshes: int = 10_000,
+        max_follow_ups: int = 10_000,
     ) -> None:
         self.model, self.strategy, self.transport, self.exchange = model, strategy, transport, exchange
         self.loss_fn = loss_fn
-        self.max_refreshes = max_refreshes
+        self.max_follow_ups = max_follow_ups
         self._X_test_raw = None if X_test is None else np.asarray(X_test, dtype=np.float64)
         self.y_test = None if y_test is None else torch.as_tensor(np.asarray(y_test), dtype=torch.float64)
         self.X_test: torch.Tensor | None = None
@@ -86,9 +168,9 @@ class Server:
         #: fit request to a client that holds the current global names it by that digest instead
         #: of carrying it again (the client asks for it with ``global_req`` if it no longer has it)
         self.holders: dict[str, str] = {}
-        #: client id -> refresh requests this server served it in the current round (what it
-        #: counts itself; a reply carries no count)
-        self.refreshes_served: dict[str, int] = {}
+        #: follow-up kind -> client id -> requests of that kind this server served it in the current
+        #: round (what it counts itself; a reply carries no count)
+        self.follow_ups_served: dict[str, dict[str, int]] = {}
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -105,7 +187,7 @@ class Server:
         """Fit the feature standardisation from the clients' summed moments (no rows leave a site)."""
         ids = self.transport.client_ids
         replies, refused = {}, {}
-        for cid, answer in self._deliver(ids, encode_request("stats_ins", {})):
+        for cid, answer in self._deliver(ids, encode_request(STATS_INS, {})):
             try:
                 replies[cid] = self.read_stats_reply(cid, answer)
             except _CLIENT_FAULTS as e:
@@ -121,7 +203,7 @@ class Server:
             standardizer = None if stats is None else standardizer_from_statistics(stats, num_features=num_features)
         except (MalformedMessageError, KeyMismatchError) as e:
             raise ProtocolError(f"the clients' statistics do not add up to usable moments: {e}") from None
-        self._broadcast(ids, encode_request("standardize_ins", {}, total), "standardize_res")
+        self._broadcast(ids, encode_request(STANDARDIZE_INS, {}, total), STANDARDIZE_RES)
         if standardizer is not None:
             self.standardizer = standardizer
             if self._X_test_raw is not None:
@@ -150,11 +232,12 @@ class Server:
         The result's figures are the server's own: ``seconds`` are its phases (``aggregate``, and
         ``encrypt``/``decrypt``/``refresh`` where it does them; plus the phases of sites that chose
         to share theirs), ``time`` the round's wall time, ``refreshes`` (where the exchange serves
-        them) the refresh requests it served in the round, retried attempts included.
+        them) the refresh requests it served in the round, retried attempts included (each
+        follow-up kind of the exchange with a ``counted_as`` field is counted so).
         """
         server_round = self.round + 1 if server_round is None else server_round
         start = time.perf_counter()
-        self.refreshes_served = {}
+        self.follow_ups_served = {}
         up0, down0 = self.transport.bytes_up, self.transport.bytes_down
         selected = self.select(server_round)
         participants = list(selected)
@@ -171,8 +254,8 @@ class Server:
             }
             payload = self.exchange.global_payload()
             digest = hashlib.sha256(payload).hexdigest()
-            full = encode_request("fit_ins", meta, payload)
-            named = encode_request("fit_ins", {**meta, "global": digest})
+            full = encode_request(FIT_INS, meta, payload)
+            named = encode_request(FIT_INS, {**meta, "global": digest})
             requests = {cid: named if self.holders.get(cid) == digest else full for cid in participants}
             replies, updates, seen = {}, {}, {}
             for cid, answer in self._converse(requests, full, server_round=server_round, attempt=attempt):
@@ -211,31 +294,34 @@ class Server:
         self.exchange.aggregate([updates[cid] for cid in replies], self.strategy)
         self.round = server_round
         dropped = sorted(set(selected) - set(replies), key=selected.index)
-        result: RoundResult = {
-            "round": server_round,
-            "clients": list(replies),
-            "dropped": dropped,
-            "rejected": {cid: rejected[cid] for cid in dropped if cid in rejected},
-            "attempts": attempt,
-        }
-        result["train_loss"] = {cid: float(m.meta.get("train_loss", float("nan"))) for cid, m in replies.items()}
         seconds: dict[str, float] = {}
         for m in replies.values():
-            for phase, s in (m.meta.get("seconds") or {}).items():
-                seconds[phase] = seconds.get(phase, 0.0) + _seconds(s)
-        for phase, s in self.exchange.timer.take().items():
-            seconds[phase] = seconds.get(phase, 0.0) + s
+            for phase, sec in (m.meta.get("seconds") or {}).items():
+                seconds[phase] = seconds.get(phase, 0.0) + _seconds(sec)
+        for phase, sec in self.exchange.timer.take().items():
+            seconds[phase] = seconds.get(phase, 0.0) + sec
         epsilons = [float(m.meta["epsilon"]) for m in replies.values() if "epsilon" in m.meta]
-        if epsilons:
-            result["epsilon"] = max(epsilons)
-        if self.exchange.serves_refreshes:
-            result["refreshes"] = sum(self.refreshes_served.values())
-        result.update({f"test_{k}": v for k, v in self.evaluate().items()})
-        result["seconds"] = seconds
-        result["bytes_up"] = self.transport.bytes_up - up0
-        result["bytes_down"] = self.transport.bytes_down - down0
-        result["time"] = time.perf_counter() - start
-        return result
+        served = {
+            follow_up.counted_as: sum(self.follow_ups_served.get(kind, {}).values())
+            for kind, follow_up in self.exchange.follow_ups.items()
+            if follow_up.counted_as is not None
+        }
+        test = self.evaluate()
+        return RoundResult(
+            round=server_round,
+            clients=list(replies),
+            dropped=dropped,
+            rejected={cid: rejected[cid] for cid in dropped if cid in rejected},
+            attempts=attempt,
+            train_loss={cid: float(m.meta.get("train_loss", float("nan"))) for cid, m in replies.items()},
+            test=test,
+            seconds=seconds,
+            bytes_up=self.transport.bytes_up - up0,
+            bytes_down=self.transport.bytes_down - down0,
+            time=time.perf_counter() - start,
+            epsilon=max(epsilons) if epsilons else None,
+            served=served,
+        )
 
     def read_fit_reply(
         self,
@@ -254,7 +340,7 @@ class Server:
         fingerprint, names, shapes, value ranges). Raises only the client faults (``MalformedMessageError``,
         ``KeyMismatchError``, ``ProtocolError``, ``ClientUnavailableError``).
         """
-        msg = self._read_reply(cid, answer, "fit_res")
+        msg = self._read_reply(cid, answer, FIT_RES)
         meta = msg.meta
         if not (same_int(meta.get("round"), server_round) and same_int(meta.get("attempt"), attempt)):
             raise MalformedMessageError(
@@ -277,45 +363,70 @@ class Server:
         )
         return msg, update
 
-    def answer_refresh(self, cid: str, answer: bytes | Exception, *, server_round: int, attempt: int, seq: int) -> bytes:
-        """The ``refresh_ins`` request that answers a client's ``refresh_req`` reply.
+    def answer_follow_up(self, cid: str, answer: bytes | Exception, *, server_round: int, attempt: int, seq: int) -> bytes:
+        """The request that answers a client's follow-up request (one of the exchange's
+        :attr:`~torchhefl.federated.exchange.ServerExchange.follow_ups`, e.g. a refresh).
 
-        A client that needs the key holder in the middle of a fit (HEM) answers the fit request, or
-        the previous ``refresh_ins``, with a ``refresh_req`` carrying its blinded request; the
-        exchange's :meth:`~torchhefl.federated.exchange.ServerExchange.refresh` serves it. The
-        envelope is checked like a fit reply: size, kind, sender, this ``server_round`` and
-        ``attempt``, and ``seq`` (the client's ``seq``-th request of this fit, at most
-        ``max_refreshes``). Raises only the client faults.
+        A client that needs the server in the middle of a fit answers the fit request, or the
+        server's previous answer, with such a request; the exchange's handler serves its payload.
+        The envelope is checked like a fit reply: size, kind, sender, this ``server_round`` and
+        ``attempt``, and ``seq`` (the client's ``seq``-th request of this kind in this fit, at most
+        ``max_follow_ups``). Raises only the client faults.
         """
-        msg = self._read_follow_up(cid, answer, "refresh_req", "refresh request", server_round=server_round, attempt=attempt)
-        meta = msg.meta
-        if not same_int(meta.get("seq"), seq):
-            raise MalformedMessageError(f"refresh request number {meta.get('seq')!r}, expected {seq}")
-        if seq > self.max_refreshes:
-            raise ProtocolError(f"more than {self.max_refreshes} refresh requests for one fit")
-        reply = self.exchange.refresh(payload_of(msg))
-        self.refreshes_served[cid] = self.refreshes_served.get(cid, 0) + 1
-        return encode_request("refresh_ins", {"round": server_round, "attempt": attempt, "seq": seq}, reply)
+        follow_ups = self.exchange.follow_ups
+        msg = self._read_reply(cid, answer, tuple(follow_ups))
+        follow_up = follow_ups[msg.kind]
+        what = follow_up.what
+        self._check_round(msg, what, server_round=server_round, attempt=attempt)
+        if not same_int(msg.meta.get("seq"), seq):
+            raise MalformedMessageError(f"{what} number {msg.meta.get('seq')!r}, expected {seq}")
+        if seq > self.max_follow_ups:
+            raise ProtocolError(f"more than {self.max_follow_ups} {what}s for one fit")
+        reply = follow_up.serve(payload_of(msg))
+        served = self.follow_ups_served.setdefault(msg.kind, {})
+        served[cid] = served.get(cid, 0) + 1
+        return encode_request(follow_up.reply_kind, {"round": server_round, "attempt": attempt, "seq": seq}, reply)
+
+    #: the name the server-key mode's tests and tools call :meth:`answer_follow_up` by
+    answer_refresh = answer_follow_up
+
+    @property
+    def max_refreshes(self) -> int:
+        """:attr:`max_follow_ups`, by the name the server-key mode's callers use."""
+        return self.max_follow_ups
+
+    @max_refreshes.setter
+    def max_refreshes(self, value: int) -> None:
+        self.max_follow_ups = value
+
+    @property
+    def refreshes_served(self) -> dict[str, int]:
+        """Client id -> follow-up requests of every kind served it in the current round."""
+        out: dict[str, int] = {}
+        for served in self.follow_ups_served.values():
+            for cid, n in served.items():
+                out[cid] = out.get(cid, 0) + n
+        return out
 
     def read_stats_reply(self, cid: str, answer: bytes | Exception) -> wire.Message:
         """Check one client's answer to the statistics request (envelope, then the exchange's
         :meth:`~torchhefl.federated.exchange.ServerExchange.check_statistics`); same errors as
         :meth:`read_fit_reply`."""
-        msg = self._read_reply(cid, answer, "stats_res")
+        msg = self._read_reply(cid, answer, STATS_RES)
         self.exchange.check_statistics(payload_of(msg))
         return msg
 
     def read_evaluate_reply(self, cid: str, answer: bytes | Exception) -> dict[str, np.ndarray]:
         """Check one client's answer to a federated evaluation; returns its counts (the expected
         names and shapes, finite, non-negative). Same errors as :meth:`read_fit_reply`."""
-        msg = self._read_reply(cid, answer, "evaluate_res")
+        msg = self._read_reply(cid, answer, EVALUATE_RES)
         counts, _ = decode_state(payload_of(msg))
         try:
             return counts_from_wire({k: v.numpy() for k, v in counts.items()})
         except ValueError as e:
             raise MalformedMessageError(str(e)) from None
 
-    def _read_reply(self, cid: str, answer: bytes | Exception, kind: str) -> wire.Message:
+    def _read_reply(self, cid: str, answer: bytes | Exception, kind: str | tuple[str, ...]) -> wire.Message:
         if isinstance(answer, Exception):
             raise answer
         msg = decode_request(answer, kind=kind, max_bytes=self.max_message_bytes)
@@ -334,7 +445,7 @@ class Server:
             return metrics_from_counts(evaluation_counts(logits, self.y_test, self.loss_fn))
         payload = self.exchange.global_payload()
         digest = hashlib.sha256(payload).hexdigest()
-        request = encode_request("evaluate_ins", {"round": self.round}, payload)
+        request = encode_request(EVALUATE_INS, {"round": self.round}, payload)
         total = None
         for cid, answer in self._deliver(self.transport.client_ids, request):
             try:
@@ -386,8 +497,8 @@ class Server:
 
         ``requests`` maps each client to its fit request; ``full`` is the one that carries the
         global model. A client that answers with ``global_req`` (it was sent the model's digest but
-        no longer holds the model) gets ``full``, once; while a client answers with ``refresh_req``,
-        it gets a ``refresh_ins`` back (:meth:`answer_refresh`). The clients waiting for an answer
+        no longer holds the model) gets ``full``, once; while a client answers with one of the
+        exchange's follow-up kinds, it gets the answer back (:meth:`answer_follow_up`). The clients waiting for an answer
         are served together. A client whose follow-up request is refused ends with that fault as
         its answer.
         """
@@ -398,21 +509,22 @@ class Server:
             answers = dict(self._deliver(ids, requests[ids[0]]))
         else:
             answers = dict(self._deliver_each(requests))
-        asked = dict.fromkeys(ids, 0)
+        follow_ups = self.exchange.follow_ups
+        asked: dict[tuple[str, str], int] = {}
         resent: set[str] = set()
         while True:
             follow = {}
             for cid, answer in answers.items():
                 kind = None if isinstance(answer, Exception) else self._kind(answer)
                 try:
-                    if kind == "global_req":
+                    if kind == GLOBAL_REQ:
                         follow[cid] = self.answer_global_request(
                             cid, answer, full, server_round=server_round, attempt=attempt, already=cid in resent
                         )
                         resent.add(cid)
-                    elif kind == "refresh_req":
-                        asked[cid] += 1
-                        follow[cid] = self.answer_refresh(cid, answer, server_round=server_round, attempt=attempt, seq=asked[cid])
+                    elif kind in follow_ups:
+                        asked[cid, kind] = seq = asked.get((cid, kind), 0) + 1
+                        follow[cid] = self.answer_follow_up(cid, answer, server_round=server_round, attempt=attempt, seq=seq)
                 except _CLIENT_FAULTS as e:
                     answers[cid] = e
             if not follow:
@@ -427,7 +539,7 @@ class Server:
         The ``global_req`` is checked like a fit reply (size, kind, sender, this ``server_round``
         and ``attempt``); a client may ask once per fit request. Raises only the client faults.
         """
-        self._read_follow_up(cid, answer, "global_req", "request for the model", server_round=server_round, attempt=attempt)
+        self._read_follow_up(cid, answer, GLOBAL_REQ, "request for the model", server_round=server_round, attempt=attempt)
         if already:
             raise ProtocolError("asked for the global model twice in one fit")
         self.holders.pop(cid, None)
@@ -438,13 +550,17 @@ class Server:
     ) -> wire.Message:
         """A client's ``kind`` request in the middle of a fit: a reply from ``cid`` for this round and attempt."""
         msg = self._read_reply(cid, answer, kind)
+        self._check_round(msg, what, server_round=server_round, attempt=attempt)
+        return msg
+
+    @staticmethod
+    def _check_round(msg: wire.Message, what: str, *, server_round: int, attempt: int) -> None:
         got = (msg.meta.get("round"), msg.meta.get("attempt"))
         if not (same_int(got[0], server_round) and same_int(got[1], attempt)):
             raise MalformedMessageError(
                 f"stale or replayed {what} for round {got[0]!r} attempt {got[1]!r}, "
                 f"expected round {server_round} attempt {attempt}"
             )
-        return msg
 
     def _kind(self, answer: bytes) -> str | None:
         try:

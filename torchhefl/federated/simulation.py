@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,13 +22,18 @@ from torchhefl.data import Dataset, load_csv, load_wdbc, partition_dirichlet, pa
 from torchhefl.exceptions import ConfigError, DataError
 from torchhefl.federated.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from torchhefl.federated.client import Client
-from torchhefl.federated.config import TrainConfig
-from torchhefl.federated.exchange import ClientExchange, PlainClientExchange, PlainServerExchange, ServerExchange
+from torchhefl.federated.drive import drive, round_line, summarize
+from torchhefl.federated.exchange import ClientExchange
+from torchhefl.federated.modes import mode_of
+from torchhefl.federated.parts import ModeParts
 from torchhefl.federated.recorder import RunRecorder
-from torchhefl.federated.server import DEFAULT_MAX_MESSAGE_BYTES, Server
+from torchhefl.federated.server import DEFAULT_MAX_MESSAGE_BYTES, RoundResult, Server
 from torchhefl.federated.strategies import get_strategy
 from torchhefl.federated.transport import InProcessTransport
 from torchhefl.nn import LogisticRegression, TaylorLoss
+
+if TYPE_CHECKING:
+    from torchhefl.federated.config import TrainConfig
 
 __all__ = [
     "ModeParts",
@@ -38,6 +44,7 @@ __all__ = [
     "load_dataset",
     "make_client",
     "make_loss",
+    "make_model",
     "round_line",
     "run",
 ]
@@ -52,6 +59,12 @@ def make_loss(name: str, reduction: str = "mean") -> nn.Module:
     if name == "bce":
         return nn.BCEWithLogitsLoss(reduction=reduction)
     raise ConfigError(f"unknown loss {name!r}; choose taylor or bce")
+
+
+def make_model(config: TrainConfig, num_features: int) -> nn.Module:
+    """The run's initial model for ``num_features`` inputs, drawn from ``config.seed`` (every party draws the same)."""
+    torch.manual_seed(config.seed)
+    return LogisticRegression(num_features, dtype=torch.float64)
 
 
 def load_dataset(config: TrainConfig) -> Dataset:
@@ -72,21 +85,26 @@ class Simulation:
     transport: InProcessTransport
     extras: dict = field(default_factory=dict)
 
-    def run_round(self, server_round: int | None = None) -> dict:
+    def run_round(self, server_round: int | None = None) -> RoundResult:
         """One round (:meth:`Server.run_round`), with the sites' own phase seconds added to its
         ``seconds``: the simulation reads them from the clients it holds (as each site would from
         its own log); they never cross the wire. (A site that shares its timings is counted once,
         from its replies.)"""
         result = self.server.run_round(server_round)
-        seconds = dict(result.get("seconds", {}))
+        seconds = dict(result.seconds)
         for client in self.clients:
             own = client.take_timings()
             if client.share_timings:
                 continue
             for phase, s in own.items():
                 seconds[phase] = seconds.get(phase, 0.0) + s
-        result["seconds"] = seconds
+        result.seconds = seconds
         return result
+
+    @property
+    def public_key(self):
+        """The run's public key where its mode has a key pair (``extras["public_key"]``), else ``None``."""
+        return self.extras.get("public_key") if mode_of(self.config).uses_key else None
 
     def final_state(self) -> OrderedDict:
         """The final global state_dict, read by whoever may read it (the server, or a key-holding site)."""
@@ -107,11 +125,10 @@ def build(
     data = dataset if dataset is not None else load_dataset(config)
     train, test, parts = _split(config, data)
 
-    torch.manual_seed(config.seed)
-    model = LogisticRegression(data.num_features, dtype=torch.float64)
+    model = make_model(config, data.num_features)
     initial = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
 
-    parts_of_mode = _mode_parts(config, initial)
+    parts_of_mode = mode_of(config).parts(config, initial)
     server_exchange = parts_of_mode.server_exchange
     test_parts = None if parts_of_mode.server_holds_test else _test_parts(config, test)
 
@@ -221,47 +238,6 @@ def make_client(
     )
 
 
-def round_line(result: dict, rounds: int) -> str:
-    """The one line printed for a finished round."""
-    line = (
-        f"round {result['round']:3d}/{rounds}  acc {result['test_accuracy']:.4f}  auc {result['test_auc']:.4f}  "
-        f"loss {result['test_loss']:.4f}  up {_kib(result['bytes_up'])}  down {_kib(result['bytes_down'])}  "
-        f"{result['time']:.2f}s"
-    )
-    if "epsilon" in result:
-        line += f"  eps {result['epsilon']:.3f}"
-    if result["dropped"]:
-        line += f"  dropped {','.join(result['dropped'])}"
-    return line
-
-
-@dataclass
-class ModeParts:
-    """What a mode contributes to a run: the exchanges, the client class, where the test set lives."""
-
-    server_exchange: ServerExchange
-    client_exchanges: list[ClientExchange]
-    client_class: type[Client] = Client
-    client_kwargs: dict = field(default_factory=dict)
-    server_holds_test: bool = True
-    extras: dict = field(default_factory=dict)
-    #: called once the server and clients exist (e.g. to wire a back channel)
-    connect: Callable[[Server, list[Client]], None] = lambda server, clients: None
-
-
-def _mode_parts(config: TrainConfig, initial: OrderedDict) -> ModeParts:
-    """The parts of ``config.mode`` (and ``config.key_holder`` in HE mode)."""
-    if config.mode == "plain":
-        return ModeParts(PlainServerExchange(initial), [PlainClientExchange() for _ in range(config.clients)])
-    if config.key_holder == "server":
-        from torchhefl.federated.server_key import hem_parts
-
-        return hem_parts(config, initial)
-    from torchhefl.federated.clients_key import clients_key_parts
-
-    return clients_key_parts(config, initial)
-
-
 def site_privacy(config: TrainConfig, num_examples: int):
     """The site's DP-SGD under ``--epsilon`` (None without it)."""
     if config.epsilon is None:
@@ -339,42 +315,23 @@ def run(
     if checkpoint is not None:
         log.info("resuming %s after round %d of %d", run_dir, checkpoint.round, config.rounds)
     sim.server.setup()
-    rounds = range(first, config.rounds + 1)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(rounds, desc=f"{config.mode} rounds", unit="round", leave=False)
-        rounds = bar
-    last: dict = {}
-    totals = {
-        "bytes_up": sum(int(r["bytes_up"]) for r in kept),
-        "bytes_down": sum(int(r["bytes_down"]) for r in kept),
-        "seconds": sum(float(r["seconds_round"]) for r in recorder.kept_timings),
-    }
-    for rnd in rounds:
-        last = sim.run_round(rnd)
-        recorder.record(last)
-        save_checkpoint(checkpoint_dir, sim, config.to_dict())
-        totals["bytes_up"] += last["bytes_up"]
-        totals["bytes_down"] += last["bytes_down"]
-        totals["seconds"] += last["time"]
-        if echo is not None:
-            (bar.write if bar is not None else echo)(round_line(last, config.rounds))
-        if after_round is not None:
-            after_round(rnd, last)
-    if bar is not None:
-        bar.close()
+    last, totals = drive(
+        sim.run_round,
+        first=first,
+        rounds=config.rounds,
+        recorder=recorder,
+        save=lambda: save_checkpoint(checkpoint_dir, sim, config.to_dict()),
+        echo=echo,
+        progress=f"{config.mode} rounds" if progress else None,
+        after_round=after_round,
+        totals={
+            "bytes_up": sum(int(r["bytes_up"]) for r in kept),
+            "bytes_down": sum(int(r["bytes_down"]) for r in kept),
+            "seconds": sum(float(r["seconds_round"]) for r in recorder.kept_timings),
+        },
+    )
     final_state = sim.final_state()
-    summary = {
-        "data": describe_dataset(sim.dataset, config),
-        "rounds": config.rounds,
-        "test_accuracy": last["test_accuracy"],
-        "test_auc": last["test_auc"],
-        "test_f1": last["test_f1"],
-        "test_loss": last["test_loss"],
-        **totals,
-    }
+    summary = {"data": describe_dataset(sim.dataset, config), **summarize(last, totals, config.rounds)}
     summary.update(privacy_summary(config, last))
     if checkpoint is not None:
         summary["resumed_after"] = checkpoint.round
@@ -415,7 +372,7 @@ def check_resume(config: TrainConfig, saved: dict, saved_round: int) -> None:
             f"--rounds {config.rounds}: this run's DP noise was calibrated to spend epsilon {config.epsilon} over "
             f"{saved.get('rounds')} rounds; a differentially private run cannot be extended (start a new run)"
         )
-    if config.mode == "he" and config.extra.get("key_dir") is None:
+    if mode_of(config).uses_key and config.extra.get("key_dir") is None:
         raise ConfigError(
             "resuming an HE run needs the run's key: pass --key-dir with the folder its key was loaded from "
             "(a run whose key was generated for it, without --key-dir, cannot be resumed)"
@@ -427,8 +384,3 @@ def describe_dataset(data: Dataset, config: TrainConfig) -> str:
     source = "WDBC (scikit-learn)" if config.data is None else config.data
     mapping = ", ".join(f"{c} -> {i}" for i, c in enumerate(data.classes))
     return f"data: {source}, {len(data)} rows, {data.num_features} features; label {data.label_name!r}: {mapping}"
-
-
-def _kib(n: int) -> str:
-    return f"{n / 1024:.1f}KiB"
-

@@ -11,7 +11,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from torchhefl.flower.deployment import DeploymentSettings, Site
-from torchhefl.flower.records import pack, unpack
+from torchhefl.flower.records import HELLO_ACTION, pack, unpack
 
 __all__ = ["app"]
 
@@ -23,7 +23,7 @@ def _site(context: Context) -> Site:
     return Site(config, context.node_config, context.state)
 
 
-@app.query("hello")
+@app.query(HELLO_ACTION)
 def hello(msg: Message, context: Context) -> Message:
     """Say which site this SuperNode runs, how many features it has, and the sites' public key."""
     return Message(_site(context).hello(), reply_to=msg)

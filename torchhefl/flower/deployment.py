@@ -32,13 +32,13 @@ its number of local steps and so its sample count).
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import math
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 from logging import INFO
 from pathlib import Path
 
@@ -50,16 +50,14 @@ from flwr.common.logger import log
 from torchhefl.data import load_csv, train_test_split
 from torchhefl.exceptions import ConfigError, MalformedMessageError, ProtocolError
 from torchhefl.federated.client import Client
-from torchhefl.federated.clients_key import ClientKeyClientExchange, ClientKeyServerExchange
 from torchhefl.federated.config import DP_CLIP_NORM, DP_LR, TrainConfig
-from torchhefl.federated.exchange import PlainClientExchange, PlainServerExchange
-from torchhefl.federated.keyring import run_keypair
-from torchhefl.federated.messages import decode_request, payload_of
+from torchhefl.federated.messages import EVALUATE_INS, FIT_INS, STANDARDIZE_INS, decode_request, payload_of
+from torchhefl.federated.modes import mode_of
 from torchhefl.federated.server import Server
-from torchhefl.federated.simulation import load_dataset, make_client, make_loss, site_data, site_privacy
+from torchhefl.federated.simulation import load_dataset, make_client, make_loss, make_model, site_data, site_privacy
 from torchhefl.federated.strategies import get_strategy
-from torchhefl.nn import LogisticRegression
-from torchhefl.secure import MAX_TOTAL_WEIGHT, PublicKey
+from torchhefl.flower.records import HELLO_TYPE
+from torchhefl.secure import PublicKey
 from torchhefl.secure.files import write_private_file
 
 __all__ = [
@@ -73,29 +71,18 @@ __all__ = [
     "read_hellos",
 ]
 
-#: the run config keys of a torchhefl Flower app, with their defaults (TrainConfig's)
+#: the TrainConfig fields a run config sets (hyphenated); the others are the app's or the sites'
+_TRAIN_FIELDS = (
+    "mode", "key_holder", "rounds", "clients", "fraction", "min_clients", "lr", "batch_size", "local_epochs",
+    "clip_norm", "aggregator", "mu", "partition", "alpha", "seed", "loss", "test_size", "epsilon", "delta",
+    "dp_sample_rate", "dp_steps",
+)
+_TRAIN_DEFAULTS = TrainConfig()
+#: the run config keys of a torchhefl Flower app, with their defaults (TrainConfig's; a run config
+#: has no "none": an unset number, epsilon, is 0.0)
 RUN_CONFIG_DEFAULTS: dict[str, bool | int | float | str] = {
-    "mode": "he",
-    "key-holder": "clients",
-    "rounds": 30,
-    "clients": 3,
-    "fraction": 1.0,
-    "min-clients": 1,
-    "lr": 0.1,
-    "batch-size": 16,
-    "local-epochs": 2,
-    "clip-norm": 5.0,
-    "aggregator": "fedavg",
-    "mu": 0.01,
-    "partition": "iid",
-    "alpha": 0.5,
-    "seed": 0,
-    "loss": "taylor",
-    "test-size": 0.2,
-    "epsilon": 0.0,
-    "delta": 1e-5,
-    "dp-sample-rate": 1.0,
-    "dp-steps": 1,
+    **{name.replace("_", "-"): 0.0 if getattr(_TRAIN_DEFAULTS, name) is None else getattr(_TRAIN_DEFAULTS, name)
+       for name in _TRAIN_FIELDS},
     "reply-timeout": 600.0,
     "node-timeout": 300.0,
     "run-dir": "",
@@ -112,14 +99,17 @@ _NODE_KEYS = (
     "partition-id", "num-partitions", "key-dir", "allow-insecure-keys", "data", "label", "model-out", "share-timings",
 )
 
-#: Flower message type of the first exchange, in which each SuperNode says which site it runs
-HELLO_TYPE = "query.hello"
+class _ModeFlags(NamedTuple):
+    """A run config's mode keys, as :func:`~torchhefl.federated.modes.mode_of` reads them."""
+
+    mode: str
+    key_holder: str
+
+
 #: the ConfigRecord of a hello reply, and of a site's state between messages
 _HELLO_RECORD = "torchhefl.hello"
 _STATE_RECORD = "torchhefl.site"
 _HEX_KEY = re.compile(r"[0-9a-f]{0,4096}")  # the sites' public n (at most 16384 bits), or "" for none
-#: requests whose effect a site keeps for the rest of the run; replayed when the client is rebuilt
-_REPLAYED_KINDS = ("hem_keys_ins", "hem_peers_ins", "standardize_ins")
 
 
 @dataclass
@@ -145,9 +135,9 @@ class DeploymentSettings:
             raise ConfigError(f"unknown run config keys: {', '.join(unknown)} (known: {', '.join(RUN_CONFIG_DEFAULTS)})")
         values = {**RUN_CONFIG_DEFAULTS, **run_config}
         fields = {k.replace("-", "_"): v for k, v in values.items() if k not in _DEPLOYMENT_KEYS}
-        hem = values["mode"] == "he" and values["key-holder"] == "server"
-        if hem and "clip-norm" not in run_config:
-            fields["clip_norm"] = 0.0  # HEM clients train on ciphertexts: nothing to clip
+        mode = mode_of(_ModeFlags(str(values["mode"]), str(values["key-holder"])))
+        if not mode.clips_gradients and "clip-norm" not in run_config:
+            fields["clip_norm"] = 0.0  # its sites train on ciphertexts: nothing to clip
         fields["clip_norm"] = _number("clip_norm", fields["clip_norm"]) or None
         for name in ("rounds", "clients", "min_clients", "batch_size", "local_epochs", "seed", "dp_steps"):
             fields[name] = _integer(name, fields[name])
@@ -158,15 +148,15 @@ class DeploymentSettings:
         if fields["epsilon"] is not None:
             if "lr" not in run_config:
                 fields["lr"] = DP_LR
-            if "clip-norm" not in run_config:
+            if "clip-norm" not in run_config and mode.clips_gradients:
                 fields["clip_norm"] = DP_CLIP_NORM
         config = TrainConfig(**fields)
-        config.validate()
-        if hem and config.clip_norm is not None:
+        if mode.clip_norm_refusal() is not None and config.clip_norm is not None and config.epsilon is None:
             raise ConfigError(
-                "clip-norm cannot be used with key-holder=\"server\": clients train on encrypted weights and never "
-                "see a plaintext gradient to clip (leave clip-norm out, or set clip-norm=0)"
+                f"clip-norm cannot be used with key-holder=\"{mode.key_holder}\": clients train on encrypted weights "
+                "and never see a plaintext gradient to clip (leave clip-norm out, or set clip-norm=0)"
             )
+        config.validate()
         reply_timeout, node_timeout = _number("reply_timeout", values["reply-timeout"]), _number("node_timeout", values["node-timeout"])
         if reply_timeout <= 0 or node_timeout <= 0:
             raise ConfigError("reply-timeout and node-timeout must be positive numbers of seconds")
@@ -192,10 +182,8 @@ def _integer(name: str, value: object) -> int:
     return int(value)
 
 
-def initial_model(config: TrainConfig, num_features: int) -> LogisticRegression:
-    """The run's initial model, drawn from ``config.seed`` exactly as the simulation draws it."""
-    torch.manual_seed(config.seed)
-    return LogisticRegression(num_features, dtype=torch.float64)
+#: the run's initial model, drawn from ``config.seed`` exactly as the simulation draws it
+initial_model = make_model
 
 
 # -- the site side ------------------------------------------------------------------------------
@@ -241,24 +229,15 @@ class Site:
     def _build_client(self) -> Client:
         config = self.config
         X, y, X_test, y_test = self._rows()
-        client_class = Client
-        if config.mode == "plain":
-            exchange = PlainClientExchange()
-        elif config.key_holder == "server":
-            from torchhefl.federated.server_key import HEMClient, HEMClientExchange
-
-            exchange = HEMClientExchange(allow_insecure=self.node_config.get("allow-insecure-keys") is True)
-            client_class = HEMClient
-        else:
-            key_dir = self.node_config.get("key-dir")
-            if not key_dir:
-                raise ConfigError('--mode he needs the site\'s key: node config key-dir="/path/to/keys"')
-            extra = {"key_dir": str(key_dir), "allow_insecure_keys": self.node_config.get("allow-insecure-keys") is True}
-            _, private_key = run_keypair(dataclasses.replace(config, extra=extra))
-            exchange = ClientKeyClientExchange(private_key, weight_bound=MAX_TOTAL_WEIGHT // config.clients)
+        key_dir = self.node_config.get("key-dir")
+        parts = mode_of(config).site(
+            config, key_dir=str(key_dir) if key_dir else None,
+            allow_insecure_keys=self.node_config.get("allow-insecure-keys") is True,
+        )
         return make_client(
-            config, self.index, X, y, model=initial_model(config, X.shape[1]), exchange=exchange, X_test=X_test, y_test=y_test,
-            client_class=client_class, privacy=site_privacy(config, len(y)), share_timings=self.share_timings,
+            config, self.index, X, y, model=initial_model(config, X.shape[1]), exchange=parts.exchange, X_test=X_test,
+            y_test=y_test, client_class=parts.client_class, privacy=site_privacy(config, len(y)),
+            share_timings=self.share_timings,
         )
 
     def _rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -296,16 +275,16 @@ class Site:
             log(INFO, "site %d: fit of round %s took %s", self.index, msg.meta.get("round"),
                 ", ".join(f"{k} {v:.3f} s" for k, v in sorted(timings.items())))
         record = self._record()
-        if msg.kind in _REPLAYED_KINDS:
+        if msg.kind == STANDARDIZE_INS or msg.kind in mode_of(self.config).setup_kinds:
             record["setup"] = [*record.get("setup", []), bytes(request)]
-        if msg.kind in ("fit_ins", "evaluate_ins") and "payload" in msg.arrays:
+        if msg.kind in (FIT_INS, EVALUATE_INS) and "payload" in msg.arrays:
             record["global"] = payload_of(msg)  # a later fit request may name it by its digest
         record["last-round"] = list(self.client.last_round)
         record["asked-global"] = list(self.client.asked_global or [])
         for name, value in self._secrets().items():
             record[name] = value
         self.state[_STATE_RECORD] = record
-        if msg.kind == "evaluate_ins" and self.node_config.get("model-out"):
+        if msg.kind == EVALUATE_INS and self.node_config.get("model-out"):
             _save_state(self.client.model.state_dict(), Path(str(self.node_config["model-out"])))
         return reply
 
@@ -399,8 +378,8 @@ def read_hellos(config: TrainConfig, replies: Mapping[int, RecordDict]) -> Hello
     if len(keys) != 1:
         raise ConfigError("the sites hold different key pairs; every site needs the same private.json")
     key = keys.pop()
-    if config.mode == "he" and config.key_holder == "clients" and not key:
-        raise ConfigError("--mode he, but the sites sent no public key")
+    if mode_of(config).sites_hold_key and not key:
+        raise ConfigError(f"--mode {config.mode}, but the sites sent no public key")
     ordered = {f"site{i}": nodes[f"site{i}"] for i in range(config.clients)}
     try:
         public_key = PublicKey(int(key, 16)) if key else None
@@ -421,18 +400,14 @@ def build_server(config: TrainConfig, transport, hellos: Hellos, settings: Deplo
     settings = settings or DeploymentSettings(config)
     model = initial_model(config, hellos.num_features)
     initial = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
+    mode = mode_of(config)
+    exchange = mode.server_exchange(
+        config, initial, public_key=hellos.public_key, key_dir=settings.server_key_dir or None,
+        allow_insecure_keys=settings.server_allow_insecure_keys,
+    )
     X_test = y_test = None
-    if config.mode == "plain":
-        exchange = PlainServerExchange(initial)
-    elif config.key_holder == "server":
-        from torchhefl.federated.server_key import HEMServerExchange
-
-        extra = {"key_dir": settings.server_key_dir or None, "allow_insecure_keys": settings.server_allow_insecure_keys}
-        _, private_key = run_keypair(dataclasses.replace(config, extra=extra))
-        exchange = HEMServerExchange(private_key, initial)
+    if mode.server_evaluates:
         X_test, y_test = _server_held_out(config, settings, hellos.num_features)
-    else:
-        exchange = ClientKeyServerExchange(hellos.public_key, initial, weight_bound=MAX_TOTAL_WEIGHT // config.clients)
     return Server(
         model=model,
         strategy=get_strategy(config.aggregator, mu=config.mu),

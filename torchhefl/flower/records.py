@@ -11,7 +11,7 @@ from flwr.app import Array, ArrayRecord, RecordDict
 
 from torchhefl.exceptions import MalformedMessageError
 
-__all__ = ["MESSAGE_TYPE", "RECORD", "WIRE_DTYPE", "WIRE_STYPE", "pack", "unpack"]
+__all__ = ["HELLO_ACTION", "HELLO_TYPE", "MESSAGE_TYPE", "RECORD", "WIRE_DTYPE", "WIRE_STYPE", "pack", "unpack"]
 
 #: the record that holds a torchhefl message in a Flower ``RecordDict``
 RECORD = "torchhefl"
@@ -20,6 +20,10 @@ WIRE_DTYPE = "torchhefl.wire"
 WIRE_STYPE = "torchhefl.wire/v1"
 #: Flower message type of a torchhefl request (routed to the ClientApp's default query function)
 MESSAGE_TYPE = "query"
+#: the ClientApp's query function that answers the first exchange, in which each SuperNode says which site it runs
+HELLO_ACTION = "hello"
+#: Flower message type of that first exchange
+HELLO_TYPE = f"{MESSAGE_TYPE}.{HELLO_ACTION}"
 _ARRAY = "message"
 
 

@@ -16,8 +16,10 @@ from flwr.serverapp import Grid, ServerApp
 
 from torchhefl.exceptions import ProtocolError
 from torchhefl.federated.recorder import RunRecorder
-from torchhefl.federated.simulation import privacy_summary, round_line
-from torchhefl.flower.deployment import HELLO_TYPE, DeploymentSettings, build_server, read_hellos
+from torchhefl.federated.drive import drive, summarize
+from torchhefl.federated.simulation import privacy_summary
+from torchhefl.flower.deployment import DeploymentSettings, build_server, read_hellos
+from torchhefl.flower.records import HELLO_TYPE
 from torchhefl.flower.transport import DEFAULT_POLL_INTERVAL, FlowerTransport, exchange
 
 __all__ = ["app", "serve", "wait_for_nodes"]
@@ -61,18 +63,8 @@ def serve(grid: Grid, settings: DeploymentSettings, *, echo: Callable[[str], Non
     if recorder is not None:
         recorder.start()
     server.setup()
-    last: dict = {}
-    totals = {"bytes_up": 0, "bytes_down": 0, "seconds": 0.0}
-    for rnd in range(1, config.rounds + 1):
-        last = server.run_round(rnd)
-        if recorder is not None:
-            recorder.record(last)
-        totals["bytes_up"] += last["bytes_up"]
-        totals["bytes_down"] += last["bytes_down"]
-        totals["seconds"] += last["time"]
-        echo(round_line(last, config.rounds))
-    summary = {k: last[k] for k in ("test_accuracy", "test_auc", "test_f1", "test_loss")}
-    summary.update(rounds=config.rounds, **totals)
+    last, totals = drive(server.run_round, first=1, rounds=config.rounds, recorder=recorder, echo=echo)
+    summary = summarize(last, totals, config.rounds)
     summary.update(privacy_summary(config, last))
     if "privacy" in summary:
         echo(summary["privacy"])

@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 from torchhefl.exceptions import ConfigError
-from torchhefl.federated.config import TrainConfig
 from torchhefl.federated.keyring import run_keypair
+from torchhefl.federated.parts import ModeParts
 from torchhefl.federated.server_key.client import HEMClient, HEMClientExchange
 from torchhefl.federated.server_key.constants import CLIP_NORM_MESSAGE, STEP_BITS
 from torchhefl.federated.server_key.server import HEMServerExchange
 
+if TYPE_CHECKING:
+    from torchhefl.federated.config import TrainConfig
+
 __all__ = ["hem_parts"]
 
 
-def hem_parts(config: TrainConfig, initial: OrderedDict):
+def hem_parts(config: TrainConfig, initial: OrderedDict) -> ModeParts:
     """The mode's parts for :func:`torchhefl.federated.simulation.build`.
 
     ``config.extra`` may set ``hem_step_bits`` (default :data:`STEP_BITS`).
     """
-    from torchhefl.federated.simulation import ModeParts
-
     if config.clip_norm is not None:
         raise ConfigError(CLIP_NORM_MESSAGE)
     if config.clients < 2:

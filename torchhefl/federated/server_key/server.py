@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from torchhefl.exceptions import MalformedMessageError, ProtocolError
-from torchhefl.federated.exchange import ServerExchange
+from torchhefl.federated.exchange import FollowUp, ServerExchange
 from torchhefl.federated.messages import (
     decode_state,
     encode_request,
@@ -34,6 +34,8 @@ from torchhefl.federated.server_key.constants import (
     PAYLOAD_FORMAT,
     PEERS_INS,
     PEERS_RES,
+    REFRESH_INS,
+    REFRESH_REQ,
     STAT_SCALE,
     STATS_KIND,
     UPDATE_KIND,
@@ -64,7 +66,11 @@ class HEMServerExchange(ServerExchange):
     """
 
     needs_every_participant = True
-    serves_refreshes = True
+
+    @property
+    def follow_ups(self) -> dict[str, FollowUp]:
+        """Clients ask for refreshes mid-fit (:meth:`refresh`); the round result counts them."""
+        return {REFRESH_REQ: FollowUp(REFRESH_INS, self.refresh, what="refresh request", counted_as="refreshes")}
 
     def __init__(
         self,

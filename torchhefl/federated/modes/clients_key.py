@@ -1,0 +1,47 @@
+"""``--mode he --key-holder clients``: the sites share a Paillier key pair; the server adds ciphertexts."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from torchhefl.exceptions import ConfigError
+from torchhefl.federated.clients_key import ClientKeyClientExchange, ClientKeyServerExchange, clients_key_parts
+from torchhefl.federated.exchange import ServerExchange
+from torchhefl.federated.keyring import run_keypair
+from torchhefl.federated.modes.base import Mode, ModeParts, SiteParts
+from torchhefl.secure import MAX_TOTAL_WEIGHT, PublicKey
+
+if TYPE_CHECKING:
+    from torchhefl.federated.config import TrainConfig
+
+__all__ = ["ClientsKeyMode"]
+
+
+class ClientsKeyMode(Mode):
+    """The server only ever holds ciphertexts and the public key; the sites decrypt and evaluate."""
+
+    name = "clients_key"
+    cli_mode = "he"
+    key_holder = "clients"
+    uses_key = True
+    sites_hold_key = True
+
+    def parts(self, config: TrainConfig, initial: OrderedDict) -> ModeParts:
+        return clients_key_parts(config, initial)
+
+    def server_exchange(
+        self, config: TrainConfig, initial: OrderedDict, *, public_key: PublicKey | None, key_dir: str | None,
+        allow_insecure_keys: bool,
+    ) -> ServerExchange:
+        if public_key is None:
+            raise ConfigError("--mode he, but the sites sent no public key")
+        return ClientKeyServerExchange(public_key, initial, weight_bound=MAX_TOTAL_WEIGHT // config.clients)
+
+    def site(self, config: TrainConfig, *, key_dir: str | None, allow_insecure_keys: bool) -> SiteParts:
+        if not key_dir:
+            raise ConfigError('--mode he needs the site\'s key: node config key-dir="/path/to/keys"')
+        extra = {"key_dir": str(key_dir), "allow_insecure_keys": allow_insecure_keys}
+        _, private_key = run_keypair(dataclasses.replace(config, extra=extra))
+        return SiteParts(ClientKeyClientExchange(private_key, weight_bound=MAX_TOTAL_WEIGHT // config.clients))
