@@ -16,27 +16,8 @@ PACKAGE = "torchhefl"
 # cycles allowed for now, each as its sorted modules: none
 KNOWN_CYCLES: set[tuple[str, ...]] = set()
 
-# (importing module, imported module, name) of underscore names imported across modules outside
-# torchhefl/secure, which other parts of issue 14 are removing. The coordinator empties this list.
-KNOWN_PRIVATE_IMPORTS: set[tuple[str, str, str]] = {
-    ("torchhefl.privacy.accountant", "torchhefl.privacy._checks", "_check_delta"),
-    ("torchhefl.privacy.accountant", "torchhefl.privacy._checks", "_check_epsilon"),
-    ("torchhefl.privacy.accountant", "torchhefl.privacy._checks", "_check_noise_multiplier"),
-    ("torchhefl.privacy.accountant", "torchhefl.privacy._checks", "_check_sample_rate"),
-    ("torchhefl.privacy.accountant", "torchhefl.privacy._checks", "_check_steps"),
-    ("torchhefl.privacy.config", "torchhefl.privacy._checks", "_check_clip_norm"),
-    ("torchhefl.privacy.config", "torchhefl.privacy._checks", "_check_delta"),
-    ("torchhefl.privacy.config", "torchhefl.privacy._checks", "_check_epsilon"),
-    ("torchhefl.privacy.config", "torchhefl.privacy._checks", "_check_noise_multiplier"),
-    ("torchhefl.privacy.config", "torchhefl.privacy._checks", "_check_sample_rate"),
-    ("torchhefl.privacy.config", "torchhefl.privacy._checks", "_check_steps"),
-    ("torchhefl.privacy.config", "torchhefl.privacy.accountant", "_ACCOUNTANT_TITLES"),
-    ("torchhefl.privacy.config", "torchhefl.privacy.accountant", "_check_accountant"),
-    ("torchhefl.privacy.dp_sgd", "torchhefl.privacy._checks", "_check_clip_norm"),
-    ("torchhefl.privacy.dp_sgd", "torchhefl.privacy._checks", "_check_noise_multiplier"),
-    ("torchhefl.privacy.sampling", "torchhefl.privacy._checks", "_check_sample_rate"),
-    ("torchhefl.privacy.sampling", "torchhefl.privacy._checks", "_check_steps"),
-}
+# (importing module, imported module, name) of underscore names allowed across modules: none
+KNOWN_PRIVATE_IMPORTS: set[tuple[str, str, str]] = set()
 
 
 def _module_name(path: Path) -> str:

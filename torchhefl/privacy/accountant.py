@@ -28,14 +28,14 @@ from opacus.accountants.utils import get_noise_multiplier
 
 from torchhefl.exceptions import ConfigError
 from torchhefl.privacy._checks import (
-    _check_delta,
-    _check_epsilon,
-    _check_noise_multiplier,
-    _check_sample_rate,
-    _check_steps,
+    check_delta,
+    check_epsilon,
+    check_noise_multiplier,
+    check_sample_rate,
+    check_steps,
 )
 
-__all__ = ["ACCOUNTANTS", "DEFAULT_ACCOUNTANT", "RDP_ORDERS", "PrivacyAccountant", "calibrate_noise"]
+__all__ = ["ACCOUNTANTS", "ACCOUNTANT_TITLES", "DEFAULT_ACCOUNTANT", "RDP_ORDERS", "PrivacyAccountant", "calibrate_noise", "check_accountant"]
 
 #: Accountants that give an upper bound on epsilon, by their Opacus name. Opacus' ``"gdp"``
 #: (Gaussian DP via the central limit theorem) is an approximation, not a bound, and is left out.
@@ -43,7 +43,7 @@ ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp")
 #: The accountant used unless another is named (see the module docstring).
 DEFAULT_ACCOUNTANT = "prv"
 
-_ACCOUNTANT_TITLES = {"prv": "PRV", "rdp": "RDP"}
+ACCOUNTANT_TITLES = {"prv": "PRV", "rdp": "RDP"}
 
 #: RDP orders tried when converting to (epsilon, delta): Opacus' defaults stop at 63, below the best
 #: order for small epsilons (few steps, much noise: about 200 for one step at noise multiplier
@@ -73,7 +73,7 @@ def _quiet_opacus(*, orders: bool = True) -> Iterator[None]:
         yield
 
 
-def _check_accountant(accountant: str) -> None:
+def check_accountant(accountant: str) -> None:
     if accountant not in ACCOUNTANTS:
         raise ConfigError(
             f"unknown accountant {accountant!r}; choose one of {', '.join(map(repr, ACCOUNTANTS))}"
@@ -106,11 +106,11 @@ def calibrate_noise(
     Returns:
         The noise multiplier sigma: the noise std divided by the clipping norm.
     """
-    _check_epsilon(target_epsilon)
-    _check_delta(target_delta)
-    _check_sample_rate(sample_rate)
-    _check_steps(steps)
-    _check_accountant(accountant)
+    check_epsilon(target_epsilon)
+    check_delta(target_delta)
+    check_sample_rate(sample_rate)
+    check_steps(steps)
+    check_accountant(accountant)
     if steps == 0:
         raise ConfigError("steps must be >= 1 to calibrate noise, got 0")
     try:
@@ -152,9 +152,9 @@ class PrivacyAccountant:
     """
 
     def __init__(self, *, noise_multiplier: float, sample_rate: float, accountant: str = DEFAULT_ACCOUNTANT) -> None:
-        _check_noise_multiplier(noise_multiplier)
-        _check_sample_rate(sample_rate)
-        _check_accountant(accountant)
+        check_noise_multiplier(noise_multiplier)
+        check_sample_rate(sample_rate)
+        check_accountant(accountant)
         self.noise_multiplier = float(noise_multiplier)
         self.sample_rate = float(sample_rate)
         self.mechanism = accountant
@@ -162,7 +162,7 @@ class PrivacyAccountant:
 
     def step(self, num_steps: int = 1) -> None:
         """Record ``num_steps`` DP-SGD steps at this accountant's noise multiplier and sample rate."""
-        _check_steps(num_steps, "num_steps")
+        check_steps(num_steps, "num_steps")
         for _ in range(num_steps):
             self._accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
 
@@ -173,7 +173,7 @@ class PrivacyAccountant:
 
     def epsilon(self, delta: float) -> float:
         """Epsilon spent so far at ``delta`` (an upper bound; 0.0 before any step)."""
-        _check_delta(delta)
+        check_delta(delta)
         if not self._accountant.history:
             return 0.0
         with _quiet_opacus(orders=self.mechanism == "prv"):
@@ -199,9 +199,9 @@ class PrivacyAccountant:
             if not (isinstance(entry, (list, tuple)) and len(entry) == 3):
                 raise ConfigError(f"accountant history entries must be [sigma, q, steps], got {entry!r}")
             sigma, q, n = entry
-            _check_noise_multiplier(sigma)
-            _check_sample_rate(q)
-            _check_steps(n, "history steps")
+            check_noise_multiplier(sigma)
+            check_sample_rate(q)
+            check_steps(n, "history steps")
             history.append((float(sigma), float(q), int(n)))
         self._accountant.history = history
 

@@ -7,14 +7,14 @@ from dataclasses import dataclass
 
 from torchhefl.exceptions import ConfigError
 from torchhefl.privacy._checks import (
-    _check_clip_norm,
-    _check_delta,
-    _check_epsilon,
-    _check_noise_multiplier,
-    _check_sample_rate,
-    _check_steps,
+    check_clip_norm,
+    check_delta,
+    check_epsilon,
+    check_noise_multiplier,
+    check_sample_rate,
+    check_steps,
 )
-from torchhefl.privacy.accountant import _ACCOUNTANT_TITLES, PrivacyAccountant, _check_accountant, calibrate_noise
+from torchhefl.privacy.accountant import ACCOUNTANT_TITLES, PrivacyAccountant, check_accountant, calibrate_noise
 from torchhefl.privacy.generator import SecureGenerator
 
 __all__ = ["DPConfig"]
@@ -78,13 +78,13 @@ class DPConfig:
     insecure_seeded_noise: bool = False
 
     def __post_init__(self) -> None:
-        _check_epsilon(self.epsilon)
-        _check_delta(self.delta)
-        _check_clip_norm(self.clip_norm)
-        _check_sample_rate(self.sample_rate)
-        _check_steps(self.rounds, "rounds")
-        _check_steps(self.local_steps, "local_steps")
-        _check_accountant(self.accountant)
+        check_epsilon(self.epsilon)
+        check_delta(self.delta)
+        check_clip_norm(self.clip_norm)
+        check_sample_rate(self.sample_rate)
+        check_steps(self.rounds, "rounds")
+        check_steps(self.local_steps, "local_steps")
+        check_accountant(self.accountant)
         if not isinstance(self.insecure_seeded_noise, bool):
             raise ConfigError(f"insecure_seeded_noise must be True or False, got {self.insecure_seeded_noise!r}")
         if self.rounds == 0 or self.local_steps == 0:
@@ -99,7 +99,7 @@ class DPConfig:
             )
             object.__setattr__(self, "noise_multiplier", sigma)
         else:
-            _check_noise_multiplier(self.noise_multiplier)
+            check_noise_multiplier(self.noise_multiplier)
             spent = self.planned_epsilon()
             if spent > self.epsilon:
                 raise ConfigError(
@@ -130,7 +130,7 @@ class DPConfig:
 
     def epsilon_after(self, steps: int) -> float:
         """Epsilon at ``delta`` after ``steps`` steps of one site, as the accountant reports it."""
-        _check_steps(steps)
+        check_steps(steps)
         return _epsilon_after(self.accountant, float(self.noise_multiplier), float(self.sample_rate), steps, float(self.delta))
 
     def planned_epsilon(self) -> float:
@@ -149,7 +149,7 @@ class DPConfig:
     def _guarantee(self) -> str:
         return (
             f"({self.epsilon:.2f}, {self.delta:.0e})-DP for each record of each site's data, over all "
-            f"{self.rounds} rounds of {self.local_steps} local steps ({_ACCOUNTANT_TITLES[self.accountant]} "
+            f"{self.rounds} rounds of {self.local_steps} local steps ({ACCOUNTANT_TITLES[self.accountant]} "
             f"accountant, noise multiplier {self.noise_multiplier:.2f}, sampling rate {self.sample_rate:.2f}, "
             f"clip norm {self.clip_norm:g})"
         )

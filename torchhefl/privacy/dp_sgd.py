@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from torchhefl.privacy._checks import _check_clip_norm, _check_noise_multiplier
+from torchhefl.privacy._checks import check_clip_norm, check_noise_multiplier
 from torchhefl.privacy.generator import SecureGenerator, secure_generator
 
 __all__ = ["private_step"]
@@ -67,8 +67,8 @@ def private_step(
         The per-sample gradient norms before clipping, shape ``(B,)`` (for logging, e.g. the
         fraction of clipped samples); not private.
     """
-    _check_clip_norm(clip_norm)
-    _check_noise_multiplier(noise_multiplier)
+    check_clip_norm(clip_norm)
+    check_noise_multiplier(noise_multiplier)
     if not expected_batch_size > 0:
         raise ValueError(f"expected_batch_size must be > 0, got {expected_batch_size!r}")
     generator = secure_generator(generator)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from torch import Tensor
 
-from torchhefl.privacy._checks import _check_sample_rate, _check_steps
+from torchhefl.privacy._checks import check_sample_rate, check_steps
 from torchhefl.privacy.generator import SecureGenerator, secure_generator
 
 __all__ = ["poisson_batches"]
@@ -31,9 +31,9 @@ def poisson_batches(
     Yields:
         int64 tensors of shape ``(batch_size,)``, increasing indices into ``range(n)``.
     """
-    _check_sample_rate(sample_rate)
-    _check_steps(steps)
-    _check_steps(n, "n")
+    check_sample_rate(sample_rate)
+    check_steps(steps)
+    check_steps(n, "n")
     generator = secure_generator(generator)
     for _ in range(steps):
         mask = generator.uniform(n) < sample_rate
