@@ -25,7 +25,7 @@ from torchhefl.federated.client import Client
 from torchhefl.federated.drive import drive, round_line, summarize
 from torchhefl.federated.exchange import ClientExchange
 from torchhefl.federated.modes import mode_of
-from torchhefl.federated.parts import ModeParts
+from torchhefl.federated.parts import ModeParts  # re-exported from its old home, as round_line is
 from torchhefl.federated.recorder import RunRecorder
 from torchhefl.federated.server import DEFAULT_MAX_MESSAGE_BYTES, RoundResult, Server
 from torchhefl.federated.strategies import get_strategy

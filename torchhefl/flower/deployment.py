@@ -38,9 +38,9 @@ import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
 from logging import INFO
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -98,6 +98,7 @@ _DEPLOYMENT_KEYS = (
 _NODE_KEYS = (
     "partition-id", "num-partitions", "key-dir", "allow-insecure-keys", "data", "label", "model-out", "share-timings",
 )
+
 
 class _ModeFlags(NamedTuple):
     """A run config's mode keys, as :func:`~torchhefl.federated.modes.mode_of` reads them."""
