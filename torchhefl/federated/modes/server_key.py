@@ -1,6 +1,6 @@
 """``--mode he --key-holder server``: the paper's HEM. The server holds the key; sites train on ciphertexts.
 
-The protocol itself lives in :mod:`torchhefl.federated.server_key` (imported only when a run uses it).
+The protocol itself lives in :mod:`torchhefl.federated.server_key`, split by role.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from torchhefl.exceptions import ConfigError
 from torchhefl.federated.exchange import ServerExchange
 from torchhefl.federated.keyring import run_keypair
 from torchhefl.federated.modes.base import Mode, ModeParts, SiteParts
+from torchhefl.federated.server_key import CLIP_NORM_MESSAGE, HEMClient, HEMClientExchange, HEMServerExchange, hem_parts
+from torchhefl.federated.server_key.constants import KEYS_INS, PEERS_INS
 from torchhefl.secure import PublicKey
 
 if TYPE_CHECKING:
@@ -20,11 +22,6 @@ if TYPE_CHECKING:
 
 __all__ = ["CLIP_NORM_MESSAGE", "EPSILON_MESSAGE", "ServerKeyMode"]
 
-#: why a clipping bound cannot be given with the server's key
-CLIP_NORM_MESSAGE = (
-    "--clip-norm cannot be used with --key-holder server: clients train on encrypted weights and never "
-    "see a plaintext gradient to clip (leave --clip-norm out, or pass --clip-norm none)"
-)
 #: why ``--epsilon`` cannot be given with the server's key
 EPSILON_MESSAGE = (
     "--epsilon needs plaintext local gradients; with --key-holder server clients train on "
@@ -41,7 +38,7 @@ class ServerKeyMode(Mode):
     uses_key = True
     server_evaluates = True
     clips_gradients = False
-    setup_kinds = ("hem_keys_ins", "hem_peers_ins")  # the sites' key agreement
+    setup_kinds = (KEYS_INS, PEERS_INS)  # the sites' key agreement
 
     def validate(self, config: TrainConfig) -> None:
         if config.epsilon is not None:
@@ -53,21 +50,15 @@ class ServerKeyMode(Mode):
         return CLIP_NORM_MESSAGE
 
     def parts(self, config: TrainConfig, initial: OrderedDict) -> ModeParts:
-        from torchhefl.federated.server_key import hem_parts
-
         return hem_parts(config, initial)
 
     def server_exchange(
         self, config: TrainConfig, initial: OrderedDict, *, public_key: PublicKey | None, key_dir: str | None,
         allow_insecure_keys: bool,
     ) -> ServerExchange:
-        from torchhefl.federated.server_key import HEMServerExchange
-
         extra = {"key_dir": key_dir or None, "allow_insecure_keys": allow_insecure_keys}
         _, private_key = run_keypair(dataclasses.replace(config, extra=extra))
         return HEMServerExchange(private_key, initial)
 
     def site(self, config: TrainConfig, *, key_dir: str | None, allow_insecure_keys: bool) -> SiteParts:
-        from torchhefl.federated.server_key import HEMClient, HEMClientExchange
-
         return SiteParts(HEMClientExchange(allow_insecure=allow_insecure_keys), HEMClient)
