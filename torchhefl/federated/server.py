@@ -7,8 +7,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -34,8 +33,9 @@ from torchhefl.federated.messages import (
     payload_of,
     same_int,
 )
+from torchhefl.federated.round_result import RoundResult
 from torchhefl.federated.strategies import Strategy
-from torchhefl.federated.transport import ClientUnavailableError, Transport
+from torchhefl.federated.transport import CLIENT_FAULTS, Transport, deliver
 from torchhefl.secure import wire
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "RoundResult", "Server"]
@@ -44,76 +44,6 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 """The largest client reply a server accepts by default (64 MiB; ``--max-message-bytes``)."""
 
 log = logging.getLogger(__name__)
-
-#: what a misbehaving or vanished client can raise; anything else is a bug and propagates
-_CLIENT_FAULTS = (ClientUnavailableError, MalformedMessageError, KeyMismatchError, ProtocolError)
-
-@dataclass(eq=False)
-class RoundResult(Mapping):
-    """What one round did, as the server measured it.
-
-    Also a read-only mapping, by the names of ``metrics.csv`` and the recorder: ``result["round"]``,
-    ``result["test_accuracy"]`` (each test metric as ``test_<name>``), ``result["refreshes"]`` (each
-    follow-up count), ``"epsilon" in result`` (only under DP).
-    """
-
-    #: the round's number
-    round: int
-    #: the clients whose updates were aggregated, in reply order
-    clients: list[str]
-    #: the selected clients left out, in selection order
-    dropped: list[str]
-    #: the reason each dropped client's reply was refused (those refused rather than silent)
-    rejected: dict[str, str]
-    #: how many times the round was tried
-    attempts: int
-    #: each aggregated client's reported training loss (NaN where it cannot see it)
-    train_loss: dict[str, float]
-    #: the global model's test metrics after the round: ``accuracy``, ``loss``, ``auc``, ``f1``
-    test: dict[str, float] = field(default_factory=dict)
-    #: seconds per phase (the server's own, and those of sites that share theirs)
-    seconds: dict[str, float] = field(default_factory=dict)
-    #: bytes the transport carried up (client to server) and down in the round
-    bytes_up: int = 0
-    bytes_down: int = 0
-    #: the round's wall time in seconds
-    time: float = 0.0
-    #: the most privacy any aggregated client reports having spent (``None`` without DP)
-    epsilon: float | None = None
-    #: follow-up requests served in the round, by the exchange's ``counted_as`` name (``refreshes``)
-    served: dict[str, int] = field(default_factory=dict)
-
-    def keys(self) -> list[str]:  # type: ignore[override]
-        """The mapping's names, in the order of the round's fields."""
-        out = ["round", "clients", "dropped", "rejected", "attempts", "train_loss"]
-        if self.epsilon is not None:
-            out.append("epsilon")
-        out += list(self.served)
-        out += [f"test_{k}" for k in self.test]
-        return out + ["seconds", "bytes_up", "bytes_down", "time"]
-
-    def __getitem__(self, key: str):
-        if key in self.served:
-            return self.served[key]
-        if key.startswith("test_") and key[5:] in self.test:
-            return self.test[key[5:]]
-        if key in _RESULT_FIELDS and not (key == "epsilon" and self.epsilon is None):
-            return getattr(self, key)
-        raise KeyError(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.keys())
-
-    def __len__(self) -> int:
-        return len(self.keys())
-
-    def to_dict(self) -> dict:
-        """The result as a plain dict (the mapping's items)."""
-        return {k: self[k] for k in self.keys()}
-
-
-_RESULT_FIELDS = {"round", "clients", "dropped", "rejected", "attempts", "train_loss", "seconds", "bytes_up",
-                  "bytes_down", "time", "epsilon"}
 
 
 class Server:
@@ -190,7 +120,7 @@ class Server:
         for cid, answer in self._deliver(ids, encode_request(STATS_INS, {})):
             try:
                 replies[cid] = self.read_stats_reply(cid, answer)
-            except _CLIENT_FAULTS as e:
+            except CLIENT_FAULTS as e:
                 log.warning("client %s left out of stats: %s", cid, e)
                 refused[cid] = str(e)
         if len(replies) < len(ids):
@@ -266,7 +196,7 @@ class Server:
                     digest = hashlib.sha256(payload_of(msg)).hexdigest()
                     if digest in seen:
                         raise MalformedMessageError(f"its update duplicates the one {seen[digest]} sent")
-                except _CLIENT_FAULTS as e:
+                except CLIENT_FAULTS as e:
                     log.warning("client %s left out of round %d (attempt %d): %s", cid, server_round, attempt, e)
                     rejected[cid] = str(e)
                     continue
@@ -450,7 +380,7 @@ class Server:
         for cid, answer in self._deliver(self.transport.client_ids, request):
             try:
                 counts = self.read_evaluate_reply(cid, answer)
-            except _CLIENT_FAULTS as e:
+            except CLIENT_FAULTS as e:
                 log.warning("client %s left out of evaluate: %s", cid, e)
                 continue
             total = add_counts(total, counts)
@@ -484,7 +414,7 @@ class Server:
                 msg = self._read_reply(cid, answer, reply_kind)
                 if server_round is not None and not same_int(msg.meta.get("round"), server_round):
                     raise MalformedMessageError(f"reply for round {msg.meta.get('round')!r}, expected {server_round}")
-            except _CLIENT_FAULTS as e:
+            except CLIENT_FAULTS as e:
                 log.warning("client %s left out of %s: %s", cid, reply_kind.removesuffix("_res"), e)
                 continue
             replies[cid] = msg
@@ -525,7 +455,7 @@ class Server:
                     elif kind in follow_ups:
                         asked[cid, kind] = seq = asked.get((cid, kind), 0) + 1
                         follow[cid] = self.answer_follow_up(cid, answer, server_round=server_round, attempt=attempt, seq=seq)
-                except _CLIENT_FAULTS as e:
+                except CLIENT_FAULTS as e:
                     answers[cid] = e
             if not follow:
                 return [(cid, answers[cid]) for cid in ids]
@@ -565,42 +495,16 @@ class Server:
     def _kind(self, answer: bytes) -> str | None:
         try:
             return decode_request(answer, max_bytes=self.max_message_bytes).kind
-        except _CLIENT_FAULTS:
+        except CLIENT_FAULTS:
             return None  # the caller's own check reports what is wrong with it
 
     def _deliver_each(self, requests: dict[str, bytes]) -> Iterator[tuple[str, bytes | Exception]]:
-        """Each client's reply to its own request; all at once on a transport with ``send_each``."""
-        send_each = getattr(self.transport, "send_each", None)
-        if send_each is not None:
-            answers = send_each(dict(requests))
-            for cid in requests:
-                yield cid, answers[cid]
-            return
-        for cid, request in requests.items():
-            try:
-                answer: bytes | Exception = self.transport.send(cid, request)
-            except _CLIENT_FAULTS as e:
-                answer = e
-            yield cid, answer
+        """Each client's reply to its own request, or the client fault it raised (:func:`deliver`)."""
+        return deliver(self.transport, requests)
 
     def _deliver(self, ids: list[str], request: bytes) -> Iterator[tuple[str, bytes | Exception]]:
-        """Each client's reply to ``request``, or the client fault it raised.
-
-        A transport with ``send_all(ids, request)`` (a network one) gets every request out at once
-        and returns ``{cid: reply bytes or exception}``; otherwise clients are asked one by one.
-        """
-        send_all = getattr(self.transport, "send_all", None)
-        if send_all is not None:
-            answers = send_all(list(ids), request)
-            for cid in ids:
-                yield cid, answers[cid]
-            return
-        for cid in ids:
-            try:
-                answer: bytes | Exception = self.transport.send(cid, request)
-            except _CLIENT_FAULTS as e:
-                answer = e
-            yield cid, answer
+        """Each client's reply to ``request``, or the client fault it raised (:func:`deliver`)."""
+        return deliver(self.transport, dict.fromkeys(ids, request))
 
 
 def _seconds(value) -> float:

@@ -6,14 +6,20 @@ so the byte counts it reports are the ones a deployment would send.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Protocol
 
-__all__ = ["ClientUnavailableError", "InProcessTransport", "Transport"]
+from torchhefl.exceptions import KeyMismatchError, MalformedMessageError, ProtocolError
+
+__all__ = ["CLIENT_FAULTS", "ClientUnavailableError", "InProcessTransport", "Transport", "deliver"]
 
 
 class ClientUnavailableError(ConnectionError):
     """A client did not answer (it crashed, dropped out, or its reply was lost)."""
+
+
+#: what a misbehaving or vanished client can raise; anything else is a bug and propagates
+CLIENT_FAULTS = (ClientUnavailableError, MalformedMessageError, KeyMismatchError, ProtocolError)
 
 
 class Transport(Protocol):
@@ -58,3 +64,30 @@ class InProcessTransport:
             raise TypeError(f"client {cid} replied with {type(reply).__name__}, not bytes")
         self.bytes_up += len(reply)
         return bytes(reply)
+
+
+def deliver(transport: Transport, requests: Mapping[str, bytes]) -> Iterator[tuple[str, bytes | Exception]]:
+    """Each client's reply to its request, or the client fault it raised, in the order of ``requests``.
+
+    A network transport gets every request out at once: ``send_all(ids, request)`` when all clients
+    get the same bytes, ``send_each({cid: request})`` otherwise (each returns ``{cid: reply bytes or
+    exception}``); any other transport asks the clients one by one with ``send``.
+    """
+    requests = dict(requests)
+    ids = list(requests)
+    send_all, send_each = getattr(transport, "send_all", None), getattr(transport, "send_each", None)
+    answers: Mapping[str, bytes | Exception] | None = None
+    if ids and send_all is not None and len(set(requests.values())) == 1:
+        answers = send_all(ids, requests[ids[0]])
+    elif send_each is not None:
+        answers = send_each(requests)
+    if answers is not None:
+        for cid in ids:
+            yield cid, answers[cid]
+        return
+    for cid, request in requests.items():
+        try:
+            answer: bytes | Exception = transport.send(cid, request)
+        except CLIENT_FAULTS as e:
+            answer = e
+        yield cid, answer
