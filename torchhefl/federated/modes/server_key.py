@@ -13,7 +13,7 @@ from torchhefl.exceptions import ConfigError
 from torchhefl.federated.exchange import ServerExchange
 from torchhefl.federated.keyring import run_keypair
 from torchhefl.federated.modes.base import Mode, ModeParts, SiteParts
-from torchhefl.federated.server_key import CLIP_NORM_MESSAGE, HEMClient, HEMClientExchange, HEMServerExchange, hem_parts
+from torchhefl.federated.server_key import CLIP_NORM_MESSAGE, ServerKeyClient, ServerKeyClientExchange, ServerKeyServerExchange, server_key_parts
 from torchhefl.federated.server_key.constants import KEYS_INS, PEERS_INS
 from torchhefl.secure import PublicKey
 
@@ -50,7 +50,7 @@ class ServerKeyMode(Mode):
         return CLIP_NORM_MESSAGE
 
     def parts(self, config: TrainConfig, initial: OrderedDict) -> ModeParts:
-        return hem_parts(config, initial)
+        return server_key_parts(config, initial)
 
     def server_exchange(
         self, config: TrainConfig, initial: OrderedDict, *, public_key: PublicKey | None, key_dir: str | None,
@@ -58,7 +58,7 @@ class ServerKeyMode(Mode):
     ) -> ServerExchange:
         extra = {"key_dir": key_dir or None, "allow_insecure_keys": allow_insecure_keys}
         _, private_key = run_keypair(dataclasses.replace(config, extra=extra))
-        return HEMServerExchange(private_key, initial)
+        return ServerKeyServerExchange(private_key, initial)
 
     def site(self, config: TrainConfig, *, key_dir: str | None, allow_insecure_keys: bool) -> SiteParts:
-        return SiteParts(HEMClientExchange(allow_insecure=allow_insecure_keys), HEMClient)
+        return SiteParts(ServerKeyClientExchange(allow_insecure=allow_insecure_keys), ServerKeyClient)

@@ -16,32 +16,32 @@ Split by role, as Flower's SecAgg+ is:
   and payload kinds;
 * :mod:`~torchhefl.federated.server_key.step`: one SGD step on encrypted weights (the plaintext
   step itself is :func:`torchhefl.nn.functional.sgd_step`);
-* :mod:`~torchhefl.federated.server_key.client`: the site (:class:`HEMClient`,
-  :class:`HEMClientExchange`), with its place in a fit kept by
+* :mod:`~torchhefl.federated.server_key.client`: the site (:class:`ServerKeyClient`,
+  :class:`ServerKeyClientExchange`), with its place in a fit kept by
   :mod:`~torchhefl.federated.server_key.continuation`;
-* :mod:`~torchhefl.federated.server_key.server`: the key holder (:class:`HEMServerExchange`);
-* :mod:`~torchhefl.federated.server_key.parts`: the wiring for a run (:func:`hem_parts`).
+* :mod:`~torchhefl.federated.server_key.server`: the key holder (:class:`ServerKeyServerExchange`);
+* :mod:`~torchhefl.federated.server_key.parts`: the wiring for a run (:func:`server_key_parts`).
 """
 
-from torchhefl.federated.server_key.client import HEMClient, HEMClientExchange
+from torchhefl.federated.server_key.client import ServerKeyClient, ServerKeyClientExchange
 from torchhefl.federated.server_key.constants import (
     BASE_SCALE,
     CLIP_NORM_MESSAGE,
     STEP_BITS,
     VALUE_BITS,
 )
-from torchhefl.federated.server_key.parts import hem_parts
-from torchhefl.federated.server_key.server import HEMServerExchange
+from torchhefl.federated.server_key.parts import server_key_parts
+from torchhefl.federated.server_key.server import ServerKeyServerExchange
 from torchhefl.federated.server_key.step import apply_step
 
 __all__ = [
     "BASE_SCALE",
     "CLIP_NORM_MESSAGE",
-    "HEMClient",
-    "HEMClientExchange",
-    "HEMServerExchange",
     "STEP_BITS",
+    "ServerKeyClient",
+    "ServerKeyClientExchange",
+    "ServerKeyServerExchange",
     "VALUE_BITS",
     "apply_step",
-    "hem_parts",
+    "server_key_parts",
 ]

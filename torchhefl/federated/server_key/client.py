@@ -59,13 +59,13 @@ from torchhefl.secure.masking import PairwiseMasker, mask_label
 from torchhefl.secure.refresh import RefreshClient
 from torchhefl.secure.tensor import cts_to_array
 
-__all__ = ["HEMClient", "HEMClientExchange"]
+__all__ = ["ServerKeyClient", "ServerKeyClientExchange"]
 
 _HEX = re.compile(r"[0-9a-f]{1,4096}")  # a modulus of at most 16384 bits, as PublicKey.to_dict writes it
 
 
-class HEMClientExchange(ClientExchange):
-    """Client side of HEM: pairwise masks, blinded refreshes, masked uploads. Holds no private key.
+class ServerKeyClientExchange(ClientExchange):
+    """Client side of the server-key scheme (the paper's HEM): pairwise masks, blinded refreshes, masked uploads. Holds no private key.
 
     Args:
         allow_insecure: accept a Paillier key below 2048 bits from the server (tests only).
@@ -86,7 +86,7 @@ class HEMClientExchange(ClientExchange):
         self.public_key: PublicKey | None = None
         self.masker: PairwiseMasker | None = None
         #: optional synchronous path to the key holder (request bytes -> reply bytes) for
-        #: :meth:`HEMClient.fit_encrypted` called directly; the protocol itself sends refresh
+        #: :meth:`ServerKeyClient.fit_encrypted` called directly; the protocol itself sends refresh
         #: requests as ``refresh_req`` replies and needs none
         self.channel: Callable[[bytes], bytes] | None = None
         self._refresher: RefreshClient | None = None
@@ -112,7 +112,7 @@ class HEMClientExchange(ClientExchange):
     def refresher(self) -> RefreshClient:
         """Blinds and unblinds this client's refreshes (through :attr:`channel` when one is set)."""
         if self.public_key is None:
-            raise ProtocolError("no key yet: the server has not run the HEM set-up")
+            raise ProtocolError("no key yet: the server has not run the server-key set-up")
         if self._refresher is None or self._refresher.channel is not self.channel:
             self._refresher = RefreshClient(self.channel, self.public_key, value_bits=self.value_bits)
             if not self._refresher.can_refresh(self.base_scale + self.step_bits):
@@ -121,7 +121,7 @@ class HEMClientExchange(ClientExchange):
 
     def _key(self) -> PublicKey:
         if self.public_key is None or self.masker is None:
-            raise ProtocolError("the server has not run the HEM set-up (keys and pairwise seeds)")
+            raise ProtocolError("the server has not run the server-key set-up (keys and pairwise seeds)")
         return self.public_key
 
     # -- payloads -------------------------------------------------------------------------------
@@ -173,11 +173,11 @@ class HEMClientExchange(ClientExchange):
         return read_statistics_sum(payload)
 
 
-class HEMClient(Client):
-    """A site in HEM mode: trains the encrypted global weights it is sent, never seeing them.
+class ServerKeyClient(Client):
+    """A site under the server's key: trains the encrypted global weights it is sent, never seeing them.
 
     Takes :class:`~torchhefl.federated.client.Client`'s arguments with a
-    :class:`HEMClientExchange`; ``clip_norm`` must be ``None`` (ciphertexts cannot be clipped).
+    :class:`ServerKeyClientExchange`; ``clip_norm`` must be ``None`` (ciphertexts cannot be clipped).
 
     A fit needs refreshes from the key-holding server. The client answers ``fit_ins`` (and each
     ``refresh_ins``) with a ``refresh_req`` carrying a blinded refresh request whenever it needs
@@ -190,12 +190,12 @@ class HEMClient(Client):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if not isinstance(self.exchange, HEMClientExchange):
-            raise ConfigError("HEMClient needs a HEMClientExchange")
+        if not isinstance(self.exchange, ServerKeyClientExchange):
+            raise ConfigError("ServerKeyClient needs a ServerKeyClientExchange")
         if self.clip_norm is not None:
             raise ConfigError(CLIP_NORM_MESSAGE)
         if self.privacy is not None:
-            raise ConfigError("differential privacy needs plaintext gradients; HEM clients train on ciphertexts")
+            raise ConfigError("differential privacy needs plaintext gradients; with --key-holder server sites train on ciphertexts")
         self._continuation: Continuation | None = None
         self._saved_continuation = b""
         self._x25519: bytes | None = None
@@ -348,7 +348,7 @@ class HEMClient(Client):
     def fit_encrypted(self, theta: EncryptedTensor, server_round: int, *, proximal_mu: float = 0.0) -> EncryptedTensor:
         """Local SGD on the encrypted ``theta`` over this round's batches (those of plain mode).
 
-        Refreshes through the exchange's synchronous :attr:`HEMClientExchange.channel` whenever the
+        Refreshes through the exchange's synchronous :attr:`ServerKeyClientExchange.channel` whenever the
         next step would leave no room for a blinding mask. Returns ``theta`` at whatever scale the
         last step left. (The protocol path, :meth:`handle`, runs the same steps with refreshes as
         separate messages.)

@@ -8,17 +8,17 @@ from typing import TYPE_CHECKING
 from torchhefl.exceptions import ConfigError
 from torchhefl.federated.keyring import run_keypair
 from torchhefl.federated.parts import ModeParts
-from torchhefl.federated.server_key.client import HEMClient, HEMClientExchange
+from torchhefl.federated.server_key.client import ServerKeyClient, ServerKeyClientExchange
 from torchhefl.federated.server_key.constants import CLIP_NORM_MESSAGE, STEP_BITS
-from torchhefl.federated.server_key.server import HEMServerExchange
+from torchhefl.federated.server_key.server import ServerKeyServerExchange
 
 if TYPE_CHECKING:
     from torchhefl.federated.config import TrainConfig
 
-__all__ = ["hem_parts"]
+__all__ = ["server_key_parts"]
 
 
-def hem_parts(config: TrainConfig, initial: OrderedDict) -> ModeParts:
+def server_key_parts(config: TrainConfig, initial: OrderedDict) -> ModeParts:
     """The mode's parts for :func:`torchhefl.federated.simulation.build`.
 
     ``config.extra`` may set ``hem_step_bits`` (default :data:`STEP_BITS`).
@@ -34,15 +34,15 @@ def hem_parts(config: TrainConfig, initial: OrderedDict) -> ModeParts:
         raise ConfigError(f"hem_step_bits must be an int in [8, 48], got {step_bits!r}")
     public_key, private_key = run_keypair(config)
     allow_insecure = bool(config.extra.get("allow_insecure_keys", False))
-    server_exchange = HEMServerExchange(private_key, initial)
+    server_exchange = ServerKeyServerExchange(private_key, initial)
     client_exchanges = [
-        HEMClientExchange(allow_insecure=allow_insecure, step_bits=step_bits) for _ in range(config.clients)
+        ServerKeyClientExchange(allow_insecure=allow_insecure, step_bits=step_bits) for _ in range(config.clients)
     ]
 
     return ModeParts(
         server_exchange=server_exchange,
         client_exchanges=client_exchanges,
-        client_class=HEMClient,
+        client_class=ServerKeyClient,
         server_holds_test=True,
         extras={"public_key": public_key},
     )

@@ -48,11 +48,11 @@ from torchhefl.secure.encoding import dequantize
 from torchhefl.secure.refresh import serve_refresh
 from torchhefl.secure.tensor import array_to_cts, check_fingerprint
 
-__all__ = ["HEMServerExchange"]
+__all__ = ["ServerKeyServerExchange"]
 
 
-class HEMServerExchange(ServerExchange):
-    """Server side of HEM: holds the key pair and the plaintext global model; decrypts only sums.
+class ServerKeyServerExchange(ServerExchange):
+    """Server side of the server-key scheme (the paper's HEM): holds the key pair and the plaintext global model; decrypts only sums.
 
     Args:
         private_key: the server's key pair.
@@ -122,7 +122,7 @@ class HEMServerExchange(ServerExchange):
 
     def aggregate(self, payloads: Sequence[bytes], strategy: Strategy) -> None:
         if not strategy.weighs_by_samples:
-            raise ProtocolError(f"{strategy!r} is not sample-weighted; HEM aggregates sample-weighted sums")
+            raise ProtocolError(f"{strategy!r} is not sample-weighted; with --key-holder server the server aggregates sample-weighted sums")
         if not payloads:
             raise ProtocolError("no client updates to aggregate")
         pk, d = self.public_key, self.theta.numel()

@@ -12,8 +12,8 @@ from torchhefl.federated.server_key import (
     BASE_SCALE,
     STEP_BITS,
     VALUE_BITS,
-    HEMClient,
-    HEMServerExchange,
+    ServerKeyClient,
+    ServerKeyServerExchange,
     apply_step,
 )
 from torchhefl.federated.transport import ClientUnavailableError
@@ -126,7 +126,7 @@ def test_encrypted_local_training_equals_plain_sgd(aggregator):
     plain.server.setup()
     theta0 = hem.server.exchange.theta.clone()
     for hc, pc in zip(hem.clients, plain.clients):
-        assert isinstance(hc, HEMClient)
+        assert isinstance(hc, ServerKeyClient)
         mu = hem.server.strategy.configure_fit(1)["proximal_mu"]  # what a round sends the clients
         enc = EncryptedTensor.encrypt(theta0, hem.extras["public_key"])
         hc.exchange.channel = hem.server.exchange.refresh  # direct calls refresh synchronously
@@ -169,7 +169,7 @@ def test_refreshes_follow_the_scale_not_a_timer():
 # -- what the server sees -------------------------------------------------------------------------------
 def test_server_decrypts_only_masked_values_and_sums(monkeypatch):
     sim = build(_config(rounds=2))
-    exchange: HEMServerExchange = sim.server.exchange
+    exchange: ServerKeyServerExchange = sim.server.exchange
     sk, pk = exchange._private_key, exchange.public_key
     decrypted: set = set()
     for name in ("decrypt_ints", "decrypt_raw"):  # every decryption goes through one of these
@@ -323,12 +323,12 @@ def test_client_rejects_a_global_model_of_the_wrong_shape(keypair):
 
 
 def test_client_refuses_an_insecure_server_key_unless_allowed(keypair):
-    from torchhefl.federated.server_key import HEMClientExchange
+    from torchhefl.federated.server_key import ServerKeyClientExchange
 
     pk, _ = keypair
     with pytest.raises(ProtocolError, match="512-bit key is insecure"):
-        HEMClientExchange().set_public_key(pk.to_dict())
-    ex = HEMClientExchange(allow_insecure=True)
+        ServerKeyClientExchange().set_public_key(pk.to_dict())
+    ex = ServerKeyClientExchange(allow_insecure=True)
     ex.set_public_key(pk.to_dict())
     assert ex.public_key == pk
 
