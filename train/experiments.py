@@ -43,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"seeds per setting, 0..N-1 (default {_FULL_SEEDS}, {_QUICK_SEEDS} with --quick)")
     p.add_argument("--sweeps", default="all", help=f"comma-separated, of: {', '.join(SWEEPS)}")
     p.add_argument("--modes", default="plain,he", help="plain (the paper's DP) and/or he")
-    p.add_argument("--he-mode", choices=("server", "clients"), default="server",
-                   help="who holds the Paillier key in HE mode: server (the paper's HEM) or clients")
+    p.add_argument("--key-holder", "--he-mode", dest="key_holder", choices=("server", "clients"), default="server",
+                   help="who holds the Paillier key in HE mode, as in train.federated: server (the paper's HEM) "
+                        "or clients (--he-mode is an older name for it)")
     p.add_argument("--key-bits", type=int, default=None,
                    help=f"Paillier modulus size (default 2048, {_QUICK_KEY_BITS} with --quick)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="runs trained in parallel")
@@ -76,14 +77,13 @@ def _replot(out: Path) -> int:
 
 def _settings(args: argparse.Namespace) -> ExperimentSettings:
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
-    he_mode = args.he_mode
     seeds = args.seeds if args.seeds is not None else (_QUICK_SEEDS if args.quick else _FULL_SEEDS)
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     key_bits = args.key_bits if args.key_bits is not None else (_QUICK_KEY_BITS if args.quick else 2048)
-    return ExperimentSettings(modes=modes, he_key_holder=he_mode, key_bits=key_bits, seeds=tuple(range(seeds)),
+    return ExperimentSettings(modes=modes, key_holder=args.key_holder, key_bits=key_bits, seeds=tuple(range(seeds)),
                               allow_insecure_keys=args.quick).validate()
 
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         print(f"{len(jobs)} training runs ({rounds} local-epoch rounds) for {', '.join(s.name for s in sweeps)}; "
               f"modes {', '.join(settings.modes)}"
-              + (f" (HE key at {settings.he_key_holder}, {settings.key_bits}-bit)" if "he" in settings.modes else "")
+              + (f" (HE key at {settings.key_holder}, {settings.key_bits}-bit)" if "he" in settings.modes else "")
               + f"; {len(settings.seeds)} seeds; {args.workers} worker(s)")
         if not (args.quick or args.no_estimate):
             est = estimate_seconds(jobs, workers=args.workers)

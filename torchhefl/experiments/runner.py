@@ -35,7 +35,7 @@ class ExperimentSettings:
 
     Attributes:
         modes: protection modes, of ``plain`` (the paper's DP) and ``he`` (the paper's HE).
-        he_key_holder: who holds the Paillier key in ``he`` mode: ``server`` (the paper's HEM,
+        key_holder: who holds the Paillier key in ``he`` mode: ``server`` (the paper's HEM,
             clients train on encrypted weights) or ``clients`` (encrypted exchange, the server
             only adds ciphertexts).
         key_bits: Paillier modulus size.
@@ -44,7 +44,7 @@ class ExperimentSettings:
     """
 
     modes: tuple[str, ...] = ("plain", "he")
-    he_key_holder: str = "server"
+    key_holder: str = "server"
     key_bits: int = 2048
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     allow_insecure_keys: bool = False
@@ -56,8 +56,8 @@ class ExperimentSettings:
                 raise ConfigError(f"--modes takes {' and '.join(choices)}; got {m!r}")
         if not self.modes:
             raise ConfigError(f"--modes needs at least one of {', '.join(choices)}")
-        if self.he_key_holder not in key_holders():
-            raise ConfigError(f"--he-mode must be {' or '.join(sorted(key_holders(), reverse=True))}; got {self.he_key_holder!r}")
+        if self.key_holder not in key_holders():
+            raise ConfigError(f"--key-holder must be {' or '.join(sorted(key_holders(), reverse=True))}; got {self.key_holder!r}")
         if not self.seeds:
             raise ConfigError("--seeds must be at least 1")
         if self.key_bits < 2048 and not self.allow_insecure_keys:
@@ -88,7 +88,7 @@ def _train_config(fields: dict, mode: str, seed: int, settings: ExperimentSettin
     cfg.mode = mode
     cfg.seed = seed
     if any(m.key_holder is not None for m in MODES.values() if m.cli_mode == mode):
-        cfg.key_holder = settings.he_key_holder
+        cfg.key_holder = settings.key_holder
     chosen = mode_of(cfg)
     if chosen.uses_key:
         cfg.key_bits = settings.key_bits
