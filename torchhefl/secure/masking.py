@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from torchhefl.exceptions import MalformedMessageError, ProtocolError
 
-__all__ = ["PUBLIC_KEY_BYTES", "PairwiseMasker", "mask_label", "prg_ints"]
+__all__ = ["PUBLIC_KEY_BYTES", "PairwiseMasker", "majority_threshold", "mask_label", "prg_ints"]
 
 PUBLIC_KEY_BYTES = 32
 _HKDF_INFO = b"torchhefl/pairwise-mask/v1"
@@ -44,6 +44,12 @@ def prg_ints(seed: bytes, label: bytes, count: int, modulus: int) -> list[int]:
     width = (int(modulus).bit_length() + _EXTRA_BITS + 7) // 8
     stream = hashlib.shake_256(len(label).to_bytes(8, "big") + label + seed).digest(count * width)
     return [int.from_bytes(stream[i * width : (i + 1) * width], "big") % modulus for i in range(count)]
+
+
+def majority_threshold(roster_size: int) -> int:
+    """The fewest participants a masked sum may have among ``roster_size`` sites: a strict
+    majority, and never below 2 (a sum over one site is that site's value)."""
+    return max(2, roster_size // 2 + 1)
 
 
 class PairwiseMasker:

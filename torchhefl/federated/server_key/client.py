@@ -55,7 +55,7 @@ from torchhefl.nn.functional import add_bias_column
 from torchhefl.secure import EncryptedTensor, PublicKey, wire
 from torchhefl.secure.encoding import quantize
 from torchhefl.secure.keys import MIN_SECURE_KEY_BITS
-from torchhefl.secure.masking import PairwiseMasker, mask_label
+from torchhefl.secure.masking import PairwiseMasker, majority_threshold, mask_label
 from torchhefl.secure.refresh import RefreshClient
 from torchhefl.secure.tensor import cts_to_array
 
@@ -248,6 +248,7 @@ class ServerKeyClient(Client):
             or self.cid not in participants
         ):
             raise MalformedMessageError("fit request without a participant list naming this client")
+        self._check_participants(participants)
         if self.standardizer is None:
             raise ProtocolError(f"client {self.cid} was asked to train before standardisation")
         exchange = self.exchange
@@ -259,6 +260,21 @@ class ServerKeyClient(Client):
         )
         self._saved_continuation = b""
         return self._carry_on(self._continuation)
+
+    def _check_participants(self, participants: list[str]) -> None:
+        """Refuse to upload under a participant set that is not a subset of the sites this one agreed
+        keys with, or smaller than a strict majority of them: over too few sites the pairwise masks
+        would hide nothing (over this site alone they are zero)."""
+        roster = {self.cid, *self.exchange.masker.peers}
+        unknown = sorted(set(participants) - roster)
+        if unknown:
+            raise ProtocolError(f"client {self.cid} refuses participants it agreed no key with: {', '.join(unknown)}")
+        t = majority_threshold(len(roster))
+        if len(set(participants)) < t:
+            raise ProtocolError(
+                f"client {self.cid} refuses to upload under {len(set(participants))} participant(s): at least "
+                f"{t} of the {len(roster)} sites that agreed keys must take part, or the masks hide nothing"
+            )
 
     def _on_refresh(self, msg) -> bytes:
         c = self._continuation

@@ -45,6 +45,7 @@ from torchhefl.federated.server_key.statistics import read_statistics_sum
 from torchhefl.federated.strategies import Strategy
 from torchhefl.secure import EncryptedTensor, PrivateKey, wire
 from torchhefl.secure.encoding import dequantize
+from torchhefl.secure.masking import majority_threshold
 from torchhefl.secure.refresh import serve_refresh
 from torchhefl.secure.tensor import array_to_cts, check_fingerprint
 
@@ -88,6 +89,8 @@ class ServerKeyServerExchange(ServerExchange):
         self.theta = torch.cat([v.detach().reshape(-1).to(torch.float64) for v in initial_state.values()])
         self.refreshes = 0
         self.decryptions: list[tuple[str, int]] = []
+        #: fewest updates a masked sum may have: a strict majority of the sites at set-up, at least 2
+        self.threshold = 2
         self._total_count: int | None = None
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -108,6 +111,7 @@ class ServerKeyServerExchange(ServerExchange):
         acks = server.broadcast(ids, encode_request(PEERS_INS, {"peers": peers}), PEERS_RES)
         if len(acks) < len(ids):
             raise ProtocolError("the pairwise key agreement needs every client; some did not take the relayed keys")
+        self.threshold = majority_threshold(len(ids))
 
     # -- rounds ---------------------------------------------------------------------------------
     def global_payload(self) -> bytes:
@@ -144,8 +148,11 @@ class ServerKeyServerExchange(ServerExchange):
             raise ProtocolError(
                 f"{len(payloads)} updates for {len(label[2])} participants: the masks cannot cancel"
             )
-        if len(payloads) < 2:
-            raise ProtocolError("only one client's update reached the server: its sum would be that client's update")
+        if len(payloads) < self.threshold:
+            raise ProtocolError(
+                f"only {len(payloads)} client update(s) reached the server; a masked sum needs at least "
+                f"{self.threshold} (a strict majority of the sites, never fewer than 2)"
+            )
         with self.timer.phase("decrypt"):
             count_bound = COUNT_BITS
             (total,) = self._decrypt_sum("count_sum", [count_sum], scale=0, bound_bits=count_bound)
