@@ -9,7 +9,7 @@ site's request handler also ``ProtocolError``, a checkpoint restore ``ConfigErro
   truncations, header edits);
 * the server's handling of each reply kind, in all three modes, through the functions
   ``run_round``, ``setup`` and ``evaluate`` call for each reply (``read_fit_reply``,
-  ``read_stats_reply``, ``read_evaluate_reply``, ``answer_global_request``, ``answer_refresh``);
+  ``read_stats_reply``, ``read_evaluate_reply``, ``answer_global_request``, ``answer_follow_up``);
 * ``Server.run_round`` itself, a few hundred times per mode, with one site's reply edited on the way:
   the round completes with the others, the sender in ``rejected`` and ``dropped``, and the model is
   the one had that site been absent (the bulk of the inputs goes through the per-reply functions
@@ -628,7 +628,7 @@ def test_server_follow_up_requests_and_evaluation_replies(case):
         (global_req, lambda b: server.answer_global_request("site0", b, full, server_round=1, attempt=1, already=False)),
     ]
     if "refresh_req" in case.replies:
-        targets.append((case.replies["refresh_req"], lambda b: server.answer_refresh("site0", b, server_round=1, attempt=1, seq=1)))
+        targets.append((case.replies["refresh_req"], lambda b: server.answer_follow_up("site0", b, server_round=1, attempt=1, seq=1)))
     if "evaluate_res" in case.replies:
         targets.append((case.replies["evaluate_res"], lambda b: server.read_evaluate_reply("site0", b)))
     for valid, target in targets:

@@ -280,7 +280,7 @@ def test_he_server_refused_refresh_request_reruns_the_round_without_its_sender(e
 def test_he_server_bounds_the_refresh_requests_of_one_fit(caplog):
     sim = build(_config(HE_SERVER, rounds=1))
     sim.server.setup()
-    sim.server.max_refreshes = 0
+    sim.server.max_follow_ups = 0
     with pytest.raises(ProtocolError, match="only 0 of 3 clients answered"):
         sim.server.run_round(1)
     assert "more than 0 refresh requests for one fit" in caplog.text

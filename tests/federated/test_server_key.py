@@ -16,6 +16,7 @@ from torchhefl.federated.server_key import (
     ServerKeyServerExchange,
     apply_step,
 )
+from torchhefl.federated.server_key.constants import REFRESH_REQ
 from torchhefl.federated.transport import ClientUnavailableError
 from torchhefl.nn.functional import add_bias_column, sgd_step, step_map
 from torchhefl.secure import EncryptedTensor, InsecureKeyWarning, generate_keypair, wire
@@ -358,7 +359,7 @@ def test_refreshes_travel_as_replies_and_count_in_the_bytes():
     while decode_request(reply).kind == "refresh_req":
         seq += 1
         kinds.append("refresh_req")
-        answer = sim.server.answer_refresh("site0", reply, server_round=1, attempt=1, seq=seq)
+        answer = sim.server.answer_follow_up("site0", reply, server_round=1, attempt=1, seq=seq)
         if seq == 1:
             wrong = encode_request("refresh_ins", {"round": 1, "attempt": 1, "seq": 2}, payload_of(decode_request(answer)))
             with pytest.raises(MalformedMessageError, match="request 2, expected round 1 attempt 1 request 1"):
@@ -368,7 +369,7 @@ def test_refreshes_travel_as_replies_and_count_in_the_bytes():
     assert final.kind == "fit_res" and seq == len(kinds) >= 2
     # the reply carries no count: the server counted the requests it served itself
     assert "refreshes" not in final.meta and "seconds" not in final.meta
-    assert sim.server.refreshes_served == {"site0": seq}
+    assert sim.server.follow_ups_served[REFRESH_REQ] == {"site0": seq}
     with pytest.raises(ProtocolError, match="did not ask for"):
         client.handle(answer)
     # in a whole round every refresh is a message pair the transport counts

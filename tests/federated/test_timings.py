@@ -7,6 +7,7 @@ import pytest
 
 from torchhefl.federated.config import TrainConfig
 from torchhefl.federated.messages import decode_request
+from torchhefl.federated.server_key.constants import REFRESH_REQ
 from torchhefl.federated.simulation import build, run
 
 SMALL_KEY = dict(key_bits=512, extra={"allow_insecure_keys": True})
@@ -55,8 +56,8 @@ def test_refreshes_are_counted_by_the_server_that_serves_them():
     before = sim.server.exchange.refreshes
     result = sim.server.run_round(1)
     served = sim.server.exchange.refreshes - before
-    assert result["refreshes"] == served == sum(sim.server.refreshes_served.values()) > len(sim.clients)
-    assert set(sim.server.refreshes_served) == {"site0", "site1", "site2"}
+    assert result["refreshes"] == served == sum(sim.server.follow_ups_served[REFRESH_REQ].values()) > len(sim.clients)
+    assert set(sim.server.follow_ups_served[REFRESH_REQ]) == {"site0", "site1", "site2"}
     plain = build(_config(mode="plain"))
     plain.server.setup()
     assert "refreshes" not in plain.server.run_round(1)  # nothing to refresh: the column stays empty

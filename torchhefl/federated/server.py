@@ -317,27 +317,6 @@ class Server:
         served[cid] = served.get(cid, 0) + 1
         return encode_request(follow_up.reply_kind, {"round": server_round, "attempt": attempt, "seq": seq}, reply)
 
-    #: the name the server-key mode's tests and tools call :meth:`answer_follow_up` by
-    answer_refresh = answer_follow_up
-
-    @property
-    def max_refreshes(self) -> int:
-        """:attr:`max_follow_ups`, by the name the server-key mode's callers use."""
-        return self.max_follow_ups
-
-    @max_refreshes.setter
-    def max_refreshes(self, value: int) -> None:
-        self.max_follow_ups = value
-
-    @property
-    def refreshes_served(self) -> dict[str, int]:
-        """Client id -> follow-up requests of every kind served it in the current round."""
-        out: dict[str, int] = {}
-        for served in self.follow_ups_served.values():
-            for cid, n in served.items():
-                out[cid] = out.get(cid, 0) + n
-        return out
-
     def read_stats_reply(self, cid: str, answer: bytes | Exception) -> wire.Message:
         """Check one client's answer to the statistics request (envelope, then the exchange's
         :meth:`~torchhefl.federated.exchange.ServerExchange.check_statistics`); same errors as
