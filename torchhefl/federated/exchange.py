@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from torchhefl.data import Moments, Standardizer
-from torchhefl.exceptions import DataError, MalformedMessageError
+from torchhefl.exceptions import ConfigError, DataError, MalformedMessageError
 from torchhefl.federated.messages import decode_state, encode_state
 from torchhefl.federated.strategies import Strategy
+from torchhefl.secure.identity import Roster, SiteIdentity
 
 __all__ = [
     "ClientExchange",
@@ -91,6 +92,12 @@ class ServerExchange:
 
     def __init__(self) -> None:
         self.timer = Timer()
+        #: the federation's sites and their public signing keys, where the mode's sites sign
+        self.roster: Roster | None = None
+
+    def set_roster(self, roster: Roster) -> None:
+        """Take the roster of the sites (agreed out of band). Default: keep it."""
+        self.roster = roster
 
     @property
     def follow_ups(self) -> Mapping[str, FollowUp]:
@@ -162,10 +169,25 @@ class ServerExchange:
 
 
 class ClientExchange:
-    """Client side of an exchange."""
+    """Client side of an exchange.
+
+    Attributes:
+        identity: this site's long-term signing key (:class:`~torchhefl.secure.identity.SiteIdentity`),
+            in the modes whose sites sign what they send; ``None`` otherwise.
+        roster: the federation's sites and their public signing keys (agreed out of band), against
+            which the site checks every peer's signature; ``None`` where nothing is signed.
+    """
 
     def __init__(self) -> None:
         self.timer = Timer()
+        self.identity: SiteIdentity | None = None
+        self.roster: Roster | None = None
+
+    def set_identity(self, identity: SiteIdentity, roster: Roster) -> None:
+        """Give this site its signing key and the roster; the roster must list this very key."""
+        if identity.cid not in roster or roster.public_bytes(identity.cid) != identity.public_bytes():
+            raise ConfigError(f"the roster (fingerprint {roster.fingerprint[:16]}) does not list site {identity.cid}'s signing key")
+        self.identity, self.roster = identity, roster
 
     def read_global(self, payload: bytes) -> OrderedDict:
         raise NotImplementedError

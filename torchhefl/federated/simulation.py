@@ -31,6 +31,7 @@ from torchhefl.federated.server import DEFAULT_MAX_MESSAGE_BYTES, RoundResult, S
 from torchhefl.federated.strategies import get_strategy
 from torchhefl.federated.transport import InProcessTransport
 from torchhefl.nn import LogisticRegression, TaylorLoss
+from torchhefl.secure.identity import Roster, SiteIdentity
 
 if TYPE_CHECKING:
     from torchhefl.federated.config import TrainConfig
@@ -47,9 +48,15 @@ __all__ = [
     "make_model",
     "round_line",
     "run",
+    "site_name",
 ]
 
 log = logging.getLogger(__name__)
+
+
+def site_name(index: int) -> str:
+    """The name of site ``index`` (``site0``, ``site1``, ...), as the roster lists it."""
+    return f"site{index}"
 
 
 def make_loss(name: str, reduction: str = "mean") -> nn.Module:
@@ -128,8 +135,15 @@ def build(
     model = make_model(config, data.num_features)
     initial = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
 
-    parts_of_mode = mode_of(config).parts(config, initial)
+    mode = mode_of(config)
+    parts_of_mode = mode.parts(config, initial)
     server_exchange = parts_of_mode.server_exchange
+    if mode.signs:  # each site's signing key, and the roster the sites agree on out of band
+        identities = [SiteIdentity(site_name(i)) for i in range(config.clients)]
+        roster = Roster.of(identities)
+        for identity, exchange in zip(identities, parts_of_mode.client_exchanges):
+            exchange.set_identity(identity, roster)
+        server_exchange.set_roster(roster)
     test_parts = None if parts_of_mode.server_holds_test else _test_parts(config, test)
 
     clients = []
@@ -219,7 +233,7 @@ def make_client(
 ) -> Client:
     """Site ``index`` (named ``site<index>``) with ``config``'s local-training settings."""
     return client_class(
-        f"site{index}",
+        site_name(index),
         index,
         X,
         y,

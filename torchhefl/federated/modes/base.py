@@ -40,6 +40,9 @@ class Mode:
     uses_key: bool = False
     #: whether the sites hold the key pair (they send its public key in their hello)
     sites_hold_key: bool = False
+    #: whether the sites sign what they send with their long-term identity keys, checked against the
+    #: roster (:mod:`torchhefl.secure.identity`); an in-process run makes the identities itself
+    signs: bool = False
     #: whether sites train on plaintext gradients (which can be clipped, and noised under ``--epsilon``)
     clips_gradients: bool = True
 

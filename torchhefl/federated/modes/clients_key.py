@@ -26,6 +26,7 @@ class ClientsKeyMode(Mode):
     cli_mode = "he"
     key_holder = "clients"
     uses_key = True
+    signs = True
     sites_hold_key = True
 
     def parts(self, config: TrainConfig, initial: OrderedDict) -> ModeParts:

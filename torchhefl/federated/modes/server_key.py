@@ -36,6 +36,7 @@ class ServerKeyMode(Mode):
     cli_mode = "he"
     key_holder = "server"
     uses_key = True
+    signs = True
     server_evaluates = True
     clips_gradients = False
     setup_kinds = (KEYS_INS, PEERS_INS)  # the sites' key agreement
