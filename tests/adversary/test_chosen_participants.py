@@ -1,89 +1,76 @@
-"""A server that picks the participant list of a round, to shrink the masked sum to one site.
+"""A server that picks the participant set of a round, to shrink the masked sum to one site.
 
-With the server's key, each upload is ``Enc(n_k * theta_k + mask_k)`` where the pairwise masks of
-the listed participants cancel in their sum. A server that lists one site alone gets a zero mask and
-decrypts that site's update and row count. Sites refuse any list that is not a subset of the sites
-they agreed keys with or is smaller than a strict majority of them (never fewer than 2).
+With the server's key, each upload is ``Enc(n_k * theta_k + mask_k)``; over one site the pairwise
+masks are zero. A deviating server skips its own threshold and lists too few sites, or adds a ghost
+site whose keys it made itself. Sites refuse any set that is not a subset of the roster, or that
+is smaller than the threshold (a strict majority of the roster, never fewer than 2), at every step:
+the keys they share towards, the upload's participants, the survivor set.
 """
-
-import warnings
 
 import pytest
 
 from torchhefl.exceptions import ProtocolError
-from torchhefl.federated import TrainConfig, build
-from torchhefl.federated.messages import decode_request, payload_of
-from torchhefl.federated.server_key import ServerKeyClient
-from torchhefl.secure import InsecureKeyWarning, wire
+
+from torchhefl.federated.secagg.site import advertisement_bytes
+from torchhefl.secure.identity import SiteIdentity
 from torchhefl.secure.masking import majority_threshold
-from torchhefl.secure.tensor import array_to_cts
+from torchhefl.secure.share_box import X25519Pair
+
+from tests.adversary.hem import aggregated, hem_sim
 
 
-def _attack(chosen: list[str], clients: int = 3):
-    """Run round 1 with the server's ``select`` replaced by ``chosen``; returns what it got."""
-    cfg = TrainConfig(mode="he", key_holder="server", clip_norm=None, rounds=1, clients=clients, key_bits=512,
-                      extra={"allow_insecure_keys": True})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", InsecureKeyWarning)
-        sim = build(cfg)
-    sim.server.setup()
-    sim.server.select = lambda server_round: list(chosen)  # the one behaviour changed
-    uploads, refusals = [], []
-    send = sim.transport.send
-
-    def recording_send(cid, request):
-        try:
-            reply = send(cid, request)
-        except ProtocolError as e:
-            refusals.append(str(e))
-            raise
-        if decode_request(reply).kind == "fit_res":
-            uploads.append(reply)
-        return reply
-
-    sim.transport.send = recording_send
-    try:
+@pytest.mark.parametrize(("chosen", "clients"), [(["site0"], 3), (["site0", "site1"], 5)], ids=["one-of-3", "two-of-5"])
+def test_sites_refuse_to_share_towards_too_few_sites(chosen, clients):
+    sim = hem_sim(clients)
+    sim.server.select = lambda server_round: list(chosen)  # the deviations: its own choice of sites,
+    sim.server.exchange.secagg.threshold = 1  # and no threshold of its own
+    with pytest.raises(ProtocolError):
         sim.server.run_round(1)
-    except ProtocolError:
-        pass
-    return sim, uploads, refusals
+    t = majority_threshold(clients)
+    assert sim.uploads == [] and len(sim.refusals) == len(chosen)
+    assert all(f"at least {t} of the roster's {clients} must take part" in r for r in sim.refusals)
+    assert aggregated(sim) == []
 
 
-def _decrypt_alone(sim, reply) -> list[int]:
-    """What the key-holding server reads from one upload decrypted on its own (centred mod n)."""
+def test_sites_refuse_an_upload_under_a_participant_set_below_the_threshold():
+    """The keys and shares go out honestly; then the fit request lists site0 alone."""
+    sim = hem_sim(3)
     exchange = sim.server.exchange
-    pk, sk = exchange.public_key, exchange._private_key
-    msg = wire.decode(payload_of(decode_request(reply)))
-    cts = array_to_cts(msg.arrays["weights"], pk, exchange.theta.numel()) + array_to_cts(msg.arrays["count"], pk, 1)
-    n = int(pk.n)
-    return [(v - n if v > n // 2 else v) for v in (int(sk.decrypt_raw(c)) % n for c in cts)]
+    honest_open = exchange.open_round
+    exchange.open_round = lambda server, r, selected: honest_open(server, r, selected)[:1]
+    exchange.fit_meta = lambda cid: {"secagg_shares": {}}
+    with pytest.raises(ProtocolError):
+        sim.server.run_round(1)
+    assert sim.uploads == []
+    assert sim.refusals == ["site site0 refuses the upload's participant list of 1 site(s): at least 2 of the roster's 3 must take part, or the masks hide nothing"]
+    assert aggregated(sim) == []
 
 
-def test_the_attack_reads_a_site_that_uploads_alone(monkeypatch):
-    """The control: a site without the check uploads under ``["site0"]`` and its count is read exactly."""
-    monkeypatch.setattr(ServerKeyClient, "_check_participants", lambda self, participants: None)
-    sim, uploads, _ = _attack(["site0"])
-    assert len(uploads) >= 1
-    assert _decrypt_alone(sim, uploads[0])[-1] == sim.clients[0].num_examples
+def test_sites_refuse_a_ghost_site_whose_keys_the_server_made():
+    sim = hem_sim(3)
+    secagg = sim.server.exchange.secagg
+    ask = secagg._ask
+    ghost = SiteIdentity("ghost")
+
+    def ask_with_a_ghost(server, ids, kind, meta, reply_kind, server_round, read):
+        if kind == "secagg_shares_ins":  # relay the honest keys plus a ghost's, signed by the server itself
+            mask, share, commit = X25519Pair().public_bytes(), X25519Pair().public_bytes(), b"\0" * 32
+            signature = ghost.sign(advertisement_bytes(secagg.context, server_round, "ghost", mask, share, commit))
+            meta = {**meta, "keys": {**meta["keys"], "ghost": {
+                "mask_key": mask.hex(), "share_key": share.hex(), "seed_commit": commit.hex(), "signature": signature.hex()}}}
+        return ask(server, ids, kind, meta, reply_kind, server_round, read)
+
+    secagg._ask = ask_with_a_ghost
+    with pytest.raises(ProtocolError):
+        sim.server.run_round(1)
+    assert sim.uploads == [] and len(sim.refusals) == 3
+    assert all("refuses the round's key list with sites not on the roster: ghost" in r for r in sim.refusals)
 
 
-@pytest.mark.parametrize(
-    ("chosen", "clients"), [(["site0"], 3), (["site0", "site1"], 5), (["site0", "ghost"], 3)], ids=["one-of-3", "two-of-5", "a-ghost"]
-)
-def test_sites_refuse_a_participant_list_below_the_threshold_or_outside_the_roster(chosen, clients):
-    sim, uploads, refusals = _attack(chosen, clients)
-    assert uploads == []  # nothing to decrypt, in any attempt
-    assert refusals
-    if "ghost" in chosen:
-        assert all("refuses participants it agreed no key with: ghost" in r for r in refusals)
-    else:
-        t = majority_threshold(clients)
-        assert all(f"at least {t} of the {clients} sites that agreed keys must take part" in r for r in refusals)
-    assert [p for p, _ in sim.server.exchange.decryptions if p not in ("refresh", "statistics_sum")] == []
-
-
-def test_a_majority_is_accepted():
-    """What still holds: a list of a strict majority is a legitimate round (a faked drop of the rest
-    is the attack secure aggregation with dropout recovery closes; see the README's threat table)."""
-    sim, uploads, refusals = _attack(["site0", "site1"], 3)
-    assert refusals == [] and len(uploads) == 2
+def test_a_majority_is_a_legitimate_round():
+    """The control: a strict majority (2 of 3) is a round; the sum over it is what the server gets."""
+    sim = hem_sim(3)
+    sim.server.select = lambda server_round: ["site0", "site1"]
+    result = sim.server.run_round(1)
+    assert sim.refusals == [] and result["clients"] == ["site0", "site1"] and len(sim.uploads) == 2
+    assert aggregated(sim) == ["count_sum", "update_sum"]

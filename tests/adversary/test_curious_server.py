@@ -78,6 +78,15 @@ def test_sites_key_the_server_finds_no_weight_of_any_site_in_what_it_receives():
 def hem_round():
     """One HEM round (server-held key): the simulation and everything the server received."""
     sim, seen = _recorded(_config(mode="he", key_holder="server", clip_norm=None))
+    exchange = sim.server.exchange
+    close = exchange.close_round
+    sim.corrections = []
+
+    def keep(*args):  # the masks the survivors' revealed shares rebuild, as the server computed them
+        close(*args)
+        sim.corrections.append(list(exchange._correction))
+
+    exchange.close_round = keep
     sim.server.setup()
     sim.server.run_round(1)
     return sim, seen
@@ -105,8 +114,9 @@ def _signed_uploads(sim, seen) -> dict[str, list[int]]:
 def test_server_key_one_sites_upload_decrypts_to_noise_the_sum_to_the_model(hem_round):
     """The server holds the private key and decrypts each site's upload on its own: every value is
     uniform in Z_n (|v| near n/4), where the true ``n_k * theta_k`` at scale 2^32 is below 2^80.
-    The control: the same decryption of the product of all uploads gives the sum, which is small and
-    is the model the server aggregated."""
+    The control: the same decryption of the product of all uploads, less the masks the survivors'
+    revealed shares rebuild (every site's self-mask), gives the sum, which is small and is the
+    model the server aggregated."""
     sim, seen = hem_round
     bits = sim.server.exchange.public_key.bits
     uploads = _signed_uploads(sim, seen)
@@ -115,7 +125,8 @@ def test_server_key_one_sites_upload_decrypts_to_noise_the_sum_to_the_model(hem_
     for values in uploads.values():
         assert min(abs(v) for v in values) > 1 << (bits - 40)
     n = int(sim.server.exchange.public_key.n)
-    sums = [_centred(sum(col), n) for col in zip(*uploads.values())]
+    (correction,) = sim.corrections
+    sums = [_centred(sum(col) - m, n) for col, m in zip(zip(*uploads.values()), correction)]
     assert all(abs(s) < true_bound for s in sums)
     count = sums[-1]
     assert count == sum(c.num_examples for c in sim.clients)

@@ -27,6 +27,7 @@ the counts below add up to :data:`TOTAL_INPUTS`.
 """
 
 import copy
+import functools
 import json
 import random
 import struct
@@ -453,21 +454,25 @@ def _build(mode: str):
 
 class Tap:
     """The simulation's transport, with site ``victim``'s traffic recorded and, optionally, one of its
-    replies (the ``target``-th it sends) passed through ``edit``."""
+    replies (the ``target``-th it sends to a statistics, fit, refresh or evaluation request: secure aggregation's
+    steps are not counted) passed through ``edit``."""
 
     def __init__(self, inner, victim: str = "site0") -> None:
         self.inner, self.victim = inner, victim
         self.client_ids = inner.client_ids
         self.log: list[tuple[str, bytes, bytes]] = []  # (client, request, reply), every client
         self.edit, self.target, self.sent = None, None, 0
+        self.on_request = None  # called as on_request(cid, request) before each request is delivered
 
     bytes_up = property(lambda self: self.inner.bytes_up)
     bytes_down = property(lambda self: self.inner.bytes_down)
 
     def send(self, cid: str, request: bytes) -> bytes:
+        if self.on_request is not None:
+            self.on_request(cid, request)
         reply = self.inner.send(cid, request)
         self.log.append((cid, request, reply))
-        if cid == self.victim:
+        if cid == self.victim and _kind(request) in ("stats_ins", "fit_ins", "refresh_ins", "evaluate_ins"):
             if self.edit is not None and self.sent == self.target:
                 reply = self.edit(reply)
             self.sent += 1
@@ -491,7 +496,17 @@ class Case:
         self.server.setup()
         self.start = self.server.exchange.global_checkpoint()
         self.site_state = [self._site_snapshot(c) for c in sim.clients]
+        #: request kind -> site0's secure-aggregation state just before it first answered one
+        self.secagg_before: dict[str, object] = {}
+        site0 = sim.clients[0].exchange
+
+        def keep(cid, request):
+            if cid == "site0" and hasattr(site0, "secagg"):
+                self.secagg_before.setdefault(_kind(request), copy.deepcopy(site0.secagg))
+
+        self.tap.on_request = keep
         self.result = self.server.run_round(1)
+        self.tap.on_request = None
         self.everyone = list(self.tap.log)
         self.log = [(req, rep) for cid, req, rep in self.everyone if cid == "site0"]
         self.replies = {_kind(rep): rep for _, rep in self.log}  # site0's last of each kind
@@ -509,7 +524,7 @@ class Case:
         out = {"standardizer": client.standardizer, "X": client.X, "X_test": client.X_test}
         ex = client.exchange
         if hasattr(ex, "masker"):  # agree() rebinds the seeds, so a shallow copy keeps them
-            out.update(public_key=ex.public_key, masker=copy.copy(ex.masker))
+            out.update(public_key=ex.public_key, masker=copy.copy(ex.masker), secagg=copy.deepcopy(ex.secagg))
         return out
 
     def reset(self) -> None:
@@ -524,6 +539,7 @@ class Case:
             client.remember_global(b"")
             if "masker" in snap:
                 client.exchange.public_key, client.exchange.masker = snap["public_key"], copy.copy(snap["masker"])
+                client.exchange.secagg = copy.deepcopy(snap["secagg"])  # as before round 1: nothing uploaded
                 client.restore_site_state({"x25519": b"", "continuation": b""})
 
     def model(self) -> dict[str, torch.Tensor]:
@@ -690,21 +706,29 @@ def test_run_round_completes_without_the_site_whose_reply_is_edited(case):
 
 
 # -- a site reading the server's requests -------------------------------------------------------------------------
+def _reset_before(case: Case, kind: str) -> None:
+    """Everything back to the start of round 1, and site0's secure-aggregation state to what it was
+    just before it answered its first ``kind`` request."""
+    case.reset()
+    if kind in case.secagg_before:
+        case.sim.clients[0].exchange.secagg = copy.deepcopy(case.secagg_before[kind])
+
+
 def _site_targets(case: Case):
     """``(request kind, valid request, prepare)``: each request site0 answered, and how to put site0
     back in the state it answered it from."""
     client = case.sim.clients[0]
     out = []
     for kind, request in case.requests.items():
-        prepare = case.reset
+        prepare = functools.partial(_reset_before, case, kind)
         if kind == "refresh_ins":
-            case.reset()
+            _reset_before(case, "fit_ins")
             fit = case.requests["fit_ins"]
             client.handle(fit)  # answers with its refresh_req and keeps the continuation
             saved = client.site_state()
 
             def prepare(saved=saved):
-                case.reset()
+                _reset_before(case, "fit_ins")
                 client.last_round = (1, 1)
                 client.restore_site_state(saved)
 
@@ -758,7 +782,7 @@ def test_site_refuses_hostile_fit_settings_by_name(case):
         ([(0, ("meta", "round"), "replace", True)], "invalid round"),
         ([(0, ("meta", "round"), "replace", 2**40)], "invalid round"),
     ]:
-        case.reset()
+        _reset_before(case, "fit_ins")
         with pytest.raises(MalformedMessageError, match=reason):
             client.handle(_apply(fit, edits))
     case.reset()

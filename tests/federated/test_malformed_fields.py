@@ -40,9 +40,12 @@ def _sim(mode: str, setup: bool = True, **overrides):
     return sim
 
 
-def _fit_request(sim, meta=None, payload=None) -> bytes:
+def _fit_request(sim, meta=None, payload=None, cid="site0") -> bytes:
+    """A round-1 fit request for ``cid``; with the server-held key, after the round's secure
+    aggregation key exchange (so the request carries the shares sealed for ``cid``)."""
     ids = sim.transport.client_ids
-    base = {"round": 1, "attempt": 1, "participants": ids, "config": {}}
+    ids = sim.server.exchange.open_round(sim.server, 1, ids)
+    base = {"round": 1, "attempt": 1, "participants": ids, "config": {}, **sim.server.exchange.fit_meta(cid)}
     return encode_request(FIT_INS, {**base, **(meta or {})}, sim.server.exchange.global_payload() if payload is None else payload)
 
 

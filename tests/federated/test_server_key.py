@@ -210,16 +210,21 @@ def test_server_decrypts_only_masked_values_and_sums(monkeypatch):
     purposes = [p for p, _ in exchange.decryptions]
     assert set(purposes) == {"statistics_sum", "refresh", "count_sum", "update_sum"}
     assert purposes.count("update_sum") == 2 and purposes.count("statistics_sum") == 1
-    # what was decrypted for aggregation is exactly the product (sum) of each round's uploads
-    n2 = pk.nsquare
+    # what was decrypted for aggregation is the product (sum) of each round's uploads times a
+    # plaintext-only factor (1 + n k: the masks the revealed shares rebuild, taken off), nothing else
+    n2, n = pk.nsquare, pk.n
     for rnd in (0, 1):
         round_uploads = [a for kind, a in uploads if kind == "fit_res"][3 * rnd : 3 * rnd + 3]
         for name in ("weights", "count"):
             summed = [a * b % n2 * c % n2 for a, b, c in zip(*[u[name] for u in round_uploads])]
-            assert set(summed) <= decrypted
+            for s in summed:
+                inverse = pow(s, -1, n2)
+                assert any(c * inverse % n2 % n == 1 for c in decrypted), "a decrypted sum is not the round's uploads"
 
 
 def test_masked_uploads_cancel_only_all_together():
+    """The masks the revealed shares rebuild are those of the uploads that arrived: the product of
+    all three unmasks to the model, the product of two of them decrypts to no valid sum."""
     sim = build(_config(rounds=1))
     sim.server.setup()
     request_payloads = []
@@ -233,18 +238,33 @@ def test_masked_uploads_cancel_only_all_together():
         return reply
 
     sim.transport.send = spy
-    sim.server.run_round(1)
     exchange = sim.server.exchange
-    with pytest.raises(ProtocolError, match="2 updates for 3 participants: the masks cannot cancel"):
-        exchange.aggregate(request_payloads[:2], sim.server.strategy)
+    close = exchange.close_round
+    corrections = []
+
+    def keep(*args):
+        close(*args)
+        corrections.append(exchange._correction)
+
+    exchange.close_round = keep
+    sim.server.run_round(1)
+    theta = exchange.theta.clone()
+    exchange._correction = corrections[0]
+    exchange.aggregate(request_payloads, sim.server.strategy)
+    assert torch.equal(exchange.theta, theta)
+    exchange._correction = corrections[0]
+    with pytest.raises(ProtocolError, match="does not decrypt to a valid sum"):
+        exchange.aggregate(request_payloads[:2] + request_payloads[:1], sim.server.strategy)
+    with pytest.raises(ProtocolError, match="were not unmasked"):
+        exchange.aggregate(request_payloads, sim.server.strategy)
 
 
 def test_a_round_left_with_one_client_is_not_decrypted():
     sim = build(_config(rounds=1))
     sim.server.setup()
     sim.transport.fail = {"site1", "site2"}
-    # re-run without the two that dropped, the last site refuses to upload alone (its mask would be zero)
-    with pytest.raises(ProtocolError, match=r"round 1: only 0 of 1 clients answered"):
+    # with two of three gone no round opens: a sum over one site would be that site's update
+    with pytest.raises(ProtocolError, match=r"round 1: only 1 site\(s\) advertised keys; secure aggregation needs at least 2"):
         sim.server.run_round(1)
     assert [p for p, _ in sim.server.exchange.decryptions if p != "refresh"] == ["statistics_sum"]
 
@@ -354,7 +374,9 @@ def test_refreshes_travel_as_replies_and_count_in_the_bytes():
     sim = build(_config(rounds=1, local_epochs=3, extra={"allow_insecure_keys": True}))
     sim.server.setup()
     client, ids = sim.clients[0], sim.transport.client_ids
-    fit = encode_request("fit_ins", {"round": 1, "attempt": 1, "participants": ids, "config": {}}, sim.server.exchange.global_payload())
+    ids = sim.server.exchange.open_round(sim.server, 1, ids)
+    meta = {"round": 1, "attempt": 1, "participants": ids, "config": {}, **sim.server.exchange.fit_meta("site0")}
+    fit = encode_request("fit_ins", meta, sim.server.exchange.global_payload())
     reply, kinds, seq = client.handle(fit), [], 0
     while decode_request(reply).kind == "refresh_req":
         seq += 1

@@ -86,9 +86,9 @@ class FollowUp:
 class ServerExchange:
     """Server side of an exchange. Subclasses implement the hooks below."""
 
-    #: whether a round must be re-run when a selected client does not answer (masked aggregation,
-    #: where the survivors' masks do not cancel without every participant)
-    needs_every_participant: bool = False
+    #: whether a site uploads at most once per round (secure aggregation): the server then never
+    #: tries a round again once its fit requests went out
+    uploads_once: bool = False
 
     def __init__(self) -> None:
         self.timer = Timer()
@@ -111,6 +111,19 @@ class ServerExchange:
     def global_payload(self) -> bytes:
         """The bytes sent to clients at the start of a round (and for evaluation)."""
         raise NotImplementedError
+
+    def open_round(self, server, server_round: int, selected: list[str]) -> list[str]:
+        """Before the fit requests of ``server_round``: the exchange's own steps (e.g. a key
+        exchange); the sites to ask to train. Default: ``selected``."""
+        return selected
+
+    def fit_meta(self, cid: str) -> dict:
+        """Extra fields of ``cid``'s fit request this round (e.g. what other sites sealed for it). Default: none."""
+        return {}
+
+    def close_round(self, server, server_round: int, uploaded: list[str]) -> None:
+        """After the uploads of ``server_round`` arrived from ``uploaded`` and before :meth:`aggregate`
+        (e.g. unmasking). Raises :class:`ProtocolError` if the round cannot complete. Default: nothing."""
 
     def check_update(
         self,

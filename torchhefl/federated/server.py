@@ -15,7 +15,12 @@ from torch import nn
 
 from torchhefl.data import Standardizer
 from torchhefl.exceptions import KeyMismatchError, MalformedMessageError, ProtocolError
-from torchhefl.federated.evaluation import add_counts, counts_from_wire, evaluation_counts, metrics_from_counts
+from torchhefl.federated.evaluation import (
+    add_counts,
+    counts_from_wire,
+    evaluation_counts,
+    metrics_from_counts,
+)
 from torchhefl.federated.exchange import ServerExchange, standardizer_from_statistics
 from torchhefl.federated.messages import (
     EVALUATE_INS,
@@ -109,9 +114,10 @@ class Server:
         self.exchange.setup(self)
         self.standardize()
 
-    def broadcast(self, ids: list[str], request: bytes, reply_kind: str) -> dict:
-        """Send ``request`` to ``ids``; the parsed replies of those that answered (failures are logged)."""
-        return self._broadcast(ids, request, reply_kind)
+    def broadcast(self, ids: list[str], request: bytes, reply_kind: str, *, server_round: int | None = None) -> dict:
+        """Send ``request`` to ``ids``; the parsed replies of those that answered (failures are logged).
+        With ``server_round``, a reply must be for that round."""
+        return self._broadcast(ids, request, reply_kind, server_round)
 
     def standardize(self) -> None:
         """Fit the feature standardisation from the clients' summed moments (no rows leave a site)."""
@@ -156,8 +162,12 @@ class Server:
         Every reply is checked on its own (:meth:`read_fit_reply`); a client whose reply is missing
         or refused is left out with a logged reason (``dropped``, and ``rejected`` with the reason).
         The round completes with the rest if at least ``min_clients`` remain; otherwise it is tried
-        again with every selected client, at most ``max_retries`` times, then :class:`ProtocolError`.
-        A refused reply never reaches the global model.
+        again with every selected client, at most ``max_retries`` times, then :class:`ProtocolError`
+        (at once where a site uploads only once per round: the exchange's ``uploads_once``). The
+        exchange's :meth:`~torchhefl.federated.exchange.ServerExchange.open_round` runs before the
+        fit requests and :meth:`~torchhefl.federated.exchange.ServerExchange.close_round` after the
+        uploads (secure aggregation's key exchange and unmasking). A refused reply never reaches
+        the global model.
 
         The result's figures are the server's own: ``seconds`` are its phases (``aggregate``, and
         ``encrypt``/``decrypt``/``refresh`` where it does them; plus the phases of sites that chose
@@ -170,12 +180,12 @@ class Server:
         self.follow_ups_served = {}
         up0, down0 = self.transport.bytes_up, self.transport.bytes_down
         selected = self.select(server_round)
-        participants = list(selected)
         retries = 0
         attempt = 0
         rejected: dict[str, str] = {}
         while True:
             attempt += 1
+            participants = self.exchange.open_round(self, server_round, list(selected))
             meta = {
                 "round": server_round,
                 "attempt": attempt,
@@ -184,11 +194,14 @@ class Server:
             }
             payload = self.exchange.global_payload()
             digest = hashlib.sha256(payload).hexdigest()
-            full = encode_request(FIT_INS, meta, payload)
-            named = encode_request(FIT_INS, {**meta, "global": digest})
-            requests = {cid: named if self.holders.get(cid) == digest else full for cid in participants}
+            fulls, requests = {}, {}
+            for cid in participants:
+                extra = self.exchange.fit_meta(cid)
+                fulls[cid] = encode_request(FIT_INS, {**meta, **extra}, payload)
+                named = self.holders.get(cid) == digest
+                requests[cid] = encode_request(FIT_INS, {**meta, **extra, "global": digest}) if named else fulls[cid]
             replies, updates, seen = {}, {}, {}
-            for cid, answer in self._converse(requests, full, server_round=server_round, attempt=attempt):
+            for cid, answer in self._converse(requests, fulls, server_round=server_round, attempt=attempt):
                 try:
                     msg, update = self.read_fit_reply(
                         cid, answer, server_round=server_round, attempt=attempt, participants=participants
@@ -202,25 +215,21 @@ class Server:
                     continue
                 seen[digest] = cid
                 replies[cid], updates[cid] = msg, update
-            missing = [cid for cid in participants if cid not in replies]
             if len(replies) < self.min_clients:
-                if retries < self.max_retries:
+                if retries < self.max_retries and not self.exchange.uploads_once:
                     retries += 1
                     log.warning(
                         "round %d: only %d of %d clients answered (at least %d needed); trying again (%d of %d)",
                         server_round, len(replies), len(participants), self.min_clients, retries, self.max_retries,
                     )
-                    participants = list(selected)
                     continue
+                tried = f"tried {attempt} times" if not self.exchange.uploads_once else "a site uploads once per round"
                 raise ProtocolError(
                     f"round {server_round}: only {len(replies)} of {len(participants)} clients answered "
-                    f"(at least {self.min_clients} needed; tried {attempt} times)"
+                    f"(at least {self.min_clients} needed; {tried})"
                 )
-            if missing and self.exchange.needs_every_participant:
-                log.warning("round %d: %s dropped out; re-running the round without them", server_round, ", ".join(missing))
-                participants = [cid for cid in participants if cid in replies]
-                continue
             break
+        self.exchange.close_round(self, server_round, list(replies))
         self.exchange.aggregate([updates[cid] for cid in replies], self.strategy)
         self.round = server_round
         dropped = sorted(set(selected) - set(replies), key=selected.index)
@@ -394,19 +403,23 @@ class Server:
                 if server_round is not None and not same_int(msg.meta.get("round"), server_round):
                     raise MalformedMessageError(f"reply for round {msg.meta.get('round')!r}, expected {server_round}")
             except CLIENT_FAULTS as e:
-                log.warning("client %s left out of %s: %s", cid, reply_kind.removesuffix("_res"), e)
+                step = reply_kind.removesuffix("_res")
+                if server_round is None:
+                    log.warning("client %s left out of %s: %s", cid, step, e)
+                else:
+                    log.warning("client %s left out of round %d (%s): %s", cid, server_round, step, e)
                 continue
             replies[cid] = msg
         return replies
 
     def _converse(
-        self, requests: dict[str, bytes], full: bytes, *, server_round: int, attempt: int
+        self, requests: dict[str, bytes], fulls: dict[str, bytes], *, server_round: int, attempt: int
     ) -> list[tuple[str, bytes | Exception]]:
         """Each client's final answer to its fit request, after serving its follow-up requests.
 
-        ``requests`` maps each client to its fit request; ``full`` is the one that carries the
-        global model. A client that answers with ``global_req`` (it was sent the model's digest but
-        no longer holds the model) gets ``full``, once; while a client answers with one of the
+        ``requests`` maps each client to its fit request; ``fulls`` to its fit request that carries
+        the global model. A client that answers with ``global_req`` (it was sent the model's digest but
+        no longer holds the model) gets its request from ``fulls``, once; while a client answers with one of the
         exchange's follow-up kinds, it gets the answer back (:meth:`answer_follow_up`). The clients waiting for an answer
         are served together. A client whose follow-up request is refused ends with that fault as
         its answer.
@@ -428,7 +441,7 @@ class Server:
                 try:
                     if kind == GLOBAL_REQ:
                         follow[cid] = self.answer_global_request(
-                            cid, answer, full, server_round=server_round, attempt=attempt, already=cid in resent
+                            cid, answer, fulls[cid], server_round=server_round, attempt=attempt, already=cid in resent
                         )
                         resent.add(cid)
                     elif kind in follow_ups:

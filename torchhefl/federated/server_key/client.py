@@ -10,13 +10,16 @@ refresh is server-driven, so it runs over transports where only the server sends
 ciphertexts, keeps its place in local training (a
 :class:`~torchhefl.federated.server_key.continuation.Continuation`), and resumes when the server's
 ``refresh_ins`` arrives; its last answer is the ``fit_res``. It then uploads
-``Enc(n_i * theta_i + mask_i)`` and ``Enc(n_i + mask'_i)``, re-randomised, where the pairwise masks
-(:mod:`torchhefl.secure.masking`) of the round's participants sum to zero modulo ``n``. The
-standardisation statistics are summed the same masked way.
+``Enc(n_i * theta_i + mask_i)`` and ``Enc(n_i + mask'_i)``, re-randomised, once per round, where
+``mask_i`` is secure aggregation's self-mask plus pairwise masks (:mod:`torchhefl.federated.secagg`):
+every participant set, key and survivor set it accepts is checked against the roster of the sites'
+signing keys. The standardisation statistics are summed under pairwise masks
+(:mod:`torchhefl.secure.masking`) from signed set-up keys, under one participant set only.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +31,8 @@ from torchhefl.exceptions import ConfigError, MalformedMessageError, ProtocolErr
 from torchhefl.federated.client import Client, local_batches, round_generator
 from torchhefl.federated.exchange import ClientExchange
 from torchhefl.federated.messages import encode_request, payload_of
+from torchhefl.federated.secagg import constants as secagg_kinds
+from torchhefl.federated.secagg.site import SecAggSite, check_participants
 from torchhefl.federated.server_key.constants import (
     BASE_SCALE,
     CLIP_NORM_MESSAGE,
@@ -49,13 +54,17 @@ from torchhefl.federated.server_key.continuation import (
     decode_continuation,
     encode_continuation,
 )
-from torchhefl.federated.server_key.statistics import read_statistics_sum
+from torchhefl.federated.server_key.statistics import (
+    read_statistics_sum,
+    setup_key_bytes,
+)
 from torchhefl.federated.server_key.step import apply_step
 from torchhefl.nn.functional import add_bias_column
-from torchhefl.secure import EncryptedTensor, PublicKey, wire
+from torchhefl.secure import EncryptedTensor, PublicKey, strict_json, wire
 from torchhefl.secure.encoding import quantize
+from torchhefl.secure.identity import Roster, SiteIdentity
 from torchhefl.secure.keys import MIN_SECURE_KEY_BITS
-from torchhefl.secure.masking import PairwiseMasker, majority_threshold, mask_label
+from torchhefl.secure.masking import PairwiseMasker, mask_label
 from torchhefl.secure.refresh import RefreshClient
 from torchhefl.secure.tensor import cts_to_array
 
@@ -85,6 +94,9 @@ class ServerKeyClientExchange(ClientExchange):
         self.step_bits, self.value_bits, self.base_scale = step_bits, value_bits, base_scale
         self.public_key: PublicKey | None = None
         self.masker: PairwiseMasker | None = None
+        self.secagg: SecAggSite | None = None
+        #: the participant set this site sent its statistics under (it sends them under no other)
+        self.stats_participants: list[str] | None = None
         #: optional synchronous path to the key holder (request bytes -> reply bytes) for
         #: :meth:`ServerKeyClient.fit_encrypted` called directly; the protocol itself sends refresh
         #: requests as ``refresh_req`` replies and needs none
@@ -143,10 +155,12 @@ class ServerKeyClientExchange(ClientExchange):
     def write_masked_update(
         self, theta: EncryptedTensor, num_examples: int, *, server_round: int, attempt: int, participants: Sequence[str]
     ) -> bytes:
-        """``Enc(n * theta + mask)`` and ``Enc(n + mask')``, re-randomised, as wire bytes."""
+        """``Enc(n * theta + mask)`` and ``Enc(n + mask')``, re-randomised, as wire bytes; the round's
+        one upload (secure aggregation's masks, :meth:`SecAggSite.mask`)."""
         pk = self._key()
-        label = mask_label("update", participants, round=server_round, attempt=attempt)
-        mask = self.masker.mask(label, participants, theta.numel() + 1, int(pk.n))
+        if self.secagg is None:
+            raise ProtocolError("no secure-aggregation state: the server has not run the set-up")
+        mask = self.secagg.mask(server_round, theta.numel() + 1, int(pk.n))
         cts = [pk.raw_add_plain(pk.raw_mul(c, num_examples), m) for c, m in zip(theta.ciphertexts, mask)]
         cts = pk.rerandomize_ints(cts)
         count = [pk.encrypt_int(num_examples + mask[-1])]
@@ -158,14 +172,19 @@ class ServerKeyClientExchange(ClientExchange):
 
     def write_statistics(self, stats: Mapping[str, np.ndarray]) -> bytes:
         pk = self._key()
+        participants = sorted([self.masker.cid] + self.masker.peers)
+        if self.stats_participants is not None and self.stats_participants != participants:
+            raise ProtocolError(
+                f"client {self.masker.cid} already sent its statistics under another participant set; it sends them under one only"
+            )
+        self.stats_participants = participants
         vector = np.concatenate([np.asarray(stats[k], dtype=np.float64).reshape(-1) for k in ("count", "sum", "sumsq")])
-        participants = [self.masker.cid] + self.masker.peers
         mask = self.masker.mask(mask_label("stats", participants), participants, len(vector), int(pk.n))
         ints = quantize(torch.from_numpy(vector), STAT_SCALE)
         cts = pk.encrypt_ints([(v + m) % pk.n for v, m in zip(ints, mask)])
         meta = {
             "format": PAYLOAD_FORMAT, "fingerprint": pk.fingerprint, "key_bits": pk.bits, "scale": STAT_SCALE,
-            "participants": sorted(participants),
+            "participants": participants,
         }
         return wire.encode(STATS_KIND, meta, {"values": cts_to_array(cts, pk)})
 
@@ -186,7 +205,9 @@ class ServerKeyClient(Client):
     protocol runs in process and over a network that lets clients only answer.
     """
 
-    REQUEST_KINDS = Client.REQUEST_KINDS + (KEYS_INS, PEERS_INS, REFRESH_INS)
+    REQUEST_KINDS = Client.REQUEST_KINDS + (
+        KEYS_INS, PEERS_INS, REFRESH_INS, secagg_kinds.KEYS_INS, secagg_kinds.SHARES_INS, secagg_kinds.CHECK_INS, secagg_kinds.UNMASK_INS,
+    )
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -199,15 +220,24 @@ class ServerKeyClient(Client):
         self._continuation: Continuation | None = None
         self._saved_continuation = b""
         self._x25519: bytes | None = None
+        self._saved_secagg = b""
+        self._saved_stats: list[str] | None = None
 
     # -- a site's own state, for deployments that rebuild the client per message -------------------
     def site_state(self) -> dict[str, bytes]:
-        """What this client must keep across messages, as bytes: its X25519 private key and the
-        continuation of a fit waiting for a refresh. Secret: for the site's own storage only."""
-        masker = self.exchange.masker
-        x25519 = masker.private_bytes() if masker is not None else (self._x25519 or b"")
+        """What this client must keep across messages, as bytes: its X25519 private key, its secure
+        aggregation state (this round's keys, seed and shares; the last round it uploaded in), the
+        participant set of its statistics, and the continuation of a fit waiting for a refresh.
+        Secret: for the site's own storage only."""
+        ex = self.exchange
+        x25519 = ex.masker.private_bytes() if ex.masker is not None else (self._x25519 or b"")
         continuation = encode_continuation(self._continuation) if self._continuation is not None else b""
-        return {"x25519": x25519, "continuation": continuation}
+        sa = ex.secagg.to_bytes() if ex.secagg is not None else self._saved_secagg
+        stats = ex.stats_participants if ex.stats_participants is not None else self._saved_stats
+        return {
+            "x25519": x25519, "continuation": continuation, "secagg": sa,
+            "stats": b"" if stats is None else json.dumps(stats).encode(),
+        }
 
     def restore_site_state(self, state: Mapping[str, bytes]) -> None:
         """Take back :meth:`site_state` (before the set-up requests are replayed)."""
@@ -215,28 +245,89 @@ class ServerKeyClient(Client):
         self._x25519 = x25519 or None
         self._saved_continuation = bytes(state.get("continuation", b""))
         self._continuation = None
+        self._saved_secagg = bytes(state.get("secagg", b""))
+        if self._saved_secagg and self.exchange.secagg is not None:
+            self.exchange.secagg.restore(self._saved_secagg)
+        stats = bytes(state.get("stats", b""))
+        if stats:
+            doc = strict_json.loads(stats, what="saved statistics participants")
+            if not isinstance(doc, list) or not all(isinstance(p, str) for p in doc):
+                raise MalformedMessageError("saved statistics participants are damaged")
+            self._saved_stats = doc
+            self.exchange.stats_participants = doc
 
     # -- set-up ---------------------------------------------------------------------------------
+    def _identity(self) -> tuple[SiteIdentity, Roster]:
+        ex = self.exchange
+        if ex.identity is None or ex.roster is None:
+            raise ConfigError(f"client {self.cid} has no signing key or roster: --key-holder server needs both")
+        if ex.identity.cid != self.cid:
+            raise ConfigError(f"client {self.cid} holds the signing key of {ex.identity.cid}")
+        return ex.identity, ex.roster
+
     def _on_hem_keys(self, msg) -> bytes:
+        identity, roster = self._identity()
         description = msg.meta.get("public_key")
         if not isinstance(description, dict):
             raise MalformedMessageError("hem_keys request without the server's public key")
-        self.exchange.set_public_key(description)
-        self.exchange.masker = PairwiseMasker(self.cid, self._x25519)
-        return encode_request(KEYS_RES, {"cid": self.cid, "x25519": self.exchange.masker.public_bytes().hex()})
+        ex = self.exchange
+        ex.set_public_key(description)
+        ex.masker = PairwiseMasker(self.cid, self._x25519)
+        context = ex.public_key.fingerprint
+        if ex.secagg is None or ex.secagg.context != context:
+            ex.secagg = SecAggSite(identity, roster, context=context)
+            if self._saved_secagg:
+                ex.secagg.restore(self._saved_secagg)
+        key = ex.masker.public_bytes()
+        signature = identity.sign(setup_key_bytes(context, self.cid, key))
+        return encode_request(KEYS_RES, {"cid": self.cid, "x25519": key.hex(), "signature": signature.hex()})
 
     def _on_hem_peers(self, msg) -> bytes:
+        _, roster = self._identity()
+        ex = self.exchange
         peers = msg.meta.get("peers")
-        if self.exchange.masker is None:
+        if ex.masker is None or ex.secagg is None:
             raise ProtocolError("pairwise keys relayed before this client made its own")
-        if not isinstance(peers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in peers.items()):
-            raise MalformedMessageError("hem_peers request needs a {cid: hex public key} map")
-        try:
-            keys = {cid: bytes.fromhex(v) for cid, v in peers.items()}
-        except ValueError:
-            raise MalformedMessageError("hem_peers request holds a public key that is not hexadecimal") from None
-        self.exchange.masker.agree(keys)
+        if not isinstance(peers, dict) or not all(isinstance(v, dict) for v in peers.values()):
+            raise MalformedMessageError("hem_peers request needs a {cid: {x25519, signature}} map")
+        check_participants(self.cid, roster, ex.secagg.threshold, list(peers), within=roster.sites, what="the set-up key list")
+        keys = {}
+        for cid, entry in peers.items():
+            key, signature = entry.get("x25519"), entry.get("signature")
+            try:
+                raw, sig = bytes.fromhex(key), bytes.fromhex(signature)
+            except (TypeError, ValueError):
+                raise MalformedMessageError(f"the set-up key relayed for {cid!r} is not hexadecimal") from None
+            roster.verify(cid, setup_key_bytes(ex.public_key.fingerprint, cid, raw), sig)
+            keys[cid] = raw
+        ex.masker.agree(keys)
         return encode_request(PEERS_RES, {"cid": self.cid})
+
+    # -- secure aggregation, before and after the upload ------------------------------------------------
+    def _secagg(self) -> SecAggSite:
+        if self.exchange.secagg is None:
+            raise ProtocolError(f"client {self.cid} got a secure-aggregation request before the set-up")
+        return self.exchange.secagg
+
+    def _on_secagg_keys(self, msg) -> bytes:
+        server_round = msg.meta.get("round")
+        advert = self._secagg().advertise(server_round)
+        return encode_request(secagg_kinds.KEYS_RES, {"cid": self.cid, "round": server_round, **advert})
+
+    def _on_secagg_shares(self, msg) -> bytes:
+        server_round = msg.meta.get("round")
+        shares = self._secagg().share(server_round, msg.meta.get("keys"))
+        return encode_request(secagg_kinds.SHARES_RES, {"cid": self.cid, "round": server_round, "shares": shares})
+
+    def _on_secagg_check(self, msg) -> bytes:
+        server_round = msg.meta.get("round")
+        signature = self._secagg().sign_survivors(server_round, msg.meta.get("survivors"))
+        return encode_request(secagg_kinds.CHECK_RES, {"cid": self.cid, "round": server_round, "signature": signature})
+
+    def _on_secagg_unmask(self, msg) -> bytes:
+        server_round = msg.meta.get("round")
+        shares = self._secagg().reveal(server_round, msg.meta.get("survivors"), msg.meta.get("signatures"))
+        return encode_request(secagg_kinds.UNMASK_RES, {"cid": self.cid, "round": server_round, **shares})
 
     # -- fit, in steps between refreshes ------------------------------------------------------------
     def _on_fit(self, msg) -> bytes:
@@ -248,7 +339,7 @@ class ServerKeyClient(Client):
             or self.cid not in participants
         ):
             raise MalformedMessageError("fit request without a participant list naming this client")
-        self._check_participants(participants)
+        self._secagg().take_shares(server_round, participants, msg.meta.get(secagg_kinds.SHARES_META))
         if self.standardizer is None:
             raise ProtocolError(f"client {self.cid} was asked to train before standardisation")
         exchange = self.exchange
@@ -260,21 +351,6 @@ class ServerKeyClient(Client):
         )
         self._saved_continuation = b""
         return self._carry_on(self._continuation)
-
-    def _check_participants(self, participants: list[str]) -> None:
-        """Refuse to upload under a participant set that is not a subset of the sites this one agreed
-        keys with, or smaller than a strict majority of them: over too few sites the pairwise masks
-        would hide nothing (over this site alone they are zero)."""
-        roster = {self.cid, *self.exchange.masker.peers}
-        unknown = sorted(set(participants) - roster)
-        if unknown:
-            raise ProtocolError(f"client {self.cid} refuses participants it agreed no key with: {', '.join(unknown)}")
-        t = majority_threshold(len(roster))
-        if len(set(participants)) < t:
-            raise ProtocolError(
-                f"client {self.cid} refuses to upload under {len(set(participants))} participant(s): at least "
-                f"{t} of the {len(roster)} sites that agreed keys must take part, or the masks hide nothing"
-            )
 
     def _on_refresh(self, msg) -> bytes:
         c = self._continuation

@@ -5,9 +5,10 @@ Each round it sends the global ``theta = [weight..., bias]`` encrypted (one ciph
 at the public :data:`~torchhefl.federated.server_key.constants.BASE_SCALE`, serves the sites'
 blinded refreshes (:func:`torchhefl.secure.refresh.serve_refresh`), multiplies the masked uploads
 together and decrypts only the two sums: ``theta = sum(n_i theta_i) / sum(n_i)`` (FedAvg, Eq 14),
-then evaluates on its held-out set. A site that drops out mid-round makes the server re-run the
-round without it, with masks for the new participant set. The standardisation statistics are
-summed the same masked way.
+then evaluates on its held-out set. The uploads are masked by secure aggregation
+(:mod:`torchhefl.federated.secagg`): a site that drops out mid-round is unmasked from the survivors'
+shares, in the same attempt; no round is ever re-run. The standardisation statistics are summed
+under pairwise masks from the sites' signed set-up keys.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torchhefl.federated.messages import (
     encode_state,
     same_int,
 )
+from torchhefl.federated.secagg import SecAggServer
 from torchhefl.federated.server_key.constants import (
     BASE_SCALE,
     COUNT_BITS,
@@ -41,11 +43,14 @@ from torchhefl.federated.server_key.constants import (
     UPDATE_KIND,
     VALUE_BITS,
 )
-from torchhefl.federated.server_key.statistics import read_statistics_sum
+from torchhefl.federated.server_key.statistics import (
+    read_statistics_sum,
+    setup_key_bytes,
+)
 from torchhefl.federated.strategies import Strategy
 from torchhefl.secure import EncryptedTensor, PrivateKey, wire
 from torchhefl.secure.encoding import dequantize
-from torchhefl.secure.masking import majority_threshold
+from torchhefl.secure.identity import Roster
 from torchhefl.secure.refresh import serve_refresh
 from torchhefl.secure.tensor import array_to_cts, check_fingerprint
 
@@ -66,7 +71,7 @@ class ServerKeyServerExchange(ServerExchange):
             purpose ``"statistics_sum"``, ``"update_sum"``, ``"count_sum"`` or ``"refresh"``.
     """
 
-    needs_every_participant = True
+    uploads_once = True
 
     @property
     def follow_ups(self) -> dict[str, FollowUp]:
@@ -89,29 +94,61 @@ class ServerKeyServerExchange(ServerExchange):
         self.theta = torch.cat([v.detach().reshape(-1).to(torch.float64) for v in initial_state.values()])
         self.refreshes = 0
         self.decryptions: list[tuple[str, int]] = []
-        #: fewest updates a masked sum may have: a strict majority of the sites at set-up, at least 2
+        #: fewest updates a masked sum may have: a strict majority of the roster, at least 2
         self.threshold = 2
+        self.secagg: SecAggServer | None = None
+        self._correction: list[int] | None = None
         self._total_count: int | None = None
+
+    def set_roster(self, roster: Roster) -> None:
+        """Take the sites' roster: it sets the threshold and the secure-aggregation rounds."""
+        super().set_roster(roster)
+        self.secagg = SecAggServer(roster, context=self.public_key.fingerprint)
+        self.threshold = self.secagg.threshold
+
+    def _secagg(self) -> SecAggServer:
+        if self.secagg is None:
+            raise ProtocolError("--key-holder server needs the sites' roster (their public signing keys)")
+        return self.secagg
 
     # -- set-up ---------------------------------------------------------------------------------
     def setup(self, server) -> None:
-        """Send the public key, collect the clients' X25519 keys and relay them to every client."""
-        ids = list(server.transport.client_ids)
+        """Send the public key, collect the sites' signed X25519 keys and relay them to every site."""
+        roster = self._secagg().roster
+        ids = [cid for cid in server.transport.client_ids if cid in roster]
         request = encode_request(KEYS_INS, {"public_key": self.public_key.to_dict()})
         replies = server.broadcast(ids, request, KEYS_RES)
         if len(replies) < len(ids):
             missing = sorted(set(ids) - set(replies))
-            raise ProtocolError(f"the pairwise key agreement needs every client; {', '.join(missing)} did not answer")
+            raise ProtocolError(f"the pairwise key agreement needs every site; {', '.join(missing)} did not answer")
         peers = {}
         for cid, msg in replies.items():
-            key = msg.meta.get("x25519")
-            if msg.meta.get("cid") != cid or not isinstance(key, str):
-                raise ProtocolError(f"client {cid} answered the key agreement with a malformed reply")
-            peers[cid] = key
+            key, signature = msg.meta.get("x25519"), msg.meta.get("signature")
+            try:
+                if not (isinstance(key, str) and isinstance(signature, str)):
+                    raise MalformedMessageError("no key or signature")
+                raw, sig = bytes.fromhex(key), bytes.fromhex(signature)
+                roster.verify(cid, setup_key_bytes(self.public_key.fingerprint, cid, raw), sig)
+            except (ValueError, MalformedMessageError, ProtocolError) as e:
+                raise ProtocolError(f"site {cid} answered the key agreement with an unusable reply: {e}") from None
+            peers[cid] = {"x25519": key, "signature": signature}
         acks = server.broadcast(ids, encode_request(PEERS_INS, {"peers": peers}), PEERS_RES)
         if len(acks) < len(ids):
-            raise ProtocolError("the pairwise key agreement needs every client; some did not take the relayed keys")
-        self.threshold = majority_threshold(len(ids))
+            raise ProtocolError("the pairwise key agreement needs every site; some did not take the relayed keys")
+
+    def open_round(self, server, server_round: int, selected: list[str]) -> list[str]:
+        """Secure aggregation's keys and shares (:meth:`SecAggServer.open_round`)."""
+        self._correction = None
+        return self._secagg().open_round(server, server_round, selected)
+
+    def fit_meta(self, cid: str) -> dict:
+        return self._secagg().fit_meta(cid)
+
+    def close_round(self, server, server_round: int, uploaded: list[str]) -> None:
+        """The signed survivor set and the revealed shares: the masks to take off the sum."""
+        self._correction = self._secagg().close_round(
+            server, server_round, uploaded, self.theta.numel() + 1, int(self.public_key.n)
+        )
 
     # -- rounds ---------------------------------------------------------------------------------
     def global_payload(self) -> bytes:
@@ -129,6 +166,13 @@ class ServerKeyServerExchange(ServerExchange):
             raise ProtocolError(f"{strategy!r} is not sample-weighted; with --key-holder server the server aggregates sample-weighted sums")
         if not payloads:
             raise ProtocolError("no client updates to aggregate")
+        if self._correction is None:
+            raise ProtocolError("the round's uploads were not unmasked (secure aggregation did not close the round)")
+        if len(payloads) < self.threshold:
+            raise ProtocolError(
+                f"only {len(payloads)} client update(s) reached the server; a masked sum needs at least "
+                f"{self.threshold} (a strict majority of the sites, never fewer than 2)"
+            )
         pk, d = self.public_key, self.theta.numel()
         label = None
         weight_sum = [1] * d
@@ -137,22 +181,17 @@ class ServerKeyServerExchange(ServerExchange):
         with self.timer.phase("aggregate"):
             for blob in payloads:
                 meta, weights, count = self._read_update(blob, d)
-                this = (meta["round"], meta["attempt"], tuple(meta["participants"]))
+                this = (meta["round"], tuple(meta["participants"]))
                 if label is None:
                     label = this
                 elif this != label:
                     raise ProtocolError("client updates were masked for different rounds or participant sets")
                 weight_sum = [a * b % n2 for a, b in zip(weight_sum, weights)]
                 count_sum = count_sum * count % n2
-        if len(label[2]) != len(payloads):
-            raise ProtocolError(
-                f"{len(payloads)} updates for {len(label[2])} participants: the masks cannot cancel"
-            )
-        if len(payloads) < self.threshold:
-            raise ProtocolError(
-                f"only {len(payloads)} client update(s) reached the server; a masked sum needs at least "
-                f"{self.threshold} (a strict majority of the sites, never fewer than 2)"
-            )
+            correction, self._correction = self._correction, None
+            n = int(pk.n)
+            weight_sum = [pk.raw_add_plain(c, -m % n) for c, m in zip(weight_sum, correction)]
+            count_sum = pk.raw_add_plain(count_sum, -correction[-1] % n)
         with self.timer.phase("decrypt"):
             count_bound = COUNT_BITS
             (total,) = self._decrypt_sum("count_sum", [count_sum], scale=0, bound_bits=count_bound)
@@ -166,10 +205,10 @@ class ServerKeyServerExchange(ServerExchange):
 
     def check_update(self, payload: bytes, *, server_round=None, attempt=None, participants=None) -> bytes:
         """Check one masked update before aggregation: key, format, ciphertext ranges, and masks made
-        for this round, attempt and participant set (else the masks could not cancel)."""
+        for this round and participant set (else the masks could not cancel)."""
         meta, _, _ = self._read_update(payload, self.theta.numel())
-        if server_round is not None and (meta["round"], meta["attempt"]) != (server_round, attempt):
-            raise MalformedMessageError(f"masked update for round {meta['round']} attempt {meta['attempt']}")
+        if server_round is not None and meta["round"] != server_round:
+            raise MalformedMessageError(f"masked update for round {meta['round']}")
         if participants is not None and meta["participants"] != sorted(participants):
             raise MalformedMessageError("masked update for another participant set")
         return payload
@@ -197,11 +236,11 @@ class ServerKeyServerExchange(ServerExchange):
             raise MalformedMessageError(f"masked update of format {meta.get('format')!r} at scale {meta.get('scale')!r}")
         participants = meta.get("participants")
         if (
-            not all(type(meta.get(k)) is int for k in ("round", "attempt"))
+            type(meta.get("round")) is not int
             or not isinstance(participants, list)
             or not all(isinstance(p, str) for p in participants)
         ):
-            raise MalformedMessageError("masked update without its round, attempt and participants")
+            raise MalformedMessageError("masked update without its round and participants")
         if set(msg.arrays) != {"weights", "count"}:
             raise MalformedMessageError("a masked update holds exactly 'weights' and 'count'")
         return meta, array_to_cts(msg.arrays["weights"], pk, d), array_to_cts(msg.arrays["count"], pk, 1)[0]
@@ -244,8 +283,8 @@ class ServerKeyServerExchange(ServerExchange):
             raise MalformedMessageError("no statistics to sum")
         if not isinstance(participants, list) or len(participants) != len(payloads):
             raise ProtocolError("statistics from fewer clients than were masked for: the masks cannot cancel")
-        if len(payloads) < 2:
-            raise ProtocolError("statistics of one client only: their sum would be that client's")
+        if len(payloads) < self.threshold:
+            raise ProtocolError(f"statistics of {len(payloads)} site(s): a sum needs at least {self.threshold}")
         with self.timer.phase("decrypt"):
             ints = self._decrypt_sum("statistics_sum", total, scale=STAT_SCALE, bound_bits=pk.max_bits)
         try:
