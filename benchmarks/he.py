@@ -312,12 +312,14 @@ def bench_encrypted_training_run(ctx: BenchContext, *, rounds: int = 30, clients
 
 
 from benchmarks.federated import bench_federated_round_overhead  # noqa: E402
+from benchmarks.secagg import bench_secure_aggregation  # noqa: E402
 
 BENCHES: dict[str, Callable[[BenchContext], dict]] = {
     "state_dict_roundtrip": bench_state_dict_roundtrip,
     "encrypted_taylor_batch": bench_encrypted_taylor_batch,
     "federated_round_overhead": bench_federated_round_overhead,
     "encrypted_training_run": bench_encrypted_training_run,
+    "secure_aggregation": bench_secure_aggregation,
 }
 
 
