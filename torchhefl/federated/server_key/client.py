@@ -64,6 +64,7 @@ from torchhefl.secure import EncryptedTensor, PublicKey, strict_json, wire
 from torchhefl.secure.encoding import quantize
 from torchhefl.secure.identity import Roster, SiteIdentity
 from torchhefl.secure.keys import MIN_SECURE_KEY_BITS
+from torchhefl.secure.masked import MaskedVector
 from torchhefl.secure.masking import PairwiseMasker, mask_label
 from torchhefl.secure.refresh import RefreshClient
 from torchhefl.secure.tensor import cts_to_array
@@ -161,14 +162,14 @@ class ServerKeyClientExchange(ClientExchange):
         if self.secagg is None:
             raise ProtocolError("no secure-aggregation state: the server has not run the set-up")
         mask = self.secagg.mask(server_round, theta.numel() + 1, int(pk.n))
-        cts = [pk.raw_add_plain(pk.raw_mul(c, num_examples), m) for c, m in zip(theta.ciphertexts, mask)]
-        cts = pk.rerandomize_ints(cts)
-        count = [pk.encrypt_int(num_examples + mask[-1])]
+        weights = MaskedVector.scaled(theta.flatten(), num_examples, mask[:-1])
+        count = MaskedVector.encrypt(pk, [num_examples], mask[-1:])
         meta = {
             "format": PAYLOAD_FORMAT, "fingerprint": pk.fingerprint, "key_bits": pk.bits, "scale": theta.scale,
             "round": server_round, "attempt": attempt, "participants": sorted(participants),
         }
-        return wire.encode(UPDATE_KIND, meta, {"weights": cts_to_array(cts, pk), "count": cts_to_array(count, pk)})
+        arrays = {"weights": cts_to_array(weights.ciphertexts, pk), "count": cts_to_array(count.ciphertexts, pk)}
+        return wire.encode(UPDATE_KIND, meta, arrays)
 
     def write_statistics(self, stats: Mapping[str, np.ndarray]) -> bytes:
         pk = self._key()
@@ -180,13 +181,12 @@ class ServerKeyClientExchange(ClientExchange):
         self.stats_participants = participants
         vector = np.concatenate([np.asarray(stats[k], dtype=np.float64).reshape(-1) for k in ("count", "sum", "sumsq")])
         mask = self.masker.mask(mask_label("stats", participants), participants, len(vector), int(pk.n))
-        ints = quantize(torch.from_numpy(vector), STAT_SCALE)
-        cts = pk.encrypt_ints([(v + m) % pk.n for v, m in zip(ints, mask)])
+        masked = MaskedVector.encrypt(pk, quantize(torch.from_numpy(vector), STAT_SCALE), mask)
         meta = {
             "format": PAYLOAD_FORMAT, "fingerprint": pk.fingerprint, "key_bits": pk.bits, "scale": STAT_SCALE,
             "participants": participants,
         }
-        return wire.encode(STATS_KIND, meta, {"values": cts_to_array(cts, pk)})
+        return wire.encode(STATS_KIND, meta, {"values": cts_to_array(masked.ciphertexts, pk)})
 
     def read_statistics(self, payload: bytes) -> dict[str, np.ndarray]:
         return read_statistics_sum(payload)

@@ -51,6 +51,7 @@ from torchhefl.federated.strategies import Strategy
 from torchhefl.secure import EncryptedTensor, PrivateKey, wire
 from torchhefl.secure.encoding import dequantize
 from torchhefl.secure.identity import Roster
+from torchhefl.secure.masked import MaskedVector
 from torchhefl.secure.refresh import serve_refresh
 from torchhefl.secure.tensor import array_to_cts, check_fingerprint
 
@@ -173,11 +174,9 @@ class ServerKeyServerExchange(ServerExchange):
                 f"only {len(payloads)} client update(s) reached the server; a masked sum needs at least "
                 f"{self.threshold} (a strict majority of the sites, never fewer than 2)"
             )
-        pk, d = self.public_key, self.theta.numel()
+        d = self.theta.numel()
         label = None
-        weight_sum = [1] * d
-        count_sum = 1
-        n2 = pk.nsquare
+        uploads = []
         with self.timer.phase("aggregate"):
             for blob in payloads:
                 meta, weights, count = self._read_update(blob, d)
@@ -186,22 +185,19 @@ class ServerKeyServerExchange(ServerExchange):
                     label = this
                 elif this != label:
                     raise ProtocolError("client updates were masked for different rounds or participant sets")
-                weight_sum = [a * b % n2 for a, b in zip(weight_sum, weights)]
-                count_sum = count_sum * count % n2
+                uploads.append(weights.concat(count))
             correction, self._correction = self._correction, None
-            n = int(pk.n)
-            weight_sum = [pk.raw_add_plain(c, -m % n) for c, m in zip(weight_sum, correction)]
-            count_sum = pk.raw_add_plain(count_sum, -correction[-1] % n)
+            total = MaskedVector.sum(uploads).unmasked(correction).ciphertexts
         with self.timer.phase("decrypt"):
             count_bound = COUNT_BITS
-            (total,) = self._decrypt_sum("count_sum", [count_sum], scale=0, bound_bits=count_bound)
-            if total < 1:
-                raise ProtocolError(f"the masked sample counts sum to {total}: a client broke the protocol")
+            (n_total,) = self._decrypt_sum("count_sum", total[-1:], scale=0, bound_bits=count_bound)
+            if n_total < 1:
+                raise ProtocolError(f"the masked sample counts sum to {n_total}: a client broke the protocol")
             sums = self._decrypt_sum(
-                "update_sum", weight_sum, scale=self.base_scale,
+                "update_sum", total[:-1], scale=self.base_scale,
                 bound_bits=self.base_scale + self.value_bits + count_bound,
             )
-        self.theta = dequantize(sums, self.base_scale) / total
+        self.theta = dequantize(sums, self.base_scale) / n_total
 
     def check_update(self, payload: bytes, *, server_round=None, attempt=None, participants=None) -> bytes:
         """Check one masked update before aggregation: key, format, ciphertext ranges, and masks made
@@ -219,7 +215,7 @@ class ServerKeyServerExchange(ServerExchange):
         self.theta = torch.cat([v.detach().reshape(-1).to(torch.float64) for v in state.values()])
 
     def _decrypt_sum(self, purpose: str, cts: list, *, scale: int, bound_bits: int) -> list[int]:
-        tensor = EncryptedTensor.from_ciphertexts(self.public_key, cts, (len(cts),), scale=scale, bound_bits=bound_bits)
+        tensor = MaskedVector(self.public_key, cts).as_tensor(scale=scale, bound_bits=bound_bits)
         try:
             values = tensor.decrypt_ints(self._private_key)
         except OverflowError as e:
@@ -243,7 +239,8 @@ class ServerKeyServerExchange(ServerExchange):
             raise MalformedMessageError("masked update without its round and participants")
         if set(msg.arrays) != {"weights", "count"}:
             raise MalformedMessageError("a masked update holds exactly 'weights' and 'count'")
-        return meta, array_to_cts(msg.arrays["weights"], pk, d), array_to_cts(msg.arrays["count"], pk, 1)[0]
+        weights = MaskedVector(pk, array_to_cts(msg.arrays["weights"], pk, d))
+        return meta, weights, MaskedVector(pk, array_to_cts(msg.arrays["count"], pk, 1))
 
     def check_statistics(self, payload: bytes) -> bytes:
         """One site's masked statistics: key, format, scale, a participant list, ciphertexts in range
@@ -265,7 +262,7 @@ class ServerKeyServerExchange(ServerExchange):
         length = arr.shape[0] if arr.ndim == 2 else -1
         if not 3 <= length < 1 << 24 or length % 2 != 1:
             raise MalformedMessageError(f"masked statistics of {length} values cannot hold a count, sums and squares")
-        return participants, array_to_cts(arr, pk, length)
+        return participants, MaskedVector(pk, array_to_cts(arr, pk, length))
 
     def sum_statistics(self, payloads: Sequence[bytes]) -> bytes:
         pk = self.public_key
@@ -278,7 +275,7 @@ class ServerKeyServerExchange(ServerExchange):
                 raise ProtocolError("statistics were masked for different participant sets")
             if total is not None and len(cts) != len(total):
                 raise MalformedMessageError(f"masked statistics of {len(cts)} and {len(total)} values")
-            total = cts if total is None else [a * b % pk.nsquare for a, b in zip(total, cts)]
+            total = cts if total is None else MaskedVector.sum([total, cts])
         if total is None:
             raise MalformedMessageError("no statistics to sum")
         if not isinstance(participants, list) or len(participants) != len(payloads):
@@ -286,7 +283,7 @@ class ServerKeyServerExchange(ServerExchange):
         if len(payloads) < self.threshold:
             raise ProtocolError(f"statistics of {len(payloads)} site(s): a sum needs at least {self.threshold}")
         with self.timer.phase("decrypt"):
-            ints = self._decrypt_sum("statistics_sum", total, scale=STAT_SCALE, bound_bits=pk.max_bits)
+            ints = self._decrypt_sum("statistics_sum", total.ciphertexts, scale=STAT_SCALE, bound_bits=pk.max_bits)
         try:
             vector = dequantize(ints, STAT_SCALE).numpy()
         except OverflowError:
