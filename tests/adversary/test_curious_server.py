@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from torchhefl.federated import TrainConfig, build
-from torchhefl.federated.server_key import BASE_SCALE, VALUE_BITS
+from torchhefl.federated.server_key import VALUE_BITS
 from torchhefl.federated.messages import decode_request, payload_of
 from torchhefl.secure.refresh import MIN_MASK_BITS, serve_refresh
 from torchhefl.secure import InsecureKeyWarning, wire
@@ -77,7 +77,9 @@ def test_sites_key_the_server_finds_no_weight_of_any_site_in_what_it_receives():
 @pytest.fixture(scope="module")
 def hem_round():
     """One HEM round (server-held key): the simulation and everything the server received."""
-    sim, seen = _recorded(_config(mode="he", key_holder="server", clip_norm=None))
+    # one product per step, so that the round also refreshes (a whole round in one product needs none)
+    cfg = _config(mode="he", key_holder="server", clip_norm=None, extra={"allow_insecure_keys": True, "hem_steps_per_product": 1})
+    sim, seen = _recorded(cfg)
     exchange = sim.server.exchange
     close = exchange.close_round
     sim.corrections = []
@@ -113,7 +115,7 @@ def _signed_uploads(sim, seen) -> dict[str, list[int]]:
 
 def test_server_key_one_sites_upload_decrypts_to_noise_the_sum_to_the_model(hem_round):
     """The server holds the private key and decrypts each site's upload on its own: every value is
-    uniform in Z_n (|v| near n/4), where the true ``n_k * theta_k`` at scale 2^32 is below 2^80.
+    uniform in Z_n (|v| near n/4), where the true ``n_k * theta_k`` at the upload scale 2^72 is below 2^120.
     The control: the same decryption of the product of all uploads, less the masks the survivors'
     revealed shares rebuild (every site's self-mask), gives the sum, which is small and is the
     model the server aggregated."""
@@ -121,7 +123,7 @@ def test_server_key_one_sites_upload_decrypts_to_noise_the_sum_to_the_model(hem_
     bits = sim.server.exchange.public_key.bits
     uploads = _signed_uploads(sim, seen)
     assert len(uploads) == 3
-    true_bound = 1 << (BASE_SCALE + VALUE_BITS + 32)
+    true_bound = 1 << (sim.server.exchange.upload_scale + VALUE_BITS + 32)
     for values in uploads.values():
         assert min(abs(v) for v in values) > 1 << (bits - 40)
     n = int(sim.server.exchange.public_key.n)
@@ -130,7 +132,7 @@ def test_server_key_one_sites_upload_decrypts_to_noise_the_sum_to_the_model(hem_
     assert all(abs(s) < true_bound for s in sums)
     count = sums[-1]
     assert count == sum(c.num_examples for c in sim.clients)
-    theta = torch.tensor(sums[:-1], dtype=torch.float64) / (1 << BASE_SCALE) / count
+    theta = torch.tensor([s / (1 << sim.server.exchange.upload_scale) for s in sums[:-1]], dtype=torch.float64) / count
     assert torch.allclose(theta, sim.server.exchange.theta, atol=1e-9)
 
 
@@ -140,7 +142,7 @@ def test_server_key_a_blinded_refresh_shows_the_server_only_the_mask(hem_round):
     sim, seen = hem_round
     sk = sim.server.exchange._private_key
     requests = [reply for _, _, reply in seen if decode_request(reply).kind == "refresh_req"]
-    assert requests, "the default HEM round refreshes at least once"
+    assert requests, "a HEM round of one product per step refreshes at least once"
     for reply in requests:
         inner = payload_of(decode_request(reply))
         _, values = serve_refresh(inner, sk)

@@ -55,8 +55,8 @@ class _Recording:
         return reply
 
 
-def _site0_replies(mode: str, rows: int) -> list[bytes]:
-    config = TrainConfig(**MODES[mode], rounds=1, clients=2, key_bits=512, seed=0, extra={"allow_insecure_keys": True})
+def _site0_replies(mode: str, rows: int, **extra) -> list[bytes]:
+    config = TrainConfig(**MODES[mode], rounds=1, clients=2, key_bits=512, seed=0, extra={"allow_insecure_keys": True, **extra})
     sim = build(config, dataset=_dataset(rows))
     assert [c.num_examples for c in sim.clients] == [rows, rows]
     replies: list[bytes] = []
@@ -93,10 +93,20 @@ def test_the_fit_reply_does_not_depend_on_the_row_count(mode):
         assert "train_loss" not in meta_small and len(fit_small) == len(fit_large)
 
 
-def test_with_the_server_key_refresh_requests_are_what_the_server_still_counts():
-    # each refresh request is the same size whatever the site's rows; their number is not, and
-    # the server serves (so counts) every one: the threat table says so
+def test_with_the_server_key_a_round_is_one_product_and_no_refresh_whatever_the_rows():
+    """A round's steps compose into one product that lands at the upload scale: a 100-row and a
+    300-row site send the server the same messages, no refresh request at all."""
     small, large = _site0_replies("he-server", 100), _site0_replies("he-server", 300)
+    assert _by_kind(small, "refresh_req") == [] == _by_kind(large, "refresh_req")
+    assert [decode_request(r).kind for r in small] == [decode_request(r).kind for r in large]
+
+
+def test_the_control_one_product_per_step_makes_the_refresh_count_follow_the_rows():
+    # each refresh request is the same size whatever the site's rows; their number is not, and
+    # the server serves (so counts) every one: where a round needs more products than a key has
+    # room for (here forced: one product per step), the threat table's row says so
+    small = _site0_replies("he-server", 100, hem_steps_per_product=1)
+    large = _site0_replies("he-server", 300, hem_steps_per_product=1)
     req_small, req_large = _by_kind(small, "refresh_req"), _by_kind(large, "refresh_req")
     assert len({len(r) for r in req_small + req_large}) == 1
     assert len(req_large) > len(req_small) >= 1

@@ -448,7 +448,9 @@ def _tiny_dataset() -> Dataset:
 
 
 def _build(mode: str):
-    cfg = TrainConfig(rounds=1, key_bits=512, extra={"allow_insecure_keys": True}, **_MODES[mode])
+    # with the server's key, one product per step so that the round also has refresh traffic to edit
+    per_step = {"hem_steps_per_product": 1} if mode == "he-server" else {}
+    cfg = TrainConfig(rounds=1, key_bits=512, extra={"allow_insecure_keys": True, **per_step}, **_MODES[mode])
     return build(cfg, dataset=_tiny_dataset())
 
 

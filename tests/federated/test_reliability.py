@@ -267,7 +267,7 @@ def test_he_server_refused_reply_leaves_out_its_sender_in_one_attempt(edit, reas
     ],
 )
 def test_he_server_refused_refresh_request_leaves_out_its_sender_in_one_attempt(edit, reason):
-    cfg = _config(HE_SERVER)
+    cfg = _config(HE_SERVER, extra={"allow_insecure_keys": True, "hem_steps_per_product": 1})  # a round that refreshes
     tamper = lambda sim: sim.transport.clients.update(site1=_Tamper(sim, sim.clients[1], edit, kind="refresh_req"))  # noqa: E731
     sim, results = _train(cfg, prepare=tamper)
     first = results[0]
@@ -280,7 +280,7 @@ def test_he_server_refused_refresh_request_leaves_out_its_sender_in_one_attempt(
 
 
 def test_he_server_bounds_the_refresh_requests_of_one_fit(caplog):
-    sim = build(_config(HE_SERVER, rounds=1))
+    sim = build(_config(HE_SERVER, rounds=1, extra={"allow_insecure_keys": True, "hem_steps_per_product": 1}))
     sim.server.setup()
     sim.server.max_follow_ups = 0
     with pytest.raises(ProtocolError, match="only 0 of 3 clients answered"):

@@ -139,32 +139,43 @@ def test_encrypted_local_training_equals_plain_sgd(aggregator):
         torch.testing.assert_close(out.decrypt(sk), pc.model.get_flat().detach(), rtol=0, atol=ATOL)
 
 
-def test_runs_match_plain_mode():
-    sim, results = _train(_config(rounds=3))
-    psim, presults = _train(_config(mode="plain", rounds=3))
+@pytest.mark.parametrize("mu", [0.0, 0.1])
+def test_runs_match_plain_mode(mu):
+    """Each round's steps composed into one 40-bit product: the encrypted run is plain SGD to 1e-5
+    (FedProx too), with the same test accuracy every round."""
+    aggregator = {"aggregator": "fedprox", "mu": mu} if mu else {}
+    sim, results = _train(_config(rounds=3, **aggregator))
+    psim, presults = _train(_config(mode="plain", rounds=3, **aggregator))
     a, b = sim.final_state(), psim.final_state()
     assert set(a) == {"weight", "bias"}
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=ATOL)
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
     assert [r["test_accuracy"] for r in results] == [r["test_accuracy"] for r in presults]
-    assert all(r["refreshes"] >= 3 for r in results)
+    assert all(r["refreshes"] == 0 for r in results)  # one product a round lands at the upload scale
 
 
 def test_refreshes_follow_the_scale_not_a_timer():
-    # 512-bit keys with 24-bit steps leave room for few steps: refreshes mid-round, plus one per
-    # client before upload
-    sim, small = _train(_config(rounds=1, extra={"allow_insecure_keys": True, "hem_step_bits": 24}))
+    # one product per step, 512-bit keys and 24-bit steps leave room for few steps: refreshes
+    # mid-round, plus one per client before upload unless its last stretch was a single step
+    extra = {"allow_insecure_keys": True, "hem_step_bits": 24, "hem_steps_per_product": 1}
+    sim, small = _train(_config(rounds=1, extra=extra))
     steps = [sim.config.local_epochs * -(-c.num_examples // sim.config.batch_size) for c in sim.clients]
     max_bits = sim.extras["public_key"].max_bits
     per_refresh = (max_bits - VALUE_BITS - MIN_MASK_BITS - 1 - BASE_SCALE) // 24
-    expected = sum(-(-s // per_refresh) for s in steps)  # mid-round refreshes + the final one each
+    expected = 0
+    for s in steps:
+        stretches = -(-s // per_refresh)
+        expected += stretches - 1 + (s - (stretches - 1) * per_refresh != 1)
     assert small[0]["refreshes"] == expected > len(sim.clients)
     assert sim.server.exchange.refreshes == expected
     # a wider key needs no refresh but the final one; a finer step scale needs more
-    _, wide = _train(_config(rounds=1, key_bits=1024, extra={"allow_insecure_keys": True, "hem_step_bits": 24}))
+    _, wide = _train(_config(rounds=1, key_bits=1024, extra=extra))
     assert wide[0]["refreshes"] == len(sim.clients)
-    _, fine = _train(_config(rounds=1, extra={"allow_insecure_keys": True, "hem_step_bits": 48}))
+    _, fine = _train(_config(rounds=1, extra={**extra, "hem_step_bits": 48}))
     assert fine[0]["refreshes"] > expected
+    # and the default composes each round into one product: no refresh at all
+    _, composed = _train(_config(rounds=1, extra={"allow_insecure_keys": True, "hem_step_bits": 24}))
+    assert composed[0]["refreshes"] == 0
 
 
 # -- what the server sees -------------------------------------------------------------------------------
@@ -208,7 +219,7 @@ def test_server_decrypts_only_masked_values_and_sums(monkeypatch):
             raw = [sk.decrypt_raw(c) for c in cts]
             assert all(min(v, pk.n - v).bit_length() > pk.max_bits - 40 for v in raw)
     purposes = [p for p, _ in exchange.decryptions]
-    assert set(purposes) == {"statistics_sum", "refresh", "count_sum", "update_sum"}
+    assert set(purposes) == {"statistics_sum", "count_sum", "update_sum"}  # one product a round: no refresh
     assert purposes.count("update_sum") == 2 and purposes.count("statistics_sum") == 1
     # what was decrypted for aggregation is the product (sum) of each round's uploads times a
     # plaintext-only factor (1 + n k: the masks the revealed shares rebuild, taken off), nothing else
@@ -365,13 +376,13 @@ def test_end_to_end_with_a_2048_bit_key():
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=ATOL)
     assert results[-1]["test_accuracy"] == presults[-1]["test_accuracy"]
-    assert [r["refreshes"] for r in results] == [3, 3]  # only the one before each upload
+    assert [r["refreshes"] for r in results] == [0, 0]  # one product a round lands at the upload scale
 
 
 def test_refreshes_travel_as_replies_and_count_in_the_bytes():
     # the client answers a fit with refresh_req until its update is ready; a stray or out-of-order
     # refresh answer is refused, and the refresh traffic is part of the round's byte counts
-    sim = build(_config(rounds=1, local_epochs=3, extra={"allow_insecure_keys": True}))
+    sim = build(_config(rounds=1, local_epochs=3, extra={"allow_insecure_keys": True, "hem_steps_per_product": 1}))
     sim.server.setup()
     client, ids = sim.clients[0], sim.transport.client_ids
     ids = sim.server.exchange.open_round(sim.server, 1, ids)
@@ -395,7 +406,7 @@ def test_refreshes_travel_as_replies_and_count_in_the_bytes():
     with pytest.raises(ProtocolError, match="did not ask for"):
         client.handle(answer)
     # in a whole round every refresh is a message pair the transport counts
-    sim = build(_config(rounds=1, local_epochs=3, extra={"allow_insecure_keys": True}))
+    sim = build(_config(rounds=1, local_epochs=3, extra={"allow_insecure_keys": True, "hem_steps_per_product": 1}))
     sim.server.setup()
     seen = {"down": 0, "up": 0, "refresh_ins": 0}
 

@@ -113,3 +113,31 @@ def test_taylor_loss_errors():
         taylor_loss(torch.zeros(3), torch.zeros(3), reduction="avg")
     with pytest.raises(TypeError, match="taylor_loss expects floating-point logits, got torch.int64"):
         taylor_loss(torch.zeros(3, dtype=torch.long), torch.zeros(3))
+
+
+@pytest.mark.parametrize("mu", [0.0, 0.3])
+def test_a_rounds_composed_map_is_its_twenty_steps(mu):
+    """``compose_steps`` over 20 batches, applied to a plaintext vector, is the 20 single
+    ``sgd_step`` calls to 1e-12 (with FedProx, the anchor is the round's start)."""
+    from torchhefl.nn.functional import add_bias_column, compose_steps, sgd_step
+
+    g = torch.Generator().manual_seed(3)
+    batches = [
+        (add_bias_column(torch.randn(16, 30, generator=g, dtype=torch.float64)), (torch.rand(16, generator=g) < 0.5).double())
+        for _ in range(20)
+    ]
+    theta0 = torch.randn(31, generator=g, dtype=torch.float64)
+    theta = theta0.clone()
+    for X, y in batches:
+        theta = sgd_step(theta, X, y, lr=0.1, proximal_mu=mu, anchor=theta0)
+    A, B, c = compose_steps(batches, lr=0.1, proximal_mu=mu)
+    torch.testing.assert_close((A + B) @ theta0 + c, theta, rtol=0, atol=1e-12)
+    assert torch.equal(B, torch.zeros_like(B)) == (mu == 0)
+    # from any start and any anchor, not only the round's start
+    other = torch.randn(31, generator=g, dtype=torch.float64)
+    theta = other.clone()
+    for X, y in batches:
+        theta = sgd_step(theta, X, y, lr=0.1, proximal_mu=mu, anchor=theta0)
+    torch.testing.assert_close(A @ other + B @ theta0 + c, theta, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="at least one batch"):
+        compose_steps([], lr=0.1)

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["add_bias_column", "sgd_step", "step_map", "taylor_grad", "taylor_loss"]
+__all__ = ["add_bias_column", "compose_steps", "sgd_step", "step_map", "taylor_grad", "taylor_loss"]
 
 _LOG2 = math.log(2.0)
 
@@ -156,6 +156,27 @@ def step_map(X: torch.Tensor, y: torch.Tensor, *, lr: float, proximal_mu: float 
     if not torch.equal(out.B, c * eye):
         raise AssertionError("the proximal term is not a multiple of the anchor")  # sgd_step changed shape
     return out.A, out.c, c
+
+
+def compose_steps(batches, *, lr: float, proximal_mu: float = 0.0):
+    """The coefficients of a run of :func:`sgd_step` over ``batches`` (pairs ``(X, y)`` with a bias
+    column), from ``theta`` to the end: ``theta_T = A @ theta + B @ anchor + c``.
+
+    Obtained by running :func:`sgd_step` itself on a symbolic ``theta`` (exact up to float64
+    rounding: the Taylor gradient is affine), so it is the same SGD as the steps one by one. With
+    ``theta`` the anchor itself (the start of a round), the run is ``(A + B) @ theta + c``. Returns
+    ``(A, B, c)``, float64, of shapes ``(d, d)``, ``(d, d)`` and ``(d,)``.
+    """
+    batches = list(batches)
+    if not batches:
+        raise ValueError("compose_steps needs at least one batch")
+    d = batches[0][0].shape[1]
+    eye, zero = torch.eye(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64)
+    theta = _Affine(eye, zero, torch.zeros(d, dtype=torch.float64))
+    anchor = _Affine(zero, eye, torch.zeros(d, dtype=torch.float64))
+    for X, y in batches:
+        theta = sgd_step(theta, X.to(torch.float64), y.to(torch.float64), lr=lr, proximal_mu=proximal_mu, anchor=anchor)
+    return theta.A, theta.B, theta.c
 
 
 def add_bias_column(X: Tensor) -> Tensor:

@@ -58,8 +58,8 @@ from torchhefl.federated.server_key.statistics import (
     read_statistics_sum,
     setup_key_bytes,
 )
-from torchhefl.federated.server_key.step import apply_step
-from torchhefl.nn.functional import add_bias_column
+from torchhefl.federated.server_key.step import apply_map, map_fits
+from torchhefl.nn.functional import add_bias_column, compose_steps
 from torchhefl.secure import EncryptedTensor, PublicKey, strict_json, wire
 from torchhefl.secure.encoding import quantize
 from torchhefl.secure.identity import Roster, SiteIdentity
@@ -80,6 +80,9 @@ class ServerKeyClientExchange(ClientExchange):
     Args:
         allow_insecure: accept a Paillier key below 2048 bits from the server (tests only).
         step_bits, value_bits, base_scale: the public fixed-point parameters (see :mod:`~torchhefl.federated.server_key.constants`).
+        steps_per_product: compose at most this many local steps into one plaintext @ ciphertext
+            product (default: all the steps of a round that fit, usually one product per round;
+            1 runs one product per step).
     """
 
     def __init__(
@@ -89,10 +92,13 @@ class ServerKeyClientExchange(ClientExchange):
         step_bits: int = STEP_BITS,
         value_bits: int = VALUE_BITS,
         base_scale: int = BASE_SCALE,
+        steps_per_product: int | None = None,
     ) -> None:
         super().__init__()
         self.allow_insecure = allow_insecure
         self.step_bits, self.value_bits, self.base_scale = step_bits, value_bits, base_scale
+        #: the most local steps composed into one product (``None``: a whole round, the default)
+        self.steps_per_product = steps_per_product
         self.public_key: PublicKey | None = None
         self.masker: PairwiseMasker | None = None
         self.secagg: SecAggSite | None = None
@@ -120,6 +126,11 @@ class ServerKeyClientExchange(ClientExchange):
             raise ProtocolError(f"the server's {public_key.bits}-bit key is insecure (at least {MIN_SECURE_KEY_BITS} bits)")
         self.public_key = public_key
         self._refresher = None
+
+    @property
+    def upload_scale(self) -> int:
+        """The public scale of every masked upload: one product past the base scale."""
+        return self.base_scale + self.step_bits
 
     @property
     def refresher(self) -> RefreshClient:
@@ -399,9 +410,10 @@ class ServerKeyClient(Client):
         return self._fit_reply(meta, payload, c.seconds)
 
     def _advance(self, c: Continuation, *, to_base: bool) -> bytes | None:
-        """Run ``c``'s remaining local steps; stop at the first that needs a refresh and return its
+        """Run ``c``'s remaining local steps, as few products as fit (one per round at the
+        defaults: :meth:`_next_product`); stop where a product needs a refresh first and return its
         blinded request (``c.pending`` keeps the masks). With ``to_base``, end with a refresh to the
-        common upload scale. ``None`` once training is done."""
+        common upload scale if the steps did not end there. ``None`` once training is done."""
         ex = self.exchange
         refresher = ex.refresher
         batches = list(local_batches(self.num_examples, self.batch_size, self.local_epochs,
@@ -414,10 +426,13 @@ class ServerKeyClient(Client):
                     request, masks = refresher.begin(c.theta, c.base)
                     c.pending = (c.base, masks)
                     return request
-                idx = batches[c.step]
-                Xb, yb = add_bias_column(self.X[idx]).to(torch.float64), self.y[idx].to(torch.float64)
-                theta_next = apply_step(
-                    c.theta, Xb, yb, lr=self.lr, proximal_mu=c.proximal_mu, anchor=c.anchor,
+                end, (A, B, b) = self._next_product(batches, c)
+                if c.anchor is not None and c.anchor is c.theta:  # the round's start: the anchor is theta
+                    A, B = A + B, None
+                elif c.anchor is None:
+                    B = None
+                theta_next = apply_map(
+                    c.theta, A, b, B=B, anchor=c.anchor if B is not None else None,
                     step_bits=ex.step_bits, value_bits=ex.value_bits,
                 )
                 if c.anchor is not None:  # keep the anchor at theta's scale
@@ -428,14 +443,39 @@ class ServerKeyClient(Client):
                         c.anchor.shape, scale=theta_next.scale, bound_bits=theta_next.bound_bits,
                     )
                 c.theta = theta_next
-                c.step += 1
+                c.step = end
+                c.products += 1
         finally:
             torch.set_num_threads(threads)
-        if to_base and c.theta.scale != ex.base_scale:  # every upload at the common public scale
-            request, masks = refresher.begin(c.theta, ex.base_scale)
-            c.pending = (ex.base_scale, masks)
+        if to_base and c.theta.scale != ex.upload_scale:  # every upload at the common public scale
+            request, masks = refresher.begin(c.theta, ex.upload_scale)
+            c.pending = (ex.upload_scale, masks)
             return request
         return None
+
+    def _next_product(self, batches: list, c: Continuation):
+        """``(end, (A, B, b))``: the steps ``c.step .. end`` composed into one affine map
+        (:func:`~torchhefl.nn.functional.compose_steps`), the longest run from ``c.step`` that fits
+        the fixed point (at most the exchange's ``steps_per_product``)."""
+        ex = self.exchange
+        cap = len(batches) if ex.steps_per_product is None else min(len(batches), c.step + ex.steps_per_product)
+        data = [(add_bias_column(self.X[idx]), self.y[idx]) for idx in batches[c.step : cap]]
+
+        def composed(k: int):
+            return compose_steps(data[:k], lr=self.lr, proximal_mu=c.proximal_mu)
+
+        k = len(data)
+        maps = composed(k)
+        if not map_fits(maps[0], maps[1], ex.step_bits):  # the longest prefix that fits (one step always does)
+            lo, hi = 1, k - 1
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if map_fits(*composed(mid)[:2], ex.step_bits):
+                    lo = mid
+                else:
+                    hi = mid - 1
+            k, maps = lo, composed(lo)
+        return c.step + k, maps
 
     def fit_encrypted(self, theta: EncryptedTensor, server_round: int, *, proximal_mu: float = 0.0) -> EncryptedTensor:
         """Local SGD on the encrypted ``theta`` over this round's batches (those of plain mode).

@@ -30,8 +30,9 @@ __all__ = [
 BASE_SCALE = 32
 """Fixed-point bits after the binary point of the encrypted global weights (and after a refresh)."""
 
-STEP_BITS = 20
-"""Bits after the binary point of the plaintext step matrix; each encrypted step adds this to the scale."""
+STEP_BITS = 40
+"""Bits after the binary point of the plaintext matrix of one product (a round's composed steps);
+each product adds this to the scale, and every upload is at ``BASE_SCALE + STEP_BITS``."""
 
 VALUE_BITS = 16
 """Public bound on a weight's magnitude, ``|theta_j| < 2^VALUE_BITS``: all bounds on the wire derive from it."""

@@ -41,6 +41,7 @@ class Continuation:
     step: int = 0
     seq: int = 0
     refreshes: int = 0
+    products: int = 0
     pending: tuple[int, list[int]] | None = None
     seconds: dict = field(default_factory=dict)
 
@@ -50,6 +51,7 @@ def encode_continuation(c: Continuation) -> bytes:
     meta = {
         "round": c.server_round, "attempt": c.attempt, "participants": list(c.participants),
         "proximal_mu": c.proximal_mu, "base": c.base, "step": c.step, "seq": c.seq, "refreshes": c.refreshes,
+        "products": c.products,
         "pending": None if c.pending is None else [c.pending[0], [format(m, "x") for m in c.pending[1]]],
         "seconds": dict(c.seconds),
     }
@@ -77,7 +79,7 @@ def decode_continuation(blob: bytes, pk: PublicKey) -> Continuation:
             server_round=int(m["round"]), attempt=int(m["attempt"]), participants=list(m["participants"]),
             proximal_mu=float(m["proximal_mu"]), base=int(m["base"]), theta=tensor("theta"),
             anchor0=tensor("anchor0"), anchor=tensor("anchor"), step=int(m["step"]), seq=int(m["seq"]),
-            refreshes=int(m["refreshes"]),
+            refreshes=int(m["refreshes"]), products=int(m.get("products", 0)),
             pending=None if pending is None else (int(pending[0]), [int(h, 16) for h in pending[1]]),
             seconds={str(k): float(v) for k, v in m["seconds"].items()},
         )

@@ -21,7 +21,8 @@ __all__ = ["server_key_parts"]
 def server_key_parts(config: TrainConfig, initial: OrderedDict) -> ModeParts:
     """The mode's parts for :func:`torchhefl.federated.simulation.build`.
 
-    ``config.extra`` may set ``hem_step_bits`` (default :data:`STEP_BITS`).
+    ``config.extra`` may set ``hem_step_bits`` (default :data:`STEP_BITS`) and
+    ``hem_steps_per_product`` (default: every step of a round in one product).
     """
     if config.clip_norm is not None:
         raise ConfigError(CLIP_NORM_MESSAGE)
@@ -32,11 +33,15 @@ def server_key_parts(config: TrainConfig, initial: OrderedDict) -> ModeParts:
     step_bits = config.extra.get("hem_step_bits", STEP_BITS)
     if isinstance(step_bits, bool) or not isinstance(step_bits, int) or not 8 <= step_bits <= 48:
         raise ConfigError(f"hem_step_bits must be an int in [8, 48], got {step_bits!r}")
+    per_product = config.extra.get("hem_steps_per_product")
+    if per_product is not None and (isinstance(per_product, bool) or not isinstance(per_product, int) or per_product < 1):
+        raise ConfigError(f"hem_steps_per_product must be a positive int (or unset: a whole round), got {per_product!r}")
     public_key, private_key = run_keypair(config)
     allow_insecure = bool(config.extra.get("allow_insecure_keys", False))
-    server_exchange = ServerKeyServerExchange(private_key, initial)
+    server_exchange = ServerKeyServerExchange(private_key, initial, step_bits=step_bits)
     client_exchanges = [
-        ServerKeyClientExchange(allow_insecure=allow_insecure, step_bits=step_bits) for _ in range(config.clients)
+        ServerKeyClientExchange(allow_insecure=allow_insecure, step_bits=step_bits, steps_per_product=per_product)
+        for _ in range(config.clients)
     ]
 
     return ModeParts(

@@ -40,6 +40,7 @@ from torchhefl.federated.server_key.constants import (
     REFRESH_REQ,
     STAT_SCALE,
     STATS_KIND,
+    STEP_BITS,
     UPDATE_KIND,
     VALUE_BITS,
 )
@@ -64,7 +65,7 @@ class ServerKeyServerExchange(ServerExchange):
     Args:
         private_key: the server's key pair.
         initial_state: the initial global state_dict (``weight`` of shape ``(1, d)``, ``bias``).
-        base_scale, value_bits: public fixed-point parameters (see :mod:`~torchhefl.federated.server_key.constants`).
+        base_scale, value_bits, step_bits: public fixed-point parameters (see :mod:`~torchhefl.federated.server_key.constants`).
 
     Attributes:
         refreshes: refresh requests served so far.
@@ -86,11 +87,14 @@ class ServerKeyServerExchange(ServerExchange):
         *,
         base_scale: int = BASE_SCALE,
         value_bits: int = VALUE_BITS,
+        step_bits: int = STEP_BITS,
     ) -> None:
         super().__init__()
         self._private_key = private_key
         self.public_key = private_key.public_key
         self.base_scale, self.value_bits = base_scale, value_bits
+        #: the public scale of the sites' uploads: one product of ``step_bits`` past the base scale
+        self.upload_scale = base_scale + step_bits
         self._layout = [(k, tuple(v.shape), v.dtype) for k, v in initial_state.items()]
         self.theta = torch.cat([v.detach().reshape(-1).to(torch.float64) for v in initial_state.values()])
         self.refreshes = 0
@@ -194,10 +198,10 @@ class ServerKeyServerExchange(ServerExchange):
             if n_total < 1:
                 raise ProtocolError(f"the masked sample counts sum to {n_total}: a client broke the protocol")
             sums = self._decrypt_sum(
-                "update_sum", total[:-1], scale=self.base_scale,
-                bound_bits=self.base_scale + self.value_bits + count_bound,
+                "update_sum", total[:-1], scale=self.upload_scale,
+                bound_bits=self.upload_scale + self.value_bits + count_bound,
             )
-        self.theta = dequantize(sums, self.base_scale) / n_total
+        self.theta = dequantize(sums, self.upload_scale) / n_total
 
     def check_update(self, payload: bytes, *, server_round=None, attempt=None, participants=None) -> bytes:
         """Check one masked update before aggregation: key, format, ciphertext ranges, and masks made
@@ -228,7 +232,7 @@ class ServerKeyServerExchange(ServerExchange):
         msg = wire.decode(blob, kind=UPDATE_KIND)
         meta = msg.meta
         check_fingerprint(meta, pk)
-        if not (same_int(meta.get("format"), PAYLOAD_FORMAT) and same_int(meta.get("scale"), self.base_scale)):
+        if not (same_int(meta.get("format"), PAYLOAD_FORMAT) and same_int(meta.get("scale"), self.upload_scale)):
             raise MalformedMessageError(f"masked update of format {meta.get('format')!r} at scale {meta.get('scale')!r}")
         participants = meta.get("participants")
         if (
