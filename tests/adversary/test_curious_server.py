@@ -115,7 +115,7 @@ def _signed_uploads(sim, seen) -> dict[str, list[int]]:
 
 def test_server_key_one_sites_upload_decrypts_to_noise_the_sum_to_the_model(hem_round):
     """The server holds the private key and decrypts each site's upload on its own: every value is
-    uniform in Z_n (|v| near n/4), where the true ``n_k * theta_k`` at the upload scale 2^72 is below 2^120.
+    uniform in Z_n (|v| near n/4), where the true ``n_k * theta_k`` at the upload scale 2^64 is below 2^112.
     The control: the same decryption of the product of all uploads, less the masks the survivors'
     revealed shares rebuild (every site's self-mask), gives the sum, which is small and is the
     model the server aggregated."""

@@ -141,7 +141,7 @@ def test_encrypted_local_training_equals_plain_sgd(aggregator):
 
 @pytest.mark.parametrize("mu", [0.0, 0.1])
 def test_runs_match_plain_mode(mu):
-    """Each round's steps composed into one 40-bit product: the encrypted run is plain SGD to 1e-5
+    """Each round's steps composed into one 32-bit product: the encrypted run is plain SGD to 1e-5
     (FedProx too), with the same test accuracy every round."""
     aggregator = {"aggregator": "fedprox", "mu": mu} if mu else {}
     sim, results = _train(_config(rounds=3, **aggregator))

@@ -30,7 +30,7 @@ __all__ = [
 BASE_SCALE = 32
 """Fixed-point bits after the binary point of the encrypted global weights (and after a refresh)."""
 
-STEP_BITS = 40
+STEP_BITS = 32
 """Bits after the binary point of the plaintext matrix of one product (a round's composed steps);
 each product adds this to the scale, and every upload is at ``BASE_SCALE + STEP_BITS``."""
 
