@@ -19,11 +19,12 @@ import json
 from collections.abc import Mapping, Sequence
 
 from cryptography.exceptions import InvalidKey
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from torchhefl.exceptions import MalformedMessageError, ProtocolError
+from torchhefl.secure.share_box import X25519Pair
 
 __all__ = ["PUBLIC_KEY_BYTES", "PairwiseMasker", "majority_threshold", "mask_label", "prg_ints"]
 
@@ -63,23 +64,17 @@ class PairwiseMasker:
 
     def __init__(self, cid: str, private_bytes: bytes | None = None) -> None:
         self.cid = cid
-        if private_bytes is None:
-            self._key = X25519PrivateKey.generate()
-        else:
-            if not isinstance(private_bytes, bytes) or len(private_bytes) != PUBLIC_KEY_BYTES:
-                raise ValueError(f"an X25519 private key is {PUBLIC_KEY_BYTES} bytes")
-            self._key = X25519PrivateKey.from_private_bytes(private_bytes)
+        self._pair = X25519Pair(private_bytes)
+        self._key = X25519PrivateKey.from_private_bytes(self._pair.private_bytes())
         self._seeds: dict[str, bytes] = {}
 
     def private_bytes(self) -> bytes:
         """This client's 32-byte X25519 private key: secret, for the site's own state only."""
-        return self._key.private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-        )
+        return self._pair.private_bytes()
 
     def public_bytes(self) -> bytes:
         """This client's 32-byte X25519 public key."""
-        return self._key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return self._pair.public_bytes()
 
     @property
     def peers(self) -> list[str]:
