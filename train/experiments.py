@@ -12,7 +12,9 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from torchhefl.exceptions import ConfigError, DataError, ProtocolError
@@ -75,6 +77,23 @@ def _replot(out: Path) -> int:
     return 0
 
 
+def _sweep_key(jobs, settings: ExperimentSettings):
+    """A temporary 0700 folder with one key pair for the runs whose mode uses a key (``None`` if none does)."""
+    from torchhefl.federated import TrainConfig
+    from torchhefl.federated.keyring import PRIVATE_KEY_FILE
+    from torchhefl.federated.modes import mode_of
+    from torchhefl.secure import InsecureKeyWarning, generate_keypair
+
+    if not any(mode_of(TrainConfig.from_dict(j.config)).uses_key for j in jobs):
+        return None
+    folder = tempfile.TemporaryDirectory(prefix="torchhefl-sweep-key-")  # mkdtemp: mode 0700
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyWarning)
+        _, private_key = generate_keypair(settings.key_bits, allow_insecure=settings.allow_insecure_keys)
+        private_key.save(Path(folder.name) / PRIVATE_KEY_FILE)
+    return folder
+
+
 def _settings(args: argparse.Namespace) -> ExperimentSettings:
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     seeds = args.seeds if args.seeds is not None else (_QUICK_SEEDS if args.quick else _FULL_SEEDS)
@@ -106,8 +125,10 @@ def main(argv: list[str] | None = None) -> int:
               f"modes {', '.join(settings.modes)}"
               + (f" (HE key at {settings.key_holder}, {settings.key_bits}-bit)" if "he" in settings.modes else "")
               + f"; {len(settings.seeds)} seeds; {args.workers} worker(s)")
+        key_folder = _sweep_key(jobs, settings)  # one key pair for the sweep, in a private temporary folder
+        key_dir = None if key_folder is None else key_folder.name
         if not (args.quick or args.no_estimate):
-            est = estimate_seconds(jobs, workers=args.workers)
+            est = estimate_seconds(jobs, workers=args.workers, key_dir=key_dir)
             print(f"estimated time: {est / 60:.1f} min")
         start = time.perf_counter()
         bar = None
@@ -115,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(jobs), desc="runs", unit="run")
-        run_jobs(jobs, workers=args.workers, progress=(lambda job: bar.update(1)) if bar is not None else None)
+        try:
+            run_jobs(jobs, workers=args.workers, progress=(lambda job: bar.update(1)) if bar is not None else None, key_dir=key_dir)
+        finally:
+            if key_folder is not None:
+                key_folder.cleanup()
         if bar is not None:
             bar.close()
         seconds = time.perf_counter() - start
@@ -127,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         for sweep in sweeps:
             plot_sweep(sweep, rows, out)
         notes = []
+        if key_folder is not None:
+            notes.append(f"One {settings.key_bits}-bit Paillier key pair serves every HE run of the sweep (generated once, "
+                         "kept in a private temporary folder, deleted after); a deployment has its own per run.")
         if args.quick:
             notes.append(f"A --quick run: {settings.key_bits}-bit keys (insecure, for tests only), {len(settings.seeds)} seed(s).")
         (out / "run.json").write_text(json.dumps({"command": command, "seconds": round(seconds, 1), "runs": len(jobs),

@@ -114,11 +114,16 @@ def plan(sweeps: Sequence[Sweep], settings: ExperimentSettings) -> list[Job]:
     return sorted(jobs.values(), key=lambda j: (j.config["mode"] != "plain", j.config["seed"]))
 
 
-def run_job(config: dict) -> tuple[list[dict], float]:
-    """Train ``config`` in process; the test metrics after each round, and the set-up seconds."""
+def run_job(config: dict, key_dir: str | None = None) -> tuple[list[dict], float]:
+    """Train ``config`` in process; the test metrics after each round, and the set-up seconds.
+
+    ``key_dir``: a folder with the Paillier key pair for a mode that uses one (else each such run
+    generates its own)."""
     from torchhefl.federated.simulation import build
 
     cfg = TrainConfig.from_dict(dict(config))
+    if key_dir is not None and mode_of(cfg).uses_key:
+        cfg.extra = {**cfg.extra, "key_dir": key_dir}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # insecure-key warnings of quick runs, once per job
         start = time.perf_counter()
@@ -132,15 +137,18 @@ def run_job(config: dict) -> tuple[list[dict], float]:
     return curve, setup
 
 
-def _run_job_item(item: tuple[int, dict]) -> tuple[int, list[dict], float]:
-    i, config = item
-    curve, setup = run_job(config)
+def _run_job_item(item: tuple[int, dict, str | None]) -> tuple[int, list[dict], float]:
+    i, config, key_dir = item
+    curve, setup = run_job(config, key_dir)
     return i, curve, setup
 
 
-def run_jobs(jobs: list[Job], *, workers: int = 1, progress: Callable[[Job], None] | None = None) -> None:
-    """Run every job (``workers`` processes at a time), filling ``job.curve``; ``progress`` after each."""
-    items = [(i, j.config) for i, j in enumerate(jobs)]
+def run_jobs(
+    jobs: list[Job], *, workers: int = 1, progress: Callable[[Job], None] | None = None, key_dir: str | None = None
+) -> None:
+    """Run every job (``workers`` processes at a time), filling ``job.curve``; ``progress`` after each.
+    ``key_dir``: one key pair for every run whose mode uses one (see :func:`run_job`)."""
+    items = [(i, j.config, key_dir) for i, j in enumerate(jobs)]
     if workers <= 1 or len(jobs) <= 1 or "fork" not in mp.get_all_start_methods():
         results: Iterator = map(_run_job_item, items)
         _collect(jobs, results, progress)
@@ -157,7 +165,7 @@ def _collect(jobs: list[Job], results: Iterator, progress: Callable[[Job], None]
             progress(jobs[i])
 
 
-def estimate_seconds(jobs: list[Job], *, workers: int = 1, rounds_probe: int = 3) -> float:
+def estimate_seconds(jobs: list[Job], *, workers: int = 1, rounds_probe: int = 3, key_dir: str | None = None) -> float:
     """Wall-clock estimate for ``jobs``: one short probe run per mode (median round time, so the
     first round's warm-up does not count), scaled by rounds and local epochs."""
     per_mode: dict[str, tuple[float, float]] = {}
@@ -170,9 +178,9 @@ def estimate_seconds(jobs: list[Job], *, workers: int = 1, rounds_probe: int = 3
             # probe where the jobs will run (a pool worker), and keep this process free of the
             # helper processes the Paillier layer forks on first use, which forked workers would share
             with mp.get_context("fork").Pool(1) as pool:
-                curve, setup = pool.apply(run_job, (probe,))
+                curve, setup = pool.apply(run_job, (probe, key_dir))
         else:
-            curve, setup = run_job(probe)
+            curve, setup = run_job(probe, key_dir)
         per_mode[mode] = (setup, float(np.median([r["seconds"] for r in curve])) / _local_steps(probe))
     total = 0.0
     for job in jobs:
