@@ -9,6 +9,7 @@ import torch
 from torchhefl.exceptions import KeyMismatchError
 from torchhefl.federated import build
 from torchhefl.federated.clients_key import ClientKeyServerExchange
+from torchhefl.federated.signed_uploads import SignedGlobal
 from torchhefl.secure import PrivateKey, SecureStateDict, generate_keypair
 
 
@@ -57,7 +58,7 @@ def test_server_never_holds_a_private_key(small_config):
 def test_server_cannot_decrypt_what_it_relays(small_config):
     sim, _ = _train(small_config(mode="he", key_holder="clients", rounds=1))
     blob = sim.server.exchange.global_payload()
-    agg = SecureStateDict.from_bytes(blob, public_key=sim.server.exchange.public_key)
+    agg = SecureStateDict.from_bytes(SignedGlobal.from_bytes(blob).model, public_key=sim.server.exchange.public_key)
     _, stranger = generate_keypair(512, allow_insecure=True)
     with pytest.raises(KeyMismatchError):
         agg.decrypt(stranger)
@@ -80,7 +81,7 @@ def test_updates_hide_counts_and_weights(small_config):
     )
     reply = decode_request(sim.transport.send("site0", req))
     assert "num_examples" not in reply.meta
-    update = sim.server.exchange.read_update(payload_of(reply))
+    update = sim.server.exchange.check_update(payload_of(reply)).model
     assert update.weight_bound > sim.clients[0].num_examples  # only a public cap is visible
     assert update.decrypt_weight(sim.clients[0].exchange.private_key) == sim.clients[0].num_examples
 
