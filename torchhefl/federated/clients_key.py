@@ -253,7 +253,7 @@ class ClientKeyClientExchange(ClientExchange):
         signed = SignedGlobal.from_bytes(payload)
         encrypted = SecureStateDict.from_bytes(signed.model, public_key=self.public_key)
         me = self.identity.cid if self.identity is not None else "this site"
-        what = "the initial model" if after_round == 0 else f"the global model after round {after_round}"
+        what = "initial model" if after_round == 0 else f"global model after round {after_round}"
         refuse = f"{me} refuses the server's {what}"
         if after_round == 0:
             if signed.uploads:
@@ -271,7 +271,7 @@ class ClientKeyClientExchange(ClientExchange):
         try:
             return encrypted.decrypt(self.private_key, coins=coins)
         except ValueError as e:  # the coins do not strip: not the sum of exactly those uploads
-            raise ProtocolError(f"{refuse}: its ciphertexts are not the sum of the uploads it lists ({e})") from None
+            raise ProtocolError(f"{refuse}: its ciphertexts are not the sum of the uploads it lists: {e}") from None
         except OverflowError as e:  # a value no sum of valid updates can hold
             raise MalformedMessageError(f"the global model does not decrypt to valid parameters: {e}") from None
 

@@ -318,7 +318,7 @@ class SecureStateDict(WireContainer):
         if coins is not None:
             if self._coins is None or sorted(self._coins) != sorted(coins):
                 named = "no coin list" if self._coins is None else f"a coin list of {len(self._coins)} terms"
-                raise ValueError(f"the header names {named}, not exactly the {len(coins)} expected (nonce, weight) terms")
+                raise ValueError(f"the header names {named}, not exactly the {len(coins)} terms expected")
             raw = private_key.decrypt_raw_many(self._cts, coins=list(coins), strict=True)
         else:
             raw = private_key.decrypt_raw_many(self._cts, coins=self._coins)
