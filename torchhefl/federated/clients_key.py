@@ -21,8 +21,8 @@ A site decrypts, evaluates or trains on a global model only if it is:
   over those coins (no fallback to a full decryption). A fit request of round ``r`` carries the
   model after round ``r - 1``, an evaluation request of round ``r`` the model after round ``r``.
 
-Anything else is refused with a :class:`ProtocolError` naming what is wrong, before anything is
-decrypted, so the site sends no loss and no histogram for it. Without the coin key the server can
+Anything else is refused with a :class:`ProtocolError` naming what is wrong, before the site loads
+the model, so it sends no loss and no histogram for it. Without the coin key the server can
 make a ciphertext that strips over those coins only from the uploads themselves, so it can no
 longer encrypt a model of its choosing (such as one that makes a site's evaluation counts read out
 one feature of its held-out rows), forward one site's upload as the global model, or pass a past
