@@ -31,6 +31,12 @@ def _with_ciphertext(payload: bytes, index: int, value: int, width: int) -> byte
     return wire.encode(msg.kind, dict(msg.meta), arrays)
 
 
+def _inside(message: bytes, edit) -> bytes:
+    """A protocol message (an upload, a global model) with ``edit`` applied to the payload it carries."""
+    msg = decode_request(message)
+    return encode_request(msg.kind, dict(msg.meta), edit(payload_of(msg)))
+
+
 @pytest.fixture
 def decryptions(monkeypatch):
     """Counts the ciphertexts any holder of a private key decrypts (by any path)."""
@@ -57,7 +63,7 @@ def test_a_server_relaying_c_n_to_key_holding_sites_is_refused(decryptions, valu
     bad = int(pk.n) if value == "n" else 5 * int(sk._p)  # the server cannot know p: the strongest case
     honest = sim.server.exchange.global_payload()
     meta = {"round": 2, "attempt": 1, "participants": [c.cid for c in sim.clients], "config": {}}
-    tampered = encode_request(FIT_INS, meta, _with_ciphertext(honest, 0, bad, pk.ciphertext_bytes))
+    tampered = encode_request(FIT_INS, meta, _inside(honest, lambda m: _with_ciphertext(m, 0, bad, pk.ciphertext_bytes)))
     decryptions.clear()
     with pytest.raises(MalformedMessageError, match="ciphertext 0 " + REFUSAL):
         site.handle(tampered)
@@ -79,7 +85,7 @@ def test_a_site_uploading_c_n_is_left_out_of_the_round():
         msg = decode_request(reply)
         if msg.kind != "fit_res":
             return reply
-        payload = _with_ciphertext(payload_of(msg), 3, int(pk.n), pk.ciphertext_bytes)
+        payload = _inside(payload_of(msg), lambda m: _with_ciphertext(m, 3, int(pk.n), pk.ciphertext_bytes))
         return encode_request(msg.kind, dict(msg.meta), payload)
 
     liar.handle = handle

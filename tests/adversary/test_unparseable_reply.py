@@ -21,7 +21,7 @@ import torch
 from torchhefl.data import Dataset
 from torchhefl.federated import TrainConfig, build
 from torchhefl.federated.messages import decode_request
-from torchhefl.secure import InsecureKeyWarning, SecureStateDict
+from torchhefl.secure import InsecureKeyWarning
 
 _PREFIX = struct.Struct("<8sHI")
 HUGE = "9" * 5000
@@ -87,11 +87,7 @@ def _run(mode: str, attack=None, rounds: int = 2):
     if attack is None:
         sim.transport.fail = {"site0"}  # the run had site0 never answered a round
     results = [sim.server.run_round(r) for r in range(1, rounds + 1)]
-    state = sim.server.global_state()
-    if state is None:
-        ex = sim.clients[1].exchange
-        state = SecureStateDict.from_bytes(sim.server.exchange.global_payload(), public_key=ex.public_key).decrypt(ex.private_key)
-    return results, state
+    return results, sim.final_state()
 
 
 @pytest.fixture(scope="module")

@@ -547,9 +547,8 @@ class Case:
     def model(self) -> dict[str, torch.Tensor]:
         """The global model as plaintext (with the sites' key, decrypted with it)."""
         state = self.server.global_state()
-        if state is None:
-            ex = self.sim.clients[1].exchange
-            state = SecureStateDict.from_bytes(self.server.exchange.global_payload(), public_key=ex.public_key).decrypt(ex.private_key)
+        if state is None:  # after round 1, as a site checks and reads it
+            state = self.sim.clients[1].exchange.read_global_after(self.server.exchange.global_payload(), self.server.round)
         return {k: v.clone() for k, v in state.items()}
 
     def fit_context(self) -> dict:

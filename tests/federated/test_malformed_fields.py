@@ -15,6 +15,7 @@ from torchhefl.federated import TrainConfig, build
 from torchhefl.federated.checkpoint import Checkpoint, checkpoint_of
 from torchhefl.federated.evaluation import evaluation_counts
 from torchhefl.federated.exchange import standardizer_from_statistics
+from torchhefl.federated.signed_uploads import SignedGlobal, SignedUpload, UploadSignature
 from torchhefl.federated.messages import FIT_INS, FIT_RES, STANDARDIZE_INS, STATS_RES, decode_request, decode_state, encode_request, encode_state, payload_of
 from torchhefl.federated.strategies import weighted_mean
 from torchhefl.nn import TaylorLoss
@@ -144,7 +145,10 @@ def test_with_the_sites_key_every_update_claims_the_public_cap():
     sim = _sim("he-clients")
     ex = sim.clients[0].exchange
     state = sim.clients[0].model.state_dict()
-    update = SecureStateDict.encrypt(state, ex.public_key, weight=10, weight_bound=10).to_bytes()
+    enc = SecureStateDict.encrypt(state, ex.public_key, weight=10, weight_bound=10, coins=ex.private_key.coins())
+    model = enc.to_bytes()
+    signature = UploadSignature.sign(ex.identity, ex.roster, round=1, attempt=1, nonce=enc.coins[0][0], model=model)
+    update = SignedUpload(signature, model).to_bytes()
     with pytest.raises(MalformedMessageError, match=f"below the public cap of {ex.weight_bound}"):
         sim.server.exchange.check_update(update)
 
@@ -181,17 +185,18 @@ def test_a_site_refuses_a_model_of_other_shapes(mode):
     """``load_state_dict`` raised RuntimeError for a global model of other names or shapes."""
     sim = _sim(mode)
     client = sim.clients[0]
+    error = MalformedMessageError
     if mode == "plain":
         payload = encode_state({"weight": torch.zeros(1, 5, dtype=torch.float64), "bias": torch.zeros(1, dtype=torch.float64)})
         reason = r"the global model's 'weight' has shape \(1, 5\), expected \(1, 4\)"
-    elif mode == "he-clients":
+    elif mode == "he-clients":  # refused before it is decrypted: round 1's model must be the agreed initial one
         state = {"weight": torch.zeros(1, 5, dtype=torch.float64), "bias": torch.zeros(1, dtype=torch.float64)}
-        payload = SecureStateDict.encrypt(state, client.exchange.public_key).to_bytes()
-        reason = r"the global model's 'weight' has shape \(1, 5\)"
+        payload = SignedGlobal(SecureStateDict.encrypt(state, client.exchange.public_key, public=True).to_bytes()).to_bytes()
+        error, reason = ProtocolError, "it is not the initial model every party draws from the run's seed"
     else:
         payload = sim.server.exchange.global_payload().replace(b'"shape":[5]', b'"shape":[6]')
         reason = "malformed EncryptedTensor message|ciphertext array|expected"
-    with pytest.raises(MalformedMessageError, match=reason):
+    with pytest.raises(error, match=reason):
         client.handle(_fit_request(sim, payload=payload))
 
 

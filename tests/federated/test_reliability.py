@@ -9,6 +9,7 @@ import torch
 
 from torchhefl.exceptions import ProtocolError
 from torchhefl.federated import TrainConfig, build
+from torchhefl.federated.signed_uploads import SignedUpload, UploadSignature
 from torchhefl.federated.transport import ClientUnavailableError
 from torchhefl.federated.messages import EVALUATE_RES, FIT_RES, STATS_RES, decode_request, encode_request, encode_state, payload_of
 from torchhefl.secure import InsecureKeyWarning, SecureStateDict, generate_keypair, wire
@@ -146,12 +147,27 @@ PLAIN_CASES = {
 }
 
 
-def _he_update(t, state=None, *, key=None, weight_bound=None):
+def _he_update(t, state=None, *, key=None, weight_bound=None, signed_round=1):
+    """An upload signed by the tampering site for ``signed_round``, of ``state`` encrypted under ``key``."""
     ex = t.client.exchange
     state = state or t.client.model.state_dict()
-    return SecureStateDict.encrypt(
-        state, key or ex.public_key, weight=t.client.num_examples, weight_bound=weight_bound or ex.weight_bound
-    ).to_bytes()
+    coins = None if key is not None else ex.private_key.coins()
+    enc = SecureStateDict.encrypt(
+        state, key or ex.public_key, weight=t.client.num_examples, weight_bound=weight_bound or ex.weight_bound, coins=coins
+    )
+    model = enc.to_bytes()
+    nonce = enc.coins[0][0] if coins is not None else bytes(16)
+    return SignedUpload(UploadSignature.sign(ex.identity, ex.roster, round=signed_round, attempt=1, nonce=nonce, model=model), model).to_bytes()
+
+
+def _edit_model(reply: bytes, fn) -> bytes:
+    """:func:`_edit_payload` of the SecureStateDict inside a signed upload (sites' key)."""
+    upload = decode_request(payload_of(decode_request(reply)))
+    inner = wire.decode(payload_of(upload))
+    arrays = {k: v.copy() for k, v in inner.arrays.items()}
+    meta = dict(inner.meta)
+    fn(meta, arrays)
+    return _rewrap(reply, payload=encode_request(upload.kind, upload.meta, wire.encode(inner.kind, meta, arrays)))
 
 
 def _out_of_range(meta, arrays):
@@ -167,9 +183,9 @@ HE_CASES = {
         lambda reply, msg, t: _rewrap(reply, payload=_he_update(t, key=t.other_key[0])),
         "expected key",
     ),
-    "ciphertext out of range": (lambda reply, msg, t: _edit_payload(reply, _out_of_range), "out of range"),
-    "zero ciphertext": (lambda reply, msg, t: _edit_payload(reply, _zero_ciphertext), "out of range"),
-    "wrong format": (lambda reply, msg, t: _edit_payload(reply, lambda m, a: m.update(format=99)), "format 99"),
+    "ciphertext out of range": (lambda reply, msg, t: _edit_model(reply, _out_of_range), "out of range"),
+    "zero ciphertext": (lambda reply, msg, t: _edit_model(reply, _zero_ciphertext), "out of range"),
+    "wrong format": (lambda reply, msg, t: _edit_model(reply, lambda m, a: m.update(format=99)), "format 99"),
     "wrong shape": (
         lambda reply, msg, t: _rewrap(
             reply, payload=_he_update(t, {"weight": torch.zeros(1, 29, dtype=torch.float64), "bias": torch.zeros(1, dtype=torch.float64)})
@@ -184,7 +200,21 @@ HE_CASES = {
         lambda reply, msg, t: _rewrap(reply, payload=_he_update(t, weight_bound=t.client.exchange.weight_bound * 2)),
         "above the public cap",
     ),
+    "signed for another round": (
+        lambda reply, msg, t: _rewrap(reply, payload=_he_update(t, signed_round=2)),
+        "update signed for round 2 attempt 1, expected round 1 attempt 1",
+    ),
+    "signature of other bytes": (
+        lambda reply, msg, t: _rewrap(reply, payload=_forged_signature(payload_of(msg))),
+        "update refused: the key or message relayed for site 'site1' does not carry its signature",
+    ),
 }
+
+
+def _forged_signature(upload: bytes) -> bytes:
+    msg = decode_request(upload)
+    signature = msg.meta["signature"]
+    return encode_request(msg.kind, {**msg.meta, "signature": ("0" if signature[0] != "0" else "1") + signature[1:]}, payload_of(msg))
 
 
 def _cases(mode_cases):

@@ -271,9 +271,12 @@ def test_he_clients_checkpoint_holds_ciphertexts_not_the_model(tmp_path, key_dir
     folder, private_key = key_dir
     _run(_config(1, folder, mode="he", key_holder="clients"), tmp_path / "r")
     checkpoint = load_checkpoint(tmp_path / "r" / "checkpoints")
+    from torchhefl.federated.signed_uploads import SignedGlobal
     from torchhefl.secure import SecureStateDict
 
-    enc = SecureStateDict.from_bytes(checkpoint.global_model, public_key=private_key.public_key)
+    signed = SignedGlobal.from_bytes(checkpoint.global_model)
+    assert [u.cid for u in signed.uploads] == ["site0", "site1", "site2"]  # with the uploads it sums
+    enc = SecureStateDict.from_bytes(signed.model, public_key=private_key.public_key)
     model = torch.load(tmp_path / "r" / "model.pt", weights_only=True)
     decrypted = enc.decrypt(private_key)
     for k in model:

@@ -90,6 +90,11 @@ def _run_and_compare(federation, tmp_path, run_config: dict, config: TrainConfig
     assert max(float((expected[k] - initial[k]).abs().max()) for k in expected) > 1e-3
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="he-clients sites sign their uploads, and a SuperNode has no identity or roster to sign and check with yet "
+    "(identity files in the node config, the roster beside the app: the deployment side of issue 15)",
+)
 def test_he_clients_key_over_flower_matches_simulation(federation, key_dir, tmp_path):
     config = TrainConfig(mode="he", key_holder="clients", rounds=2, clients=SITES, seed=0, extra={"key_dir": str(key_dir)})
     _run_and_compare(federation, tmp_path, {"mode": "he", "key-holder": "clients", "rounds": 2, "seed": 0}, config)

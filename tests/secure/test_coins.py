@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from torchhefl.exceptions import KeyMismatchError, MalformedMessageError
-from torchhefl.secure import PackedSum, PrivateKey, PublicKey, SecureStateDict
-from torchhefl.secure.coins import MAX_COIN_TERMS, NONCE_BYTES, CoinKey, _nth_power, coins_from_wire, combine_coins
+from torchhefl.secure import PackedSum, PrivateKey, PublicKey, SecureStateDict, wire
+from torchhefl.secure.coins import MAX_COIN_TERMS, NONCE_BYTES, CoinKey, _nth_power, coins_from_wire, coins_to_wire, combine_coins
 
 pytestmark = pytest.mark.filterwarnings("ignore::torchhefl.secure.keys.InsecureKeyWarning")
 
@@ -88,6 +88,35 @@ def test_wrong_or_missing_coins_fall_back_to_full_decryption(keypair):
     assert mixed._coins is None and "coins" not in mixed.to_bytes().decode("latin-1")
     assert all(torch.equal(mixed.decrypt(sk)[k], expected[k]) for k in expected)
     assert agg.rerandomize()._coins is None
+
+
+def test_a_strict_decryption_refuses_what_the_coins_do_not_name(keypair):
+    """``decrypt(coins=...)``: the header must name exactly those terms and the ciphertexts must strip
+    over them; where the usual decryption falls back, this raises."""
+    pk, sk = keypair
+    states = _states(seed=5)
+    encs = [SecureStateDict.encrypt(s, pk, weight=3, coins=sk.coins()) for s in states]
+    agg = SecureStateDict.weighted_average(encs)
+    expected = agg.decrypt(sk)
+    exact = [(nonce, 1) for nonce, _ in reversed(agg.coins)]  # in any order
+    out = agg.decrypt(sk, coins=exact)
+    assert all(torch.equal(out[k], expected[k]) for k in expected)
+    with pytest.raises(ValueError, match="the header names a coin list of 3 terms, not exactly the 2 terms expected"):
+        agg.decrypt(sk, coins=exact[:2])
+    with pytest.raises(ValueError, match="not exactly the 3 terms expected"):
+        agg.decrypt(sk, coins=[(n, 2) for n, _ in exact])
+    # ciphertexts that are not made of the coins their header names: no fallback
+    fresh = SecureStateDict.encrypt(states[0], pk, weight=3, weight_bound=agg.weight_bound)
+    msg = wire.decode(fresh.to_bytes())
+    claimed = SecureStateDict.from_bytes(wire.encode(msg.kind, {**msg.meta, "coins": coins_to_wire(agg.coins)}, msg.arrays), public_key=pk)
+    # (the usual decryption falls back and reads it)
+    assert claimed.coins == agg.coins and float((claimed.decrypt(sk)["weight"] - states[0]["weight"]).abs().max()) < 1e-6
+    with pytest.raises(ValueError, match="the ciphertexts are not made of the coins their coin list names"):
+        claimed.decrypt(sk, coins=exact)
+    public = SecureStateDict.encrypt(states[0], pk, public=True)
+    assert public.coins == [] and torch.equal(public.decrypt(sk, coins=[])["bias"], public.decrypt(sk)["bias"])
+    with pytest.raises(ValueError, match="needs the coin list"):
+        sk.decrypt_raw_many(agg._cts, strict=True)
 
 
 def test_every_encryption_draws_fresh_coins(keypair):

@@ -109,6 +109,7 @@ class Client:
         self.X_test = None if X_test is None else torch.as_tensor(self._X_test_raw, dtype=self.dtype)
         self.y_test = None if y_test is None else torch.as_tensor(np.asarray(y_test), dtype=self.dtype)
         self.model = copy.deepcopy(model)
+        exchange.set_initial_state(self.model.state_dict())
         self.loss_fn = loss_fn
         self.eval_loss_fn = copy.deepcopy(loss_fn)
         self.eval_loss_fn.reduction = "sum"
@@ -182,14 +183,16 @@ class Client:
         if payload is None:  # named by a digest this client does not hold: ask for the model
             self.asked_global = (server_round, self.last_round[1])
             return encode_request(GLOBAL_REQ, {"cid": self.cid, "round": server_round, "attempt": self.last_round[1]})
-        with self.exchange.timer.phase("decrypt"):
-            state = self.exchange.read_global(payload)
+        with self.exchange.timer.phase("decrypt"):  # the model after the previous round
+            state = self.exchange.read_global_after(payload, server_round - 1)
         self._load_global(state)
         with self.exchange.timer.phase("train"):
             train_loss = self.fit(server_round, proximal_mu=self._proximal_mu(config))
         with self.exchange.timer.phase("encrypt"):
             try:
-                payload = self.exchange.write_update(self.model.state_dict(), self.num_examples)
+                payload = self.exchange.write_update_for(
+                    self.model.state_dict(), self.num_examples, server_round=server_round, attempt=self.last_round[1]
+                )
             except (OverflowError, ValueError) as e:  # training diverged beyond what the encoding holds
                 raise ProtocolError(f"client {self.cid} cannot send its round {server_round} update: {e}") from None
         meta = {"cid": self.cid, "round": server_round, "attempt": self.last_round[1], "train_loss": train_loss}
@@ -252,8 +255,11 @@ class Client:
     def _on_evaluate(self, msg) -> bytes:
         if self.X_test is None:
             raise ProtocolError(f"client {self.cid} holds no test rows to evaluate on")
+        server_round = msg.meta.get("round")
+        if type(server_round) is not int or not 0 <= server_round <= MAX_ROUND:
+            raise MalformedMessageError(f"evaluation request with an invalid round {server_round!r} (an integer in [0, {MAX_ROUND}])")
         payload = payload_of(msg)
-        self._load_global(self.exchange.read_global(payload))
+        self._load_global(self.exchange.read_global_after(payload, server_round))  # the model after that round
         self.remember_global(payload)
         self.model.eval()
         with torch.no_grad():

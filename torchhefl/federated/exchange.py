@@ -202,11 +202,31 @@ class ClientExchange:
             raise ConfigError(f"the roster (fingerprint {roster.fingerprint[:16]}) does not list site {identity.cid}'s signing key")
         self.identity, self.roster = identity, roster
 
+    def set_initial_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Take the public initial model this site starts from (drawn from the run's seed, as every
+        party draws it), against which an exchange may check the first global model it is sent.
+        Called by :class:`~torchhefl.federated.Client` when it is built. Default: nothing."""
+
     def read_global(self, payload: bytes) -> OrderedDict:
         raise NotImplementedError
 
+    def read_global_after(self, payload: bytes, after_round: int) -> OrderedDict:
+        """The global model as it stands after round ``after_round`` (0: the initial model), from a
+        request that says so: a fit request of round ``r`` carries the model after round ``r - 1``,
+        an evaluation request of round ``r`` the model after round ``r``. An exchange whose global
+        models prove which round's uploads they combine checks that here, and refuses others.
+        Default: :meth:`read_global`."""
+        return self.read_global(payload)
+
     def write_update(self, state: Mapping[str, torch.Tensor], num_examples: int) -> bytes:
         raise NotImplementedError
+
+    def write_update_for(
+        self, state: Mapping[str, torch.Tensor], num_examples: int, *, server_round: int, attempt: int
+    ) -> bytes:
+        """The update answering the fit request of ``server_round`` and ``attempt`` (for an exchange
+        that binds its uploads to the request, e.g. by signing them). Default: :meth:`write_update`."""
+        return self.write_update(state, num_examples)
 
     def write_statistics(self, stats: Mapping[str, np.ndarray]) -> bytes:
         raise NotImplementedError

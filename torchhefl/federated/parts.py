@@ -16,6 +16,7 @@ from torchhefl.federated.client import Client
 if TYPE_CHECKING:
     from torchhefl.federated.exchange import ClientExchange, ServerExchange
     from torchhefl.federated.server import Server
+    from torchhefl.secure.identity import SiteIdentity
 
 __all__ = ["ModeParts", "SiteParts"]
 
@@ -30,6 +31,9 @@ class ModeParts:
     client_kwargs: dict = field(default_factory=dict)
     server_holds_test: bool = True
     extras: dict = field(default_factory=dict)
+    #: the signing identity of the simulated site of a name, where the mode's sites sign and the
+    #: mode makes their identities itself (``None``: a fresh one per site and run)
+    identity_of: "Callable[[str], SiteIdentity] | None" = None
     #: called once the server and clients exist (e.g. to wire a back channel)
     connect: "Callable[[Server, list[Client]], None]" = lambda server, clients: None
 

@@ -117,7 +117,7 @@ class Simulation:
         """The final global state_dict, read by whoever may read it (the server, or a key-holding site)."""
         state = self.server.global_state()
         if state is None:
-            state = self.clients[0].exchange.read_global(self.server.exchange.global_payload())
+            state = self.clients[0].exchange.read_global_after(self.server.exchange.global_payload(), self.server.round)
         return OrderedDict((k, v.detach().clone()) for k, v in state.items())
 
 
@@ -139,7 +139,8 @@ def build(
     parts_of_mode = mode.parts(config, initial)
     server_exchange = parts_of_mode.server_exchange
     if mode.signs:  # each site's signing key, and the roster the sites agree on out of band
-        identities = [SiteIdentity(site_name(i)) for i in range(config.clients)]
+        make_identity = parts_of_mode.identity_of or SiteIdentity
+        identities = [make_identity(site_name(i)) for i in range(config.clients)]
         roster = Roster.of(identities)
         for identity, exchange in zip(identities, parts_of_mode.client_exchanges):
             exchange.set_identity(identity, roster)

@@ -23,7 +23,14 @@ Security:
   function takes a nonce to encrypt with.
 * The result is checked: ``c h^-A`` must be ``1 mod n``. If it is not (wrong nonces, or a
   ciphertext not made this way), :meth:`CoinKey.strip` returns ``None`` and the caller decrypts
-  the usual way, so a wrong list of nonces costs time, never a wrong plaintext.
+  the usual way, so a wrong list of nonces costs time, never a wrong plaintext. A caller that
+  relies on the coins to know what a ciphertext is made of (a site checking that a global model
+  is the sum of signed uploads, no more and no less) asks for a strict decryption instead
+  (``PrivateKey.decrypt_raw_many(..., strict=True)``, ``SecureStateDict.decrypt(coins=...)``),
+  which raises rather than fall back. A ciphertext that strips over a coin list is
+  ``(1 + m n) h^A``; without the coin key, a party can make one only from ciphertexts whose coins
+  add up to ``A``, times any ``1 + m' n`` of its choosing (a plaintext offset, which the coins do
+  not detect).
 
 A *coin list* describes an aggregate: ``[(nonce, weight), ...]``; ``[]`` means no random factor at
 all (an encryption of a public value), ``None`` that the coins are unknown.

@@ -112,7 +112,9 @@ class PrivateKey:
         """The plaintext of ``c`` in ``[0, n)``."""
         return self.decrypt_raw_many([c])[0]
 
-    def decrypt_raw_many(self, cs: Iterable[int], *, coins: CoinList | None = None, start: int = 0) -> list[mpz]:
+    def decrypt_raw_many(
+        self, cs: Iterable[int], *, coins: CoinList | None = None, start: int = 0, strict: bool = False
+    ) -> list[mpz]:
         """:meth:`decrypt_raw` for many ciphertexts.
 
         With ``coins`` (the coin list of ciphertexts ``start, start + 1, ...`` of encryptions made
@@ -120,12 +122,20 @@ class PrivateKey:
         each); if that fails, or without ``coins``, the exponentiations modulo ``p^2`` and ``q^2``
         run on separate threads (and cores) when the work pays for the hand-off: one 2048-bit
         ciphertext already does.
+
+        ``strict``: the ciphertexts must be made of exactly ``coins``; if they do not strip over
+        them, raise ``ValueError`` instead of decrypting them the usual way (for a ciphertext whose
+        random factor must be the one the coin list names, such as a sum of signed uploads).
         """
         cs = [mpz(c) for c in cs]
+        if strict and coins is None:
+            raise ValueError("a strict decryption needs the coin list the ciphertexts must be made of")
         if coins is not None:
             out = self.coins().strip(cs, coins, start)
             if out is not None:
                 return out
+            if strict:
+                raise ValueError("the ciphertexts are not made of the coins their coin list names")
         p, q, p2, q2 = self._p, self._q, self._p2, self._q2
         xp, xq = _parallel.powmod_lists(
             [([c % p2 for c in cs], p - 1, p2), ([c % q2 for c in cs], q - 1, q2)],

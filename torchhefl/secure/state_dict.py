@@ -114,6 +114,12 @@ class SecureStateDict(WireContainer):
         """Ciphertexts holding the values and, in the slot after them, the weight."""
         return len(self._cts)
 
+    @property
+    def coins(self) -> CoinList | None:
+        """The coin list of the header: ``[(nonce, weight), ...]`` naming the random factors
+        (``[]``: none, a public encryption; ``None``: unknown). Public: it is in the header."""
+        return None if self._coins is None else list(self._coins)
+
     def keys(self) -> list[str]:
         """The state dict's keys, in order."""
         return [name for name, _, _ in self._entries]
@@ -288,22 +294,37 @@ class SecureStateDict(WireContainer):
             )
         return int(w)
 
-    def decrypt(self, private_key: PrivateKey, *, average: bool = True) -> OrderedDict[str, torch.Tensor]:
+    def decrypt(
+        self, private_key: PrivateKey, *, average: bool = True, coins: CoinList | None = None
+    ) -> OrderedDict[str, torch.Tensor]:
         """Decrypt to an ``OrderedDict`` with the original keys, order, shapes and dtypes.
 
         Args:
             private_key: the key pair's private half.
             average: divide by the total weight (default), giving the (weighted) mean; with
                 ``False`` return the weighted sum.
+            coins: the coin list the ciphertexts must be made of, exactly (e.g. the nonces of the
+                uploads a sum claims to combine, each with weight 1): the header must name these
+                terms and no others, in any order, and every ciphertext must strip over them; no
+                fallback to the full decryption. Default: the header's coin list, with the fallback.
 
         Raises:
             KeyMismatchError: ``private_key`` does not match.
             OverflowError: a slot holds a value no valid aggregate can hold (corruption or overflow).
+            ValueError: with ``coins``, the header names other coins, or the ciphertexts are not
+                made of them.
         """
         check_private_key(private_key, self._pk, "the state dict's")
+        if coins is not None:
+            if self._coins is None or sorted(self._coins) != sorted(coins):
+                named = "no coin list" if self._coins is None else f"a coin list of {len(self._coins)} terms"
+                raise ValueError(f"the header names {named}, not exactly the {len(coins)} terms expected")
+            raw = private_key.decrypt_raw_many(self._cts, coins=list(coins), strict=True)
+        else:
+            raw = private_key.decrypt_raw_many(self._cts, coins=self._coins)
         slots = packing.slots_per_plaintext(self._pk.bits)
         count = self.num_values
-        u = packing.unpack(private_key.decrypt_raw_many(self._cts, coins=self._coins), slots, count + 1)
+        u = packing.unpack(raw, slots, count + 1)
         W = self._checked_weight(u[-1])
         u = u[:-1]
         if (u >= np.uint64(1 << packing.SLOT_BITS)).any():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,7 @@ from torchhefl.federated.exchange import ServerExchange
 from torchhefl.federated.keyring import run_keypair
 from torchhefl.federated.modes.base import Mode, ModeParts, SiteParts
 from torchhefl.secure import MAX_TOTAL_WEIGHT, PublicKey
+from torchhefl.secure.masking import majority_threshold
 
 if TYPE_CHECKING:
     from torchhefl.federated.config import TrainConfig
@@ -28,6 +30,20 @@ class ClientsKeyMode(Mode):
     uses_key = True
     signs = True
     sites_hold_key = True
+
+    def validate(self, config: TrainConfig) -> None:
+        # a site accepts a global model only as the sum of signed uploads of a strict majority of
+        # the roster (never fewer than 2): a round must ask at least that many sites to train
+        if config.clients < 2:
+            raise ConfigError("--key-holder clients needs at least 2 sites: a global model sums the signed uploads of at least 2")
+        threshold = majority_threshold(config.clients)
+        asked = min(config.clients, max(config.min_clients, math.ceil(config.fraction * config.clients)))
+        if asked < threshold:
+            raise ConfigError(
+                f"--fraction {config.fraction} asks {asked} of the {config.clients} sites per round, but with --key-holder "
+                f"clients a site accepts only a global model that sums the signed uploads of at least {threshold} "
+                f"(a strict majority): raise --fraction or --min-clients"
+            )
 
     def parts(self, config: TrainConfig, initial: OrderedDict) -> ModeParts:
         return clients_key_parts(config, initial)
