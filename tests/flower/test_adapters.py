@@ -721,6 +721,23 @@ def test_write_app(tmp_path):
         write_app(tmp_path / "bad", {"key-dir": "/keys"})
 
 
+def test_write_app_writes_the_mode_s_clip_norm_and_dp_defaults(tmp_path):
+    # Flower gives the ServerApp every key of the app's table: a key left out must already hold the
+    # value the mode gives it, or an app for the server's key would carry the default clip-norm
+    def written(run_config):
+        doc = tomli.loads(write_app(tmp_path / "app", run_config).read_text())
+        config = doc["tool"]["flwr"]["app"]["config"]
+        return config, DeploymentSettings.from_run_config(config).config
+
+    config, train = written({"key-holder": "server"})
+    assert config["clip-norm"] == 0.0 and train.clip_norm is None
+    config, train = written({"mode": "plain", "epsilon": 1.0})
+    assert (config["lr"], config["clip-norm"]) == (DP_LR, DP_CLIP_NORM) and (train.lr, train.clip_norm) == (DP_LR, DP_CLIP_NORM)
+    config, _ = written({"mode": "plain", "epsilon": 1.0, "lr": 0.2, "clip-norm": 2.0})
+    assert (config["lr"], config["clip-norm"]) == (0.2, 2.0)
+    assert written({})[0]["clip-norm"] == TrainConfig().clip_norm
+
+
 def test_certificates(tmp_path):
     paths = generate_certificates(tmp_path, ["superlink.example.org", "10.0.0.5"])
     ca = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())

@@ -67,21 +67,30 @@ def write_app(
     """Write ``directory/pyproject.toml`` with the run config defaults updated by ``run_config``.
 
     Every key must be one of :data:`RUN_CONFIG_DEFAULTS`; the values are checked as the ServerApp
-    will check them. With ``roster`` (a roster file), a copy goes into the app as ``roster.json``
+    will check them, and ``lr`` and ``clip-norm``, where left out, take the mode's values (as the
+    simulation's flags do: no clipping with the server's key, DP's under ``epsilon``). With ``roster`` (a roster file), a copy goes into the app as ``roster.json``
     and ``roster-fingerprint`` is set to its fingerprint (a different one in ``run_config`` is a
     :class:`ConfigError`). Returns the path of ``pyproject.toml``.
     """
-    values = {**RUN_CONFIG_DEFAULTS, **dict(run_config or {})}
+    given = dict(run_config or {})
+    values = {**RUN_CONFIG_DEFAULTS, **given}
     loaded = None
     if roster is not None:
         try:
             loaded = Roster.load(roster)
         except (OSError, MalformedMessageError) as e:
             raise ConfigError(f"--roster {roster}: {getattr(e, 'strerror', None) or e}") from None
-        given = values.get("roster-fingerprint")
-        if given and str(given).lower() != loaded.fingerprint:
-            raise ConfigError(f"--roster {roster} has fingerprint {loaded.fingerprint}, the run config says roster-fingerprint={given}")
+        stated = values.get("roster-fingerprint")
+        if stated and str(stated).lower() != loaded.fingerprint:
+            raise ConfigError(f"--roster {roster} has fingerprint {loaded.fingerprint}, the run config says roster-fingerprint={stated}")
         values["roster-fingerprint"] = loaded.fingerprint
+    # Flower hands the ServerApp every key of the app's table, so a key left out of ``run_config``
+    # is written with the value the mode gives it (clip-norm 0 with the server's key; the DP
+    # learning rate and clipping bound under epsilon), not with the bare default
+    chosen = DeploymentSettings.from_run_config(given).config
+    for key, value in (("lr", chosen.lr), ("clip-norm", chosen.clip_norm or 0.0)):
+        if key not in given:
+            values[key] = value
     DeploymentSettings.from_run_config(values)
     lines = [f"{key} = {_toml_value(value)}" for key, value in values.items()]
     path = Path(directory) / "pyproject.toml"
