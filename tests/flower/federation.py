@@ -3,7 +3,8 @@
 Every process gets its own ``FLWR_HOME``, telemetry and update checks are off, and the
 SuperLink does not install app dependencies at run time (the test environment has them).
 Each process is started in its own session; :meth:`LocalFederation.stop` ends exactly those
-process groups, by the PIDs this object started.
+process groups, by the PIDs this object started, and :meth:`LocalFederation.kill_node` one
+SuperNode's group (with the ClientApp it may be running), as a site's machine that goes down.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class LocalFederation:
         self.port = free_port()
         self.procs: list[subprocess.Popen] = []
         self.logs: list[Path] = []
+        self.nodes: list[subprocess.Popen] = []
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = self.root / f"{name}.log"
@@ -90,7 +92,7 @@ class LocalFederation:
         )
         _wait_for_port(self.port, timeout, link, self.logs[-1])
         for i, node_config in enumerate(self.node_configs):
-            self._spawn(
+            node = self._spawn(
                 f"supernode{i}",
                 [
                     "flower-supernode",
@@ -102,6 +104,7 @@ class LocalFederation:
                     "--node-config", node_config,
                 ],
             )
+            self.nodes.append(node)
         # the CLI's own FLWR_HOME, with a TLS connection to this SuperLink
         cli_home = self.root / "home" / "cli"
         cli_home.mkdir(parents=True, exist_ok=True)
@@ -118,6 +121,35 @@ class LocalFederation:
             cwd=app_dir, env=flower_env(self.root / "home" / "cli"), stdin=subprocess.DEVNULL,
             capture_output=True, text=True, timeout=timeout,
         )
+
+    def submit(self, app_dir: Path) -> subprocess.Popen:
+        """``flwr run APP local-tls --stream`` in the background (text pipes): wait with ``communicate``."""
+        return subprocess.Popen(
+            ["flwr", "run", str(app_dir), "local-tls", "--stream"],
+            cwd=app_dir, env=flower_env(self.root / "home" / "cli"), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )
+
+    def node_log(self, index: int) -> Path:
+        return self.root / f"supernode{index}.log"
+
+    def wait_for_log(self, index: int, text: str, count: int, *, timeout: float, poll: float = 0.05) -> None:
+        """Return once SuperNode ``index``'s log holds ``text`` ``count`` times (``TimeoutError`` after ``timeout`` s)."""
+        deadline = time.monotonic() + timeout
+        log = self.node_log(index)
+        while time.monotonic() < deadline:
+            if log.exists() and log.read_text(errors="replace").count(text) >= count:
+                return
+            if self.nodes[index].poll() is not None:
+                raise RuntimeError(f"SuperNode {index} exited with {self.nodes[index].returncode}")
+            time.sleep(poll)
+        raise TimeoutError(f"SuperNode {index}'s log did not hold {text!r} {count} times within {timeout:g}s")
+
+    def kill_node(self, index: int) -> None:
+        """SIGKILL SuperNode ``index``'s process group, the ClientApp it may be running included."""
+        node = self.nodes[index]
+        _signal_group(node.pid, signal.SIGKILL)
+        node.wait(timeout=10)
 
     def stop(self) -> None:
         """End every process group this federation started (SIGTERM, then SIGKILL after a grace period)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import ipaddress
+import json
 import logging
 import secrets
 import stat
@@ -36,13 +37,14 @@ from torchhefl.flower.deployment import (  # noqa: E402
     Site,
     build_server,
     read_hellos,
+    server_roster,
 )
 from torchhefl.flower.records import WIRE_DTYPE, WIRE_STYPE, pack, unpack  # noqa: E402
-from torchhefl.flower.server_app import serve  # noqa: E402
+from torchhefl.flower.server_app import app_directory, serve  # noqa: E402
 from torchhefl.flower.transport import FlowerTransport, exchange  # noqa: E402
 from torchhefl.privacy import generator as generator_module  # noqa: E402
 from torchhefl.secure import InsecureKeyWarning, generate_keypair  # noqa: E402
-from torchhefl.secure.identity import Roster  # noqa: E402
+from torchhefl.secure.identity import Roster, SiteIdentity  # noqa: E402
 
 SITES = 3
 
@@ -78,13 +80,26 @@ def site_identities(monkeypatch):
 
 @pytest.fixture(scope="module")
 def key_dir(tmp_path_factory):
+    """The sites' key pair (private.json), each site's signing key (site<i>/identity.json) and their
+    roster (roster.json), as ``python -m train.keys generate`` and ``identities`` write them."""
     path = tmp_path_factory.mktemp("keys")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InsecureKeyWarning)
         public_key, private_key = generate_keypair(512, allow_insecure=True)
     public_key.save(path / "public.json")
     private_key.save(path / "private.json")
+    identities = [SiteIdentity(f"site{i}") for i in range(SITES)]
+    for identity in identities:
+        (path / identity.cid).mkdir()
+        identity.save(path / identity.cid / "identity.json")
+    Roster.of(identities).save(path / "roster.json")
     return path
+
+
+def _roster_settings(key_dir) -> dict:
+    """The run config keys of the roster: its fingerprint, and where the ServerApp reads it."""
+    roster = key_dir / "roster.json"
+    return {"roster-fingerprint": Roster.load(roster).fingerprint, "server-roster": str(roster)}
 
 
 class FakeGrid:
@@ -128,7 +143,10 @@ def _node_configs(key_dir, **extra) -> dict[int, dict]:
     # node ids deliberately out of site order: the hello, not the id, says which site a node runs
     ids = [907, 15, 4242]
     return {
-        ids[i]: {"partition-id": i, "num-partitions": SITES, "key-dir": str(key_dir), "allow-insecure-keys": True, **extra}
+        ids[i]: {
+            "partition-id": i, "num-partitions": SITES, "key-dir": str(key_dir), "allow-insecure-keys": True,
+            "identity": str(key_dir / f"site{i}" / "identity.json"), "roster": str(key_dir / "roster.json"), **extra,
+        }
         for i in range(SITES)
     }
 
@@ -147,7 +165,7 @@ def _simulate(config: TrainConfig):
 
 @pytest.mark.parametrize("mode", ["plain", "he"])
 def test_run_over_fake_grid_equals_simulation(mode, key_dir, tmp_path):
-    run_config = {"mode": mode, "rounds": 2, "clients": SITES, "seed": 1, "node-timeout": 5.0, "reply-timeout": 5.0}
+    run_config = {"mode": mode, "rounds": 2, "clients": SITES, "seed": 1, "node-timeout": 5.0, "reply-timeout": 5.0, **_roster_settings(key_dir)}
     nodes = _node_configs(key_dir, **{"model-out": str(tmp_path / "model.pt")})
     grid = FakeGrid(run_config, nodes)
     lines = []
@@ -160,7 +178,7 @@ def test_run_over_fake_grid_equals_simulation(mode, key_dir, tmp_path):
     saved = torch.load(tmp_path / "model.pt")
     for name, tensor in expected.items():
         torch.testing.assert_close(saved[name], tensor, rtol=0, atol=1e-6)
-    assert lines[0] == "sites: site0 on node 907, site1 on node 15, site2 on node 4242"
+    assert "sites: site0 on node 907, site1 on node 15, site2 on node 4242" in lines[:2]
     assert lines[-1].split()[:2] == ["round", "2/2"]
     # one fresh ClientApp per message: hello, stats, standardize, then fit + evaluate per round
     assert grid.builds == SITES * (3 + 2 * 2)
@@ -214,7 +232,8 @@ def test_dp_run_over_fake_grid_draws_secret_noise_and_keeps_no_key(mode, key_dir
         return keys[-1]
 
     monkeypatch.setattr(generator_module, "secrets", SimpleNamespace(token_bytes=token_bytes))
-    run_config = {"mode": mode, "rounds": 2, "clients": SITES, "seed": 2, "epsilon": 1.0, "node-timeout": 5.0, "reply-timeout": 5.0}
+    run_config = {"mode": mode, "rounds": 2, "clients": SITES, "seed": 2, "epsilon": 1.0, "node-timeout": 5.0, "reply-timeout": 5.0,
+                  **_roster_settings(key_dir)}
     grid = _RecordingGrid(run_config, _node_configs(key_dir, **{"model-out": str(tmp_path / "model.pt")}))
     lines = []
     with warnings.catch_warnings():
@@ -263,7 +282,7 @@ class _ForgetfulGrid(FakeGrid):
 
 
 def test_a_site_that_lost_its_model_asks_for_it_over_flower(key_dir, tmp_path):
-    run_config = {"mode": "he", "rounds": 2, "clients": SITES, "seed": 1, "node-timeout": 5.0, "reply-timeout": 5.0}
+    run_config = {"mode": "he", "rounds": 2, "clients": SITES, "seed": 1, "node-timeout": 5.0, "reply-timeout": 5.0, **_roster_settings(key_dir)}
     nodes = _node_configs(key_dir)
     node = list(nodes)[1]
     nodes[node]["model-out"] = str(tmp_path / "model.pt")
@@ -287,6 +306,7 @@ def test_hem_run_over_fake_grid_equals_simulation(key_dir, tmp_path):
     run_config = {
         "mode": "he", "key-holder": "server", **common, "node-timeout": 5.0, "reply-timeout": 5.0,
         "run-dir": str(tmp_path / "run"), "server-key-dir": str(key_dir), "server-allow-insecure-keys": True,
+        **_roster_settings(key_dir),
     }
     nodes = {n: {k: v for k, v in c.items() if k != "key-dir"} for n, c in _node_configs(key_dir).items()}
     grid = FakeGrid(run_config, nodes)
@@ -304,37 +324,143 @@ def test_hem_run_over_fake_grid_equals_simulation(key_dir, tmp_path):
     for name, tensor in expected.items():  # a refresh rounds value + random mask: runs differ by ~1e-10
         torch.testing.assert_close(saved[name], tensor, rtol=0, atol=1e-6)
     assert lines[-1].split()[:2] == ["round", "2/2"]
-    # refreshes in the middle of local training too, not only the one before each upload
-    assert all(r["refreshes"] > SITES for r in results)
-    # one fresh ClientApp per message: hello, keys, peers, stats, standardize; then per round a fit
-    # and one message per refresh (the server evaluates the model it holds: no evaluate messages)
-    assert grid.builds == SITES * 5 + sum(SITES + r["refreshes"] for r in results)
+    # one fresh ClientApp per message: hello, keys, peers, stats, standardize; then per round secure
+    # aggregation's keys and shares, a fit, one message per refresh, the survivor check and the
+    # unmasking (the server evaluates the model it holds: no evaluate messages)
+    assert grid.builds == SITES * 5 + sum(SITES * 5 + r["refreshes"] for r in results)
     assert summary["bytes_up"] == sum(r["bytes_up"] for r in results)
     assert summary["bytes_down"] == sum(r["bytes_down"] for r in results)
     assert summary["test_accuracy"] == pytest.approx(results[-1]["test_accuracy"])
-    # what a site keeps between messages: its own secrets, and no fit left half-done
+    # what a site keeps between messages: its own secrets, and no fit left half-done; its secure
+    # aggregation state says it uploaded in round 2 (so it keys no round up to 2 again)
     for state in grid.states.values():
         record = state.config_records["torchhefl.site"]
         assert len(record["secret-x25519"]) == 32 and record["secret-continuation"] == b""
+        assert json.loads(record["secret-secagg"])["last_uploaded"] == 2
 
 
-def test_hem_site_resumes_a_fit_from_its_node_state(key_dir):
-    """A HEM fit that waits for a refresh continues in a rebuilt client from the node state alone."""
+class _DroppingGrid(FakeGrid):
+    """A FakeGrid whose node ``drop`` goes silent for good once it has answered with a ``kind`` reply
+    in round ``server_round``, as a SuperNode killed right after sending it; keeps the torchhefl
+    request kinds each node was sent, as ``(kind, round, attempt)``."""
+
+    def __init__(self, *args, drop: int, kind: str, server_round: int = 1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.drop, self.kind, self.server_round = drop, kind, server_round
+        self.sent: dict[int, list[tuple]] = {node: [] for node in self.node_configs}
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        for msg in messages:
+            try:
+                request = decode_request(unpack(msg.content))
+            except MalformedMessageError:  # the hello carries no torchhefl message
+                continue
+            self.sent[msg.metadata.dst_node_id].append((request.kind, request.meta.get("round"), request.meta.get("attempt")))
+        ids = super().push_messages(messages)
+        for msg, mid in zip(messages, ids):
+            reply = self.replies.get(mid)
+            if msg.metadata.dst_node_id != self.drop or reply is None or reply.has_error() or not reply.content.array_records:
+                continue
+            answer = decode_request(unpack(reply.content))
+            if answer.kind == self.kind and answer.meta.get("round") == self.server_round:
+                self.silent = (*self.silent, self.drop)
+        return ids
+
+
+class _VanishesAfter:
+    """In process: a site that answers until it sent a ``kind`` reply in ``server_round``, then is unreachable."""
+
+    def __init__(self, client, kind: str, server_round: int) -> None:
+        self.client, self.kind, self.server_round, self.gone = client, kind, server_round, False
+
+    def handle(self, request: bytes) -> bytes:
+        if self.gone:
+            raise ClientUnavailableError(f"{self.client.cid} is gone")
+        reply = self.client.handle(request)
+        msg = decode_request(reply)
+        self.gone = msg.kind == self.kind and msg.meta.get("round") == self.server_round
+        return reply
+
+
+@pytest.mark.parametrize(
+    ("kind", "in_sum"), [("fit_res", "site0 site1 site2"), ("secagg_shares_res", "site0 site2")],
+    ids=["after-upload", "after-sharing"],
+)
+def test_hem_site_that_drops_over_fake_grid_leaves_a_round_done_in_one_attempt(kind, in_sum, key_dir, tmp_path):
+    """site1's SuperNode vanishes in round 1 after its upload (or after sharing its secrets): the
+    others' shares unmask the sum in the same attempt, and the run trains on without it, to the model
+    the simulation trains with the same site gone at the same step."""
+    run_config = {
+        "mode": "he", "key-holder": "server", "rounds": 2, "clients": SITES, "seed": 3, "node-timeout": 5.0,
+        "reply-timeout": 1.0, "run-dir": str(tmp_path / "run"), "server-key-dir": str(key_dir),
+        "server-allow-insecure-keys": True, **_roster_settings(key_dir),
+    }
+    nodes = {n: {k: v for k, v in c.items() if k != "key-dir"} for n, c in _node_configs(key_dir).items()}
+    grid = _DroppingGrid(run_config, nodes, drop=15, kind=kind)  # node 15 runs site1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyWarning)
+        serve(grid, DeploymentSettings.from_run_config(run_config), echo=lambda line: None)
+
+    with (tmp_path / "run" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["round"] for r in rows] == ["1", "2"]
+    assert rows[0]["clients"] == str(len(in_sum.split())) and rows[0]["dropped"] == " ".join(
+        c for c in ("site0", "site1", "site2") if c not in in_sum.split()
+    )
+    assert rows[1]["clients"] == "2" and rows[1]["dropped"] == "site1"  # gone for good: it keys no round 2
+    # one attempt: every site was asked to fit once per round, never again
+    for node, sent in grid.sent.items():
+        fits = [(r, a) for k, r, a in sent if k == FIT_INS]
+        assert fits == ([(1, 1)] if node == 15 else [(1, 1), (2, 1)])
+    # after its upload site1 was still asked to sign the survivor set (it did not answer); the
+    # survivors' shares then unmasked the sum over all three uploads
+    site1_round1 = [k for k, r, _ in grid.sent[15] if r == 1]
+    assert ("secagg_check_ins" in site1_round1) == (kind == "fit_res")
+    assert "secagg_unmask_ins" not in site1_round1
+
     config = TrainConfig(
-        mode="he", key_holder="server", clip_norm=None, rounds=1, clients=SITES, seed=2, local_epochs=3,
+        mode="he", key_holder="server", clip_norm=None, rounds=2, clients=SITES, seed=3,
         extra={"key_dir": str(key_dir), "allow_insecure_keys": True},
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InsecureKeyWarning)
         sim = build(config)
-    node = {k: v for k, v in _node_configs(key_dir)[907].items() if k != "key-dir"}
+        sim.transport.clients["site1"] = _VanishesAfter(sim.clients[1], kind, 1)
+        sim.server.setup()
+        results = [sim.server.run_round(r) for r in (1, 2)]
+    assert [r["attempts"] for r in results] == [1, 1]
+    assert " ".join(results[0]["clients"]) == in_sum
+    saved = torch.load(tmp_path / "run" / "model.pt")
+    for name, tensor in sim.final_state().items():
+        torch.testing.assert_close(saved[name], tensor, rtol=0, atol=1e-6)
+
+
+def test_hem_site_resumes_a_fit_from_its_node_state(key_dir, tmp_path):
+    """A HEM fit that waits for a refresh continues in a rebuilt client from the node state alone
+    (one product per local step: refreshes in the middle of local training, not only before upload)."""
+    config = TrainConfig(
+        mode="he", key_holder="server", clip_norm=None, rounds=1, clients=SITES, seed=2, local_epochs=3,
+        extra={"key_dir": str(key_dir), "allow_insecure_keys": True, "hem_steps_per_product": 1},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyWarning)
+        sim = build(config)
+    # site0 runs as a Site rebuilt per message, with the signing key and roster the simulation made
+    sim.clients[0].exchange.identity.save(tmp_path / "identity.json")
+    roster = sim.server.exchange.roster
+    roster.save(tmp_path / "roster.json")
+    node = {"partition-id": 0, "num-partitions": SITES, "allow-insecure-keys": True,
+            "identity": str(tmp_path / "identity.json"), "roster": str(tmp_path / "roster.json")}
     state = RecordDict()
-    # site0 runs as a Site rebuilt per message; the other two stay in process
-    sim.transport.clients["site0"] = _Rebuilt(config, node, state)
+    # the other two stay in process
+    sim.transport.clients["site0"] = _Rebuilt(config, node, state, roster.fingerprint)
     sim.server.setup()
     result = sim.server.run_round(1)
     assert result["clients"] == ["site0", "site1", "site2"] and result["refreshes"] > SITES
-    assert sim.transport.clients["site0"].builds > 6  # set-up, the fit and its refreshes
+    # set-up (4), secure aggregation's keys and shares, the fit, the check and the unmasking (5), and
+    # at least one refresh of site0's own
+    assert sim.transport.clients["site0"].builds > 9
     reference = build(config)
     reference.server.setup()
     reference.server.run_round(1)
@@ -344,18 +470,18 @@ def test_hem_site_resumes_a_fit_from_its_node_state(key_dir):
     # a refresh answer the site did not ask for is refused
     stray = encode_request("refresh_ins", {"round": 1, "attempt": 1, "seq": 1}, b"")
     with pytest.raises(ProtocolError, match="did not ask for"):
-        Site(config, node, state).handle(stray)
+        Site(config, node, state, roster_fingerprint=roster.fingerprint).handle(stray)
 
 
 class _Rebuilt:
     """Answers each request with a Site built afresh from the node config and state, as a SuperNode does."""
 
-    def __init__(self, config, node, state):
-        self.config, self.node, self.state, self.builds = config, node, state, 0
+    def __init__(self, config, node, state, fingerprint):
+        self.config, self.node, self.state, self.fingerprint, self.builds = config, node, state, fingerprint, 0
 
     def handle(self, request: bytes) -> bytes:
         self.builds += 1
-        return Site(self.config, self.node, self.state).handle(request)
+        return Site(self.config, self.node, self.state, roster_fingerprint=self.fingerprint).handle(request)
 
 
 def test_silent_node_is_left_out_of_the_round(key_dir):
@@ -465,11 +591,106 @@ def test_node_config_errors(key_dir):
         Site(config, {"partition-id": 0, "num-partitions": SITES, "key-dir": str(key_dir)})
 
 
+def test_signing_modes_need_the_site_identity_and_the_roster(key_dir, tmp_path):
+    """Both HE modes: a site's node config names its signing key and the roster, the roster is the
+    one the run config's fingerprint names, lists the run's sites and this site's key; plain needs none."""
+    config = DeploymentSettings.from_run_config({"clients": SITES, "key-holder": "server"}).config
+    fingerprint = _roster_settings(key_dir)["roster-fingerprint"]
+    node = {"partition-id": 0, "num-partitions": SITES, "allow-insecure-keys": True,
+            "identity": str(key_dir / "site0" / "identity.json"), "roster": str(key_dir / "roster.json")}
+
+    def site(fp=fingerprint, **changes):
+        return Site(config, {k: v for k, v in {**node, **changes}.items() if v is not None}, roster_fingerprint=fp)
+
+    assert site().client.exchange.identity.cid == "site0"
+    # the identity: named, or identity.json in key-dir, of this very site
+    with pytest.raises(ConfigError, match='node config identity="/path/to/identity.json" is needed: in he-server mode'):
+        site(identity=None)
+    assert site(identity=None, **{"key-dir": str(key_dir / "site0")}).client.exchange.identity.cid == "site0"
+    with pytest.raises(ConfigError, match=r"node config key-dir \(its identity.json\)=\".*identity.json\": No such file"):
+        site(identity=None, **{"key-dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match="is the identity of site1, but partition-id=0 runs site0"):
+        site(identity=str(key_dir / "site1" / "identity.json"))
+    (tmp_path / "garbage.json").write_text("{}")
+    with pytest.raises(ConfigError, match='node config identity=".*garbage.json" is not a usable identity'):
+        site(identity=str(tmp_path / "garbage.json"))
+    # the roster: named, the fingerprint's, of the run's sites, with this site's key
+    with pytest.raises(ConfigError, match='node config roster="/path/to/roster.json" is needed'):
+        site(roster=None)
+    with pytest.raises(ConfigError, match="run config roster-fingerprint is empty"):
+        site(fp="")
+    with pytest.raises(ConfigError, match='node config roster=".*garbage.json" is not a usable roster'):
+        site(roster=str(tmp_path / "garbage.json"))
+    others = Roster.of(SiteIdentity(f"site{i}") for i in range(SITES))
+    others.save(tmp_path / "others.json")
+    with pytest.raises(ConfigError, match=f"has fingerprint {others.fingerprint}, not the run config's roster-fingerprint {fingerprint}"):
+        site(roster=str(tmp_path / "others.json"))
+    with pytest.raises(ConfigError, match=r'roster=".*others.json" lists another signing key for site0 than its node config identity'):
+        site(others.fingerprint, roster=str(tmp_path / "others.json"))
+    four = Roster.of(SiteIdentity(f"site{i}") for i in range(4))
+    four.save(tmp_path / "four.json")
+    with pytest.raises(ConfigError, match=r"lists site0, site1, site2, site3; the run has clients=3 \(site0 .. site2\)"):
+        site(four.fingerprint, roster=str(tmp_path / "four.json"))
+    with pytest.raises(ConfigError, match="roster-fingerprint must be the roster's 64 hexadecimal digits"):
+        DeploymentSettings.from_run_config({"roster-fingerprint": "abc"})
+    assert DeploymentSettings.from_run_config({"roster-fingerprint": fingerprint.upper()}).roster_fingerprint == fingerprint
+    # plain mode signs nothing: no identity, no roster, no fingerprint
+    plain = DeploymentSettings.from_run_config({"clients": SITES, "mode": "plain"})
+    assert Site(plain.config, {"partition-id": 0, "num-partitions": SITES}).client.exchange.identity is None
+    assert server_roster(plain) is None
+
+
+def test_server_reads_the_roster_from_the_run_config_or_beside_the_app(key_dir, tmp_path, monkeypatch):
+    roster = Roster.load(key_dir / "roster.json")
+    settings = DeploymentSettings.from_run_config({"clients": SITES, **_roster_settings(key_dir)})
+    assert server_roster(settings) == roster
+    bare = DeploymentSettings.from_run_config({"clients": SITES, "roster-fingerprint": roster.fingerprint})
+    with pytest.raises(ConfigError, match='run config server-roster="/path/to/roster.json" is needed, or roster.json in the app'):
+        server_roster(bare)
+    with pytest.raises(ConfigError, match="run config roster-fingerprint is empty"):
+        server_roster(DeploymentSettings.from_run_config({"clients": SITES}))
+    wrong = DeploymentSettings.from_run_config({"clients": SITES, **_roster_settings(key_dir), "roster-fingerprint": "0" * 64})
+    with pytest.raises(ConfigError, match=f'run config server-roster=".*roster.json" has fingerprint {roster.fingerprint}'):
+        server_roster(wrong)
+    # the app written with --roster carries it and its fingerprint; Flower installs the app under
+    # $FLWR_HOME/apps, where the ServerApp finds it from the grid's run
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr"))
+    grid = SimpleNamespace(run=SimpleNamespace(fab_id="torchhefl/torchhefl-app", fab_version="1.0.0", fab_hash="ab" * 32))
+    installed = app_directory(grid)
+    assert installed == tmp_path / "flwr" / "apps" / "torchhefl.torchhefl-app.1.0.0.abababab"
+    pyproject = write_app(installed, {"clients": SITES}, roster=key_dir / "roster.json")
+    run_config = tomli.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"]
+    assert run_config["roster-fingerprint"] == roster.fingerprint and run_config["server-roster"] == ""
+    assert server_roster(DeploymentSettings.from_run_config(run_config), installed) == roster
+    assert app_directory(SimpleNamespace()) is None and app_directory(FakeGrid({}, {})) is None
+    with pytest.raises(ConfigError, match=f"has fingerprint {roster.fingerprint}, the run config says roster-fingerprint=00"):
+        write_app(tmp_path / "app", {"roster-fingerprint": "0" * 64}, roster=key_dir / "roster.json")
+    with pytest.raises(ConfigError, match="--roster .*missing.json: No such file"):
+        write_app(tmp_path / "app", roster=tmp_path / "missing.json")
+
+
+def test_a_site_with_another_roster_fails_the_hello_over_fake_grid(key_dir, tmp_path):
+    """One SuperNode holds a roster other than the run config's: the run stops before any round,
+    naming the site's roster file."""
+    others = Roster.of(SiteIdentity(f"site{i}") for i in range(SITES))
+    others.save(tmp_path / "others.json")
+    run_config = {"mode": "he", "rounds": 1, "clients": SITES, "node-timeout": 5.0, "reply-timeout": 1.0, **_roster_settings(key_dir)}
+    nodes = _node_configs(key_dir)
+    nodes[15]["roster"] = str(tmp_path / "others.json")
+    lines = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyWarning)
+        with pytest.raises(ProtocolError, match="no SuperNode answered for site1"):
+            serve(FakeGrid(run_config, nodes), DeploymentSettings.from_run_config(run_config), echo=lines.append)
+    assert any("SuperNodes 15 failed the hello" in line and "others.json\" has fingerprint" in line for line in lines)
+
+
 def test_hellos_must_name_every_site_once_with_one_key(key_dir):
     config = DeploymentSettings.from_run_config({"clients": SITES}).config
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InsecureKeyWarning)
-        sites = [Site(config, node) for node in _node_configs(key_dir).values()]
+        fingerprint = _roster_settings(key_dir)["roster-fingerprint"]
+        sites = [Site(config, node, roster_fingerprint=fingerprint) for node in _node_configs(key_dir).values()]
     hellos = {10 + i: s.hello() for i, s in enumerate(sites)}
     read = read_hellos(config, hellos)
     assert read.nodes == {"site0": 10, "site1": 11, "site2": 12}
@@ -518,6 +739,23 @@ def test_write_app(tmp_path):
     assert DeploymentSettings.from_run_config(flwr["config"]).config.rounds == 4
     with pytest.raises(ConfigError, match="unknown run config keys: key-dir"):
         write_app(tmp_path / "bad", {"key-dir": "/keys"})
+
+
+def test_write_app_writes_the_mode_s_clip_norm_and_dp_defaults(tmp_path):
+    # Flower gives the ServerApp every key of the app's table: a key left out must already hold the
+    # value the mode gives it, or an app for the server's key would carry the default clip-norm
+    def written(run_config):
+        doc = tomli.loads(write_app(tmp_path / "app", run_config).read_text())
+        config = doc["tool"]["flwr"]["app"]["config"]
+        return config, DeploymentSettings.from_run_config(config).config
+
+    config, train = written({"key-holder": "server"})
+    assert config["clip-norm"] == 0.0 and train.clip_norm is None
+    config, train = written({"mode": "plain", "epsilon": 1.0})
+    assert (config["lr"], config["clip-norm"]) == (DP_LR, DP_CLIP_NORM) and (train.lr, train.clip_norm) == (DP_LR, DP_CLIP_NORM)
+    config, _ = written({"mode": "plain", "epsilon": 1.0, "lr": 0.2, "clip-norm": 2.0})
+    assert (config["lr"], config["clip-norm"]) == (0.2, 2.0)
+    assert written({})[0]["clip-norm"] == TrainConfig().clip_norm
 
 
 def test_certificates(tmp_path):

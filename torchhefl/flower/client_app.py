@@ -2,7 +2,8 @@
 
 Each message carries one torchhefl request; the site's :class:`~torchhefl.federated.Client`
 answers it with :meth:`~torchhefl.federated.Client.handle`. The private key is read from the
-SuperNode's own node config (``key-dir``), never from the app bundle Flower ships to every node.
+SuperNode's own node config (``key-dir``), never from the app bundle Flower ships to every node;
+so are the site's signing key and the roster (node config ``identity`` and ``roster``).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ app = ClientApp()
 
 
 def _site(context: Context) -> Site:
-    config = DeploymentSettings.from_run_config(context.run_config).config
-    return Site(config, context.node_config, context.state)
+    settings = DeploymentSettings.from_run_config(context.run_config)
+    return Site(settings.config, context.node_config, context.state, roster_fingerprint=settings.roster_fingerprint)
 
 
 @app.query(HELLO_ACTION)

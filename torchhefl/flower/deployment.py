@@ -17,7 +17,11 @@ the ServerApp also reads ``server-key-dir`` (a directory *on the server's machin
 server's ``private.json``; empty: a fresh 2048-bit key pair for the run), ``server-allow-insecure-keys``
 (accept a key under 2048 bits; tests and demos only), and ``server-test-data``/``server-test-label``
 (the server's own held-out CSV, on which it evaluates the model it holds; empty: the held-out split
-of WDBC, as the simulation makes it).
+of WDBC, as the simulation makes it). In the modes whose sites sign (both HE modes,
+:mod:`torchhefl.flower.identities`): ``roster-fingerprint`` (the SHA-256 fingerprint of the
+roster of the sites' signing keys, which every party checks the roster it loaded against) and
+``server-roster`` (the roster's path on the server's machine; empty: ``roster.json`` in the app
+directory).
 
 Node config keys (one SuperNode per site): ``partition-id`` (this site's index), ``num-partitions``
 (must equal ``clients``), ``key-dir`` (the directory of the sites' ``private.json``; ``--key-holder
@@ -27,7 +31,10 @@ exactly as the simulation splits it), ``model-out`` (where to save the latest gl
 site has decrypted, as a plain state_dict, mode 0600; HEM sites never see the model), ``allow-insecure-keys``
 (accept a key under 2048 bits; tests and demos only), ``share-timings`` (send the seconds of each
 fit phase to the server; default false: a site logs its timings and keeps them, since they reveal
-its number of local steps and so its sample count).
+its number of local steps and so its sample count). In the modes whose sites sign (both HE
+modes): ``identity`` (the site's signing key, ``identity.json`` of ``python -m train.keys identity``;
+default: ``identity.json`` in ``key-dir`` when that is set) and ``roster`` (the roster file on the
+site's machine).
 """
 
 from __future__ import annotations
@@ -56,8 +63,10 @@ from torchhefl.federated.modes import mode_of
 from torchhefl.federated.server import Server
 from torchhefl.federated.simulation import load_dataset, make_client, make_loss, make_model, site_data, site_privacy
 from torchhefl.federated.strategies import get_strategy
+from torchhefl.flower.identities import check_fingerprint_setting, load_server_roster, load_site_identity
 from torchhefl.flower.records import HELLO_TYPE
 from torchhefl.secure import PublicKey
+from torchhefl.secure.identity import Roster
 from torchhefl.secure.files import write_private_file
 
 __all__ = [
@@ -69,6 +78,7 @@ __all__ = [
     "build_server",
     "initial_model",
     "read_hellos",
+    "server_roster",
 ]
 
 #: the TrainConfig fields a run config sets (hyphenated); the others are the app's or the sites'
@@ -90,13 +100,16 @@ RUN_CONFIG_DEFAULTS: dict[str, bool | int | float | str] = {
     "server-allow-insecure-keys": False,
     "server-test-data": "",
     "server-test-label": "",
+    "roster-fingerprint": "",
+    "server-roster": "",
 }
 _DEPLOYMENT_KEYS = (
     "reply-timeout", "node-timeout", "run-dir", "server-key-dir", "server-allow-insecure-keys",
-    "server-test-data", "server-test-label",
+    "server-test-data", "server-test-label", "roster-fingerprint", "server-roster",
 )
 _NODE_KEYS = (
     "partition-id", "num-partitions", "key-dir", "allow-insecure-keys", "data", "label", "model-out", "share-timings",
+    "identity", "roster",
 )
 
 
@@ -127,6 +140,10 @@ class DeploymentSettings:
     server_allow_insecure_keys: bool = False
     server_test_data: str = ""
     server_test_label: str = ""
+    #: the signing modes only: the fingerprint of the roster every party must hold, and the
+    #: roster's path on the server's machine (empty: ``roster.json`` in the app directory)
+    roster_fingerprint: str = ""
+    server_roster: str = ""
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, object]) -> "DeploymentSettings":
@@ -168,6 +185,8 @@ class DeploymentSettings:
         return cls(
             config, reply_timeout, node_timeout, str(values["run-dir"]), str(values["server-key-dir"]),
             values["server-allow-insecure-keys"], str(values["server-test-data"]), str(values["server-test-label"]),
+            roster_fingerprint=check_fingerprint_setting(values["roster-fingerprint"]),
+            server_roster=str(values["server-roster"]),
         )
 
 
@@ -199,16 +218,22 @@ class Site:
     into the rebuilt client, which re-derives the same keys, pairwise seeds and standardisation
     from them), the last round it trained (replay protection), and in HEM the client's own secrets
     as bytes (its X25519 private key, and where it is in a fit that waits for a refresh, with that
-    refresh's blinding masks). Everything else a client holds is either rebuilt identically from
-    the node config (rows, key) or sent again by the server (the global model).
+    refresh's blinding masks, and its secure-aggregation state: this round's keys, seed and shares).
+    Everything else a client holds is either rebuilt identically from the node config (rows, key,
+    signing key, roster) or sent again by the server (the global model).
 
     Args:
         config: the run's training configuration.
         node_config: this SuperNode's node config (see the module docstring).
         state: Flower's ``context.state`` of this run on this node (updated in place).
+        roster_fingerprint: the run config's ``roster-fingerprint``, which the roster named by the
+            node config must have (the signing modes only).
     """
 
-    def __init__(self, config: TrainConfig, node_config: Mapping[str, object], state: RecordDict | None = None) -> None:
+    def __init__(
+        self, config: TrainConfig, node_config: Mapping[str, object], state: RecordDict | None = None, *,
+        roster_fingerprint: str = "",
+    ) -> None:
         unknown = sorted(set(node_config) - set(_NODE_KEYS))
         if unknown:
             raise ConfigError(f"unknown node config keys: {', '.join(unknown)} (known: {', '.join(_NODE_KEYS)})")
@@ -224,6 +249,7 @@ class Site:
         if not isinstance(self.share_timings, bool):
             raise ConfigError(f"node config share-timings must be true or false, got {self.share_timings!r}")
         self.state = state if state is not None else RecordDict()
+        self.roster_fingerprint = roster_fingerprint
         self.client = self._build_client()
         self._restore()
 
@@ -231,10 +257,13 @@ class Site:
         config = self.config
         X, y, X_test, y_test = self._rows()
         key_dir = self.node_config.get("key-dir")
-        parts = mode_of(config).site(
+        mode = mode_of(config)
+        parts = mode.site(
             config, key_dir=str(key_dir) if key_dir else None,
             allow_insecure_keys=self.node_config.get("allow-insecure-keys") is True,
         )
+        if mode.signs:
+            parts.exchange.set_identity(*load_site_identity(config, self.node_config, self.index, self.roster_fingerprint))
         return make_client(
             config, self.index, X, y, model=initial_model(config, X.shape[1]), exchange=parts.exchange, X_test=X_test,
             y_test=y_test, client_class=parts.client_class, privacy=site_privacy(config, len(y)),
@@ -389,7 +418,19 @@ def read_hellos(config: TrainConfig, replies: Mapping[int, RecordDict]) -> Hello
     return Hellos(ordered, features.pop(), public_key)
 
 
-def build_server(config: TrainConfig, transport, hellos: Hellos, settings: DeploymentSettings | None = None) -> Server:
+def server_roster(settings: DeploymentSettings, app_dir: Path | None = None) -> Roster | None:
+    """The ServerApp's roster in the signing modes (run config ``server-roster``, else ``roster.json``
+    in ``app_dir``, checked against ``roster-fingerprint``); ``None`` where the sites do not sign."""
+    config = settings.config
+    if not mode_of(config).signs:
+        return None
+    return load_server_roster(config, settings.server_roster, settings.roster_fingerprint, app_dir)
+
+
+def build_server(
+    config: TrainConfig, transport, hellos: Hellos, settings: DeploymentSettings | None = None, *,
+    roster: Roster | None = None,
+) -> Server:
     """The run's :class:`Server` over ``transport``.
 
     With ``--key-holder clients`` it gets the sites' public key only, and holds no data: the sites
@@ -397,6 +438,8 @@ def build_server(config: TrainConfig, transport, hellos: Hellos, settings: Deplo
     plain mode too). With ``--key-holder server`` (HEM) it holds the key pair, read from
     ``settings.server_key_dir`` on its own machine (never from the app bundle), and evaluates the
     model it holds on its own held-out set (``settings.server_test_data``, else WDBC's held-out split).
+    In the modes whose sites sign, ``roster`` is the sites' roster (:func:`server_roster`); default
+    the one ``settings`` name, with no app directory.
     """
     settings = settings or DeploymentSettings(config)
     model = initial_model(config, hellos.num_features)
@@ -406,6 +449,8 @@ def build_server(config: TrainConfig, transport, hellos: Hellos, settings: Deplo
         config, initial, public_key=hellos.public_key, key_dir=settings.server_key_dir or None,
         allow_insecure_keys=settings.server_allow_insecure_keys,
     )
+    if mode.signs:
+        exchange.set_roster(roster if roster is not None else server_roster(settings))
     X_test = y_test = None
     if mode.server_evaluates:
         X_test, y_test = _server_held_out(config, settings, hellos.num_features)

@@ -62,4 +62,9 @@ class ServerKeyMode(Mode):
         return ServerKeyServerExchange(private_key, initial)
 
     def site(self, config: TrainConfig, *, key_dir: str | None, allow_insecure_keys: bool) -> SiteParts:
-        return SiteParts(ServerKeyClientExchange(allow_insecure=allow_insecure_keys), ServerKeyClient)
+        # hem_steps_per_product is a site's own choice (the server serves whatever refreshes it
+        # asks for), as in server_key_parts; a deployment's run config leaves it unset
+        exchange = ServerKeyClientExchange(
+            allow_insecure=allow_insecure_keys, steps_per_product=config.extra.get("hem_steps_per_product"),
+        )
+        return SiteParts(exchange, ServerKeyClient)
