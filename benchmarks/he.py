@@ -21,7 +21,7 @@ from torch import nn
 from torchhefl.nn.functional import taylor_grad
 from torchhefl.secure import EncryptedTensor, PrivateKey, PublicKey, SecureStateDict, generate_keypair
 
-__all__ = ["BENCHES", "BenchContext", "main"]
+__all__ = ["BENCHES", "BenchContext", "lenet5", "main"]
 
 
 @dataclass
@@ -33,8 +33,8 @@ class BenchContext:
     seed: int = 0
 
 
-def _lenet5() -> nn.Module:
-    # LeNet-5 for 32x32 greyscale inputs: 61,706 parameters
+def lenet5() -> nn.Module:
+    """LeNet-5 for 32x32 greyscale inputs: 61,706 parameters (the state_dict the benches encrypt)."""
     return nn.Sequential(
         nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
@@ -61,7 +61,7 @@ def bench_state_dict_roundtrip(ctx: BenchContext, *, clients: int = 3, phe_sampl
     torch.manual_seed(ctx.seed)
     states = []
     for _ in range(clients):
-        states.append(OrderedDict((k, v.clone()) for k, v in _lenet5().state_dict().items()))
+        states.append(OrderedDict((k, v.clone()) for k, v in lenet5().state_dict().items()))
     weights = [100 + 37 * i for i in range(clients)]
     n_params = sum(v.numel() for v in states[0].values())
 
