@@ -51,7 +51,9 @@ def test_the_simulation_adds_the_sites_own_seconds(mode):
 
 
 def test_refreshes_are_counted_by_the_server_that_serves_them():
-    sim = build(_config(mode="he", key_holder="server", clip_norm=None, local_epochs=3))
+    # one product per step, so that the round refreshes (a composed round needs none)
+    per_step = {**SMALL_KEY["extra"], "hem_steps_per_product": 1}
+    sim = build(_config(mode="he", key_holder="server", clip_norm=None, local_epochs=3, extra=per_step))
     sim.server.setup()
     before = sim.server.exchange.refreshes
     result = sim.server.run_round(1)
