@@ -24,7 +24,6 @@ from flwr.app import Context, Error, Message, RecordDict  # noqa: E402
 
 from torchhefl.exceptions import ConfigError, MalformedMessageError, ProtocolError  # noqa: E402
 from torchhefl.federated import ClientUnavailableError, TrainConfig, build  # noqa: E402
-from torchhefl.federated.clients_key import ClientKeyClientExchange, simulated_identity  # noqa: E402
 from torchhefl.federated.config import DP_CLIP_NORM, DP_LR  # noqa: E402
 from torchhefl.federated.messages import FIT_INS, STANDARDIZE_INS, STATS_INS, decode_request, encode_request, payload_of  # noqa: E402
 from torchhefl.flower import client_app  # noqa: E402
@@ -58,24 +57,6 @@ def task_identity():
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
     yield
     TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
-
-
-@pytest.fixture(autouse=True)
-def site_identities(monkeypatch):
-    """A deployed he-clients site signs its uploads with its own identity key; the SuperNodes here
-    stand in for sites that hold theirs: each gets the identity an in-process run gives that site
-    (:func:`simulated_identity`, from the sites' shared key), and the roster of all of them."""
-    build_client = Site._build_client
-
-    def with_identity(self):
-        client = build_client(self)
-        exchange = client.exchange
-        if isinstance(exchange, ClientKeyClientExchange) and exchange.identity is None:
-            identities = [simulated_identity(exchange.private_key, f"site{i}") for i in range(self.config.clients)]
-            exchange.set_identity(identities[self.index], Roster.of(identities))
-        return client
-
-    monkeypatch.setattr(Site, "_build_client", with_identity)
 
 
 @pytest.fixture(scope="module")
