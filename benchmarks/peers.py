@@ -16,6 +16,11 @@ and an end line with the load average. Every system's figures are the same:
 * ``max_abs_error``: against the weighted average computed in float64 from the same state dicts.
 * ``seconds_vs_torchhefl``, ``bytes_vs_torchhefl``: ratios to the ``torchhefl`` row of this run.
 
+``torchhefl_precomputed`` computes every random factor before the round (the sites' with
+``CoinKey.precompute``, the decrypting site's inverse of the aggregate's with
+``CoinKey.precompute_strip``, from the nonces the sites drew ahead): its ``seconds`` is the online
+round, and ``seconds_precompute`` / ``seconds_total`` say what the round cost in all.
+
 TenSEAL runs twice: one CKKSVector per state-dict entry, as NVFlare's HE filters do, and the
 whole state dict as one vector (CKKS's fewest ciphertexts, its best case on the wire). The floor
 is 2 modular multiplications mod n^2 (measured with gmpy2 in the run) per packed ciphertext the
@@ -194,6 +199,29 @@ def bench_torchhefl_coins(ctx: PeerContext) -> dict:
     return _torchhefl(ctx, "torchhefl_coins",
                       f"torchhefl SecureStateDict, packed {ctx.bits}-bit Paillier, coins=private_key.coins()",
                       coins=ctx.private_key.coins())
+
+
+def bench_torchhefl_precomputed(ctx: PeerContext) -> dict:
+    """The coins row with every random factor computed before the round (``CoinKey.precompute``):
+    each site's encryption factors, and the decrypting site's inverse of the aggregate's total
+    factor (``CoinKey.precompute_strip``, from the sites' nonces, known ahead). ``seconds`` is the
+    online round; ``seconds_total`` adds ``seconds_precompute``."""
+    pk, sk, wl = ctx.public_key, ctx.private_key, ctx.workload
+    coins = sk.coins()
+    count = SecureStateDict.num_ciphertexts_for(wl.states[0], pk)
+    pre = _Phases()
+    with pre("precompute"):
+        nonces = coins.precompute(count, batches=len(wl.states))
+        coins.precompute_strip([(nonce, 1) for nonce in nonces], count)
+    row = _torchhefl(ctx, "torchhefl_precomputed",
+                     f"torchhefl SecureStateDict, packed {ctx.bits}-bit Paillier, coins precomputed before the round",
+                     coins=coins)
+    if coins.pooled(count):
+        raise RuntimeError("the precomputed coins were not used")
+    row["seconds_precompute"] = round(pre.wall["precompute"], 4)
+    row["seconds_total"] = round(row["seconds"] + row["seconds_precompute"], 4)
+    row["cpu_seconds_total"] = round(row["cpu_seconds"] + pre.cpu, 4)
+    return row
 
 
 # -- TenSEAL CKKS, as NVFlare's HE filters use it --------------------------------------------------
@@ -412,6 +440,7 @@ class Peer:
 PEERS: dict[str, Peer] = {
     "torchhefl": Peer(bench_torchhefl),
     "torchhefl_coins": Peer(bench_torchhefl_coins),
+    "torchhefl_precomputed": Peer(bench_torchhefl_precomputed),
     "tenseal_ckks": Peer(bench_tenseal_ckks, requires="tenseal"),
     "tenseal_ckks_flat": Peer(bench_tenseal_ckks_flat, requires="tenseal"),
     "rust_paillier": Peer(bench_rust_paillier, requires="rust_paillier"),

@@ -32,6 +32,16 @@ Security:
   add up to ``A``, times any ``1 + m' n`` of its choosing (a plaintext offset, which the coins do
   not detect).
 
+Precomputation. The random factors do not depend on the values, so they can be computed before
+the values exist, between rounds: :meth:`CoinKey.precompute` draws fresh nonces and computes the
+factors of the next encryptions of a given size into a pool that :meth:`CoinKey.encrypt_ints`
+consumes, each batch once (it is removed from the pool before it is used), leaving about one
+modular multiplication per ciphertext online. A key holder who knows an aggregate's coin list in
+advance (the nonces come back from :meth:`CoinKey.precompute`) can likewise compute the inverse
+of its total factor with :meth:`CoinKey.precompute_strip`, so that :meth:`CoinKey.strip` is one
+multiplication per ciphertext too. Both are bounded in memory (:data:`MAX_POOLED_CIPHERTEXTS`
+ciphertext factors each) and live only in this process: a ``CoinKey`` is never pickled or written.
+
 A *coin list* describes an aggregate: ``[(nonce, weight), ...]``; ``[]`` means no random factor at
 all (an encryption of a public value), ``None`` that the coins are unknown.
 """
@@ -40,8 +50,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 import secrets
+import threading
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -57,11 +70,14 @@ if TYPE_CHECKING:  # coins.py sits below keys.py: it uses only the key it is giv
     from torchhefl.secure.private_key import PrivateKey
     from torchhefl.secure.public_key import PublicKey
 
-__all__ = ["MAX_COIN_TERMS", "NONCE_BYTES", "CoinKey", "CoinList", "coins_from_wire", "coins_to_wire", "combine_coins"]
+__all__ = ["MAX_COIN_TERMS", "MAX_POOLED_CIPHERTEXTS", "NONCE_BYTES", "CoinKey", "CoinList", "coins_from_wire", "coins_to_wire", "combine_coins"]
 
 NONCE_BYTES = 16
 MAX_COIN_TERMS = 1 << 12
 """Most (nonce, weight) terms a coin list on the wire may hold."""
+MAX_POOLED_CIPHERTEXTS = 1 << 19
+"""Most precomputed factors a coin key holds, for encryption and for stripping each (about 270 MB
+at 2048 bits): a precomputation that would go beyond it raises ``MemoryError``."""
 _MAX_WEIGHT = 1 << 32
 _HEADROOM_BITS = 16  # weighted sums of coins up to a total weight of 2^16 use the table, larger ones powmod
 _LABEL = b"torchhefl coins v1"
@@ -125,6 +141,12 @@ class CoinKey:
         self._digest = -(-self._bits // 8)
         self._hs = _base(secret, private_key)
         self._table = AdaptiveFixedBase(self._hs, pk.nsquare, self._bits + _HEADROOM_BITS)
+        self._lock = threading.Lock()
+        self._pool: dict[int, deque[tuple[bytes, list[mpz]]]] = {}  # ciphertext count -> ready batches
+        self._pooled = 0
+        self._pool_pid = os.getpid()  # a forked copy of the pool is never used (see encrypt_ints)
+        self._inverses: OrderedDict[tuple, list[mpz]] = OrderedDict()  # canonical coin list -> h^-A per index
+        self._inverse_count = 0
 
     @property
     def public_key(self) -> PublicKey:
@@ -156,9 +178,118 @@ class CoinKey:
         :func:`coins_to_wire`). The nonce is drawn here, from the operating system, for every
         call: two plaintexts under one nonce would show anyone their difference, so no caller
         chooses it.
+
+        A batch precomputed for ``len(ms)`` ciphertexts (:meth:`precompute`) is taken from the pool
+        and used: its nonce was drawn the same way, and the batch is removed before it is used, so
+        that no factor serves twice. A process forked from the one that filled the pool (which
+        would hold a copy of it) never uses it.
         """
+        ms = list(ms)
+        with self._lock:
+            self._own_pool()
+            ready = self._pool.get(len(ms))
+            batch = ready.popleft() if ready else None
+            if batch is not None:
+                self._pooled -= len(ms)
+        if batch is not None:
+            nonce, factors = batch
+            n, n2 = self._public_key.n, self._public_key.nsquare
+            return nonce, [(1 + (mpz(m) % n) * n) * r % n2 for m, r in zip(ms, factors)]
         nonce = secrets.token_bytes(NONCE_BYTES)
         return nonce, self._encrypt_under(nonce, ms)
+
+    def precompute(self, count: int, batches: int = 1) -> list[bytes]:
+        """Compute the random factors of the next ``batches`` encryptions of ``count`` ciphertexts.
+
+        Each batch gets a fresh random nonce; :meth:`encrypt_ints` of ``count`` integers then uses
+        one batch (the oldest) instead of computing its factors. Returns the batches' nonces, in
+        the order they will be used: a key holder that is told them ahead can prepare the
+        decryption of their sums (:meth:`precompute_strip`).
+
+        Raises ``MemoryError`` if the pool would hold more than :data:`MAX_POOLED_CIPHERTEXTS` factors.
+        """
+        if not (isinstance(count, int) and count >= 1 and isinstance(batches, int) and batches >= 1):
+            raise ValueError(f"count and batches must be positive integers, got {count!r} and {batches!r}")
+        with self._lock:
+            self._own_pool()
+            if self._pooled + count * batches > MAX_POOLED_CIPHERTEXTS:
+                raise MemoryError(
+                    f"the coin pool holds {self._pooled} factors; {count * batches} more would pass its bound "
+                    f"of {MAX_POOLED_CIPHERTEXTS}: encrypt with the ones ready first"
+                )
+            self._pooled += count * batches
+        nonces = []
+        try:
+            for _ in range(batches):
+                nonce = secrets.token_bytes(NONCE_BYTES)
+                factors = self._factors(self.exponents(nonce, count))
+                with self._lock:
+                    self._own_pool()
+                    self._pool.setdefault(count, deque()).append((nonce, factors))
+                nonces.append(nonce)
+        finally:
+            with self._lock:
+                self._pooled -= count * (batches - len(nonces))
+        return nonces
+
+    def _own_pool(self) -> None:
+        # under the lock: a process forked after the pool was filled drops its copy of it
+        if self._pool_pid != os.getpid():
+            self._pool.clear()
+            self._pooled = 0
+            self._pool_pid = os.getpid()
+
+    def pooled(self, count: int) -> int:
+        """How many precomputed batches of ``count`` ciphertexts are ready."""
+        with self._lock:
+            self._own_pool()
+            return len(self._pool.get(count, ()))
+
+    def clear_pool(self) -> None:
+        """Forget every precomputed factor and inverse."""
+        with self._lock:
+            self._pool.clear()
+            self._pooled = 0
+            self._inverses.clear()
+            self._inverse_count = 0
+
+    def precompute_strip(self, coins: CoinList, count: int) -> None:
+        """Compute, ahead, the inverse total factors of ciphertexts ``0 .. count - 1`` of an aggregate
+        whose coin list is ``coins``; :meth:`strip` over the same list (in any order) uses them.
+
+        The oldest prepared lists are dropped to stay within :data:`MAX_POOLED_CIPHERTEXTS`.
+        """
+        if not (isinstance(count, int) and 1 <= count <= MAX_POOLED_CIPHERTEXTS):
+            raise ValueError(f"count must be an integer in [1, {MAX_POOLED_CIPHERTEXTS}], got {count!r}")
+        key = _canonical(coins)
+        n2 = self._public_key.nsquare
+        totals = self._totals(coins, count, 0)
+        table = self._table.for_count(count)
+        limit = 1 << table.exp_bits
+
+        def work(exps: Sequence[int]) -> list[mpz]:
+            return [gmpy2.invert(table.pow(a) if a < limit else gmpy2.powmod(self._hs, a, n2), n2) for a in exps]
+
+        inverses = _parallel.map_chunks(work, totals, seconds_per_item=self._seconds_per_power())
+        with self._lock:
+            if key in self._inverses:
+                self._inverse_count -= len(self._inverses.pop(key))
+            while self._inverses and self._inverse_count + count > MAX_POOLED_CIPHERTEXTS:
+                self._inverse_count -= len(self._inverses.popitem(last=False)[1])
+            self._inverses[key] = inverses
+            self._inverse_count += count
+
+    def _seconds_per_power(self) -> float:
+        return _ENCRYPT_SECONDS_2048 * (self._public_key.bits / 2048) ** 2.5
+
+    def _factors(self, exps: Sequence[int]) -> list[mpz]:
+        """``h_s^a mod n^2`` for each exponent, in parallel when it pays."""
+        table = self._table.for_count(len(exps))  # built before forking so workers inherit it
+
+        def work(chunk: Sequence[int]) -> list[mpz]:
+            return [table.pow(a) for a in chunk]
+
+        return _parallel.map_chunks(work, list(exps), seconds_per_item=self._seconds_per_power())
 
     def _encrypt_under(self, nonce: bytes, ms: Sequence[int]) -> list[mpz]:
         # the coins of ``nonce``: only for a nonce drawn by encrypt_ints, never used before
@@ -171,7 +302,14 @@ class CoinKey:
         def work(pairs: Sequence[tuple[int, int]]) -> list[mpz]:
             return [(1 + (mpz(m) % n) * n) * table.pow(a) % n2 for m, a in pairs]
 
-        return _parallel.map_chunks(work, list(zip(ms, exps)), seconds_per_item=_ENCRYPT_SECONDS_2048 * (pk.bits / 2048) ** 2.5)
+        return _parallel.map_chunks(work, list(zip(ms, exps)), seconds_per_item=self._seconds_per_power())
+
+    def _totals(self, coins: CoinList, count: int, start: int) -> list[int]:
+        totals = [0] * count
+        for nonce, weight in coins:
+            for i, a in enumerate(self.exponents(nonce, count, start)):
+                totals[i] += weight * a
+        return totals
 
     def strip(self, cts: Sequence[int], coins: CoinList, start: int = 0) -> list[mpz] | None:
         """The plaintexts in ``[0, n)`` of ciphertexts whose coins are ``coins``, or ``None``.
@@ -181,10 +319,11 @@ class CoinKey:
         """
         pk = self._public_key
         n, n2 = pk.n, pk.nsquare
-        totals = [0] * len(cts)
-        for nonce, weight in coins:
-            for i, a in enumerate(self.exponents(nonce, len(cts), start)):
-                totals[i] += weight * a
+        with self._lock:
+            inverses = self._inverses.get(_canonical(coins)) if coins else None
+        if inverses is not None and start + len(cts) <= len(inverses):
+            return _plaintexts([mpz(c) * r % n2 for c, r in zip(cts, inverses[start:])], n)
+        totals = self._totals(coins, len(cts), start)
         table = self._table.for_count(len(cts))
         limit = 1 << table.exp_bits
         out = []
@@ -194,11 +333,23 @@ class CoinKey:
             else:
                 r = table.pow(a) if a < limit else gmpy2.powmod(self._hs, a, n2)
                 x = mpz(c) * gmpy2.invert(r, n2) % n2
-            m, rest = gmpy2.f_divmod(x - 1, n)
-            if rest or not 0 <= m < n:
-                return None
-            out.append(m)
-        return out
+            out.append(x)
+        return _plaintexts(out, n)
+
+
+def _canonical(coins: CoinList) -> tuple:
+    return tuple(sorted((bytes(nonce), int(w)) for nonce, w in coins))
+
+
+def _plaintexts(stripped: Sequence[mpz], n: mpz) -> list[mpz] | None:
+    """``m`` from each ``1 + m n``, or ``None`` if one is not of that form."""
+    out = []
+    for x in stripped:
+        m, rest = gmpy2.f_divmod(x - 1, n)
+        if rest or not 0 <= m < n:
+            return None
+        out.append(m)
+    return out
 
 
 def _base(secret: bytes, private_key: PrivateKey) -> mpz:

@@ -24,6 +24,7 @@ removes the known random factors instead of running the full decryption; see
 
 from __future__ import annotations
 
+import secrets
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
@@ -36,7 +37,7 @@ from torchhefl.exceptions import KeyMismatchError, MalformedMessageError
 from torchhefl.secure import _parallel, packing, wire
 from torchhefl.secure.coins import CoinKey, CoinList, coins_from_wire, coins_to_wire, combine_coins
 from torchhefl.secure.container import WireContainer, check_private_key, check_public_key, is_int
-from torchhefl.secure.encoding import STATE_DICT_FIXED_POINT
+from torchhefl.secure.encoding import STATE_DICT_FIXED_POINT, FixedPoint
 from torchhefl.secure.keys import PrivateKey, PublicKey
 from torchhefl.secure.shapes import numel
 
@@ -50,18 +51,35 @@ _DTYPES = {
     )
 }
 _POWMOD_SECONDS_2048 = 6e-5
-_OFFSET = 1 << packing.MAG_BITS
+_ROUNDINGS = ("nearest", "stochastic")
 
 
-def _encoding(public_key: PublicKey) -> dict:
+def _encoding(public_key: PublicKey, fp: FixedPoint) -> dict:
     return {
         "name": "packed-fixed-point",
-        "scale": packing.SCALE,
-        "mag_bits": packing.MAG_BITS,
-        "weight_bits": packing.WEIGHT_BITS,
-        "slot_bits": packing.SLOT_BITS,
-        "slots": packing.slots_per_plaintext(public_key.bits),
+        "scale": fp.scale_bits,
+        "mag_bits": fp.mag_bits,
+        "weight_bits": fp.headroom_bits,
+        "slot_bits": fp.slot_bits,
+        "slots": packing.slots_per_plaintext(public_key.bits, fp.slot_bits),
     }
+
+
+def _encoding_from_wire(raw, public_key: PublicKey) -> FixedPoint:
+    """The encoding a header names, if it is one :meth:`SecureStateDict.encrypt` can make."""
+    if not isinstance(raw, dict) or set(raw) != {"name", "scale", "mag_bits", "weight_bits", "slot_bits", "slots"}:
+        raise MalformedMessageError(f"unsupported encoding parameters {raw!r}")
+    scale, mag, weight = raw["scale"], raw["mag_bits"], raw["weight_bits"]
+    if raw["name"] != "packed-fixed-point" or not all(is_int(x) and 0 <= x <= 64 for x in (scale, mag, weight)) or mag < scale:
+        raise MalformedMessageError(f"unsupported encoding parameters {raw!r}")
+    fp = FixedPoint(scale_bits=scale, value_bits=mag - scale, headroom_bits=weight)
+    try:
+        packing.check_encoding(fp)
+    except ValueError as e:
+        raise MalformedMessageError(str(e)) from None
+    if raw != _encoding(public_key, fp):
+        raise MalformedMessageError(f"unsupported encoding parameters {raw!r}")
+    return fp
 
 
 def _check_weight(w, what: str) -> int:
@@ -89,7 +107,8 @@ class SecureStateDict(WireContainer):
     WIRE_OPTIONAL_FIELDS = frozenset({"coins"})
     FIXED_POINT = STATE_DICT_FIXED_POINT
 
-    def __init__(self, public_key, entries, ciphertexts, weight_bound, coins: CoinList | None = None):
+    def __init__(self, public_key, entries, ciphertexts, weight_bound, coins: CoinList | None = None,
+                 fp: FixedPoint = STATE_DICT_FIXED_POINT):
         # private: use encrypt / from_bytes / weighted_average. The last slot holds the weight.
         # ``coins``: the coin list (see torchhefl.secure.coins) when the random factors are known
         self._pk: PublicKey = public_key
@@ -97,6 +116,7 @@ class SecureStateDict(WireContainer):
         self._cts: list[mpz] = ciphertexts
         self._weight_bound: int = weight_bound
         self._coins: CoinList | None = coins
+        self._fp: FixedPoint = fp  # the packed encoding (precision) of the slots
 
     # -- properties -----------------------------------------------------------------------------
     @property
@@ -113,6 +133,11 @@ class SecureStateDict(WireContainer):
     def num_ciphertexts(self) -> int:
         """Ciphertexts holding the values and, in the slot after them, the weight."""
         return len(self._cts)
+
+    @property
+    def precision(self) -> FixedPoint:
+        """The packed encoding of the values: resolution ``2^-scale_bits``, range, weight headroom (public)."""
+        return self._fp
 
     @property
     def coins(self) -> CoinList | None:
@@ -138,6 +163,17 @@ class SecureStateDict(WireContainer):
         )
 
     # -- encrypt --------------------------------------------------------------------------------
+    @staticmethod
+    def num_ciphertexts_for(
+        state_dict: Mapping[str, torch.Tensor], public_key: PublicKey, precision: FixedPoint = STATE_DICT_FIXED_POINT
+    ) -> int:
+        """How many ciphertexts :meth:`encrypt` makes of ``state_dict`` under ``public_key``: the size
+        to give :meth:`CoinKey.precompute <torchhefl.secure.coins.CoinKey.precompute>` to prepare
+        the random factors of its encryption ahead."""
+        values = sum(int(t.numel()) for t in state_dict.values()) + 1  # the weight takes a slot
+        slots = packing.slots_per_plaintext(public_key.bits, packing.check_encoding(precision).slot_bits)
+        return -(-values // slots)
+
     @classmethod
     def encrypt(
         cls,
@@ -148,6 +184,8 @@ class SecureStateDict(WireContainer):
         weight_bound: int | None = None,
         coins: CoinKey | None = None,
         public: bool = False,
+        precision: FixedPoint = STATE_DICT_FIXED_POINT,
+        rounding: str = "nearest",
     ) -> SecureStateDict:
         """Encrypt a ``state_dict`` (packed), each value pre-multiplied by the integer ``weight``.
 
@@ -163,8 +201,17 @@ class SecureStateDict(WireContainer):
                 dicts several times faster (see :mod:`torchhefl.secure.coins`). Default: OS randomness.
             public: no random factor at all, for values that are public anyway (such as an initial
                 model drawn before any data is seen): the ciphertexts reveal the values to anyone.
+            precision: the packed encoding (:func:`torchhefl.secure.packing.precision`); default
+                resolution 2^-24, ``|v| < 8192``, total weight below 2^24, 33 slots per 2048-bit
+                ciphertext. Every state dict of one sum must use the same one.
+            rounding: ``"nearest"`` (default: error at most half the resolution) or
+                ``"stochastic"`` (unbiased: rounds up with the probability of the remainder, drawn
+                from the operating system's randomness, as BatchCrypt does for coarse encodings).
         """
         check_public_key(public_key)
+        fp = packing.check_encoding(precision)
+        if rounding not in _ROUNDINGS:
+            raise ValueError(f"rounding must be one of {', '.join(_ROUNDINGS)}, got {rounding!r}")
         if coins is not None:
             if not isinstance(coins, CoinKey):
                 raise TypeError(f"coins must be a CoinKey (PrivateKey.coins()), not {type(coins).__name__}")
@@ -178,11 +225,14 @@ class SecureStateDict(WireContainer):
         if weight == 0:
             raise ValueError("weight must be at least 1")
         weight_bound = weight if weight_bound is None else _check_weight(weight_bound, "weight_bound")
-        if not weight <= weight_bound <= packing.MAX_TOTAL_WEIGHT:
+        if not weight <= weight_bound <= fp.max_total_weight:
             raise OverflowError(
-                f"need weight <= weight_bound <= {packing.MAX_TOTAL_WEIGHT}, got weight={weight}, "
+                f"need weight <= weight_bound <= {fp.max_total_weight}, got weight={weight}, "
                 f"weight_bound={weight_bound}"
             )
+        generator = None
+        if rounding == "stochastic":
+            generator = torch.Generator().manual_seed(secrets.randbits(63))
         entries, chunks = [], []
         for name, t in state_dict.items():
             if not isinstance(name, str):
@@ -193,18 +243,19 @@ class SecureStateDict(WireContainer):
             if dtype not in _DTYPES:
                 raise TypeError(f"state_dict[{name!r}] has dtype {t.dtype}, which cannot be encrypted")
             entries.append((name, tuple(t.shape), dtype))
-            chunks.append(_quantize_entry(name, t.detach().cpu()))
+            chunks.append(_quantize_entry(name, t.detach().cpu(), fp, generator))
         m = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
-        u = (m + _OFFSET).astype(np.uint64) * np.uint64(weight)
+        u = (m + (1 << fp.mag_bits)).astype(np.uint64) * np.uint64(weight)
         u = np.append(u, np.uint64(weight))
-        slots = packing.slots_per_plaintext(public_key.bits)
-        plaintexts = packing.pack(u, slots)
+        slots = packing.slots_per_plaintext(public_key.bits, fp.slot_bits)
+        plaintexts = packing.pack(u, slots, fp.slot_bits)
         if public:
-            return cls(public_key, entries, [public_key.encrypt_int(m, obfuscate=False) for m in plaintexts], weight_bound, [])
+            cts = [public_key.encrypt_int(m, obfuscate=False) for m in plaintexts]
+            return cls(public_key, entries, cts, weight_bound, [], fp)
         if coins is not None:
             nonce, cts = coins.encrypt_ints(plaintexts)
-            return cls(public_key, entries, cts, weight_bound, [(nonce, 1)])
-        return cls(public_key, entries, public_key.encrypt_ints(plaintexts), weight_bound)
+            return cls(public_key, entries, cts, weight_bound, [(nonce, 1)], fp)
+        return cls(public_key, entries, public_key.encrypt_ints(plaintexts), weight_bound, fp=fp)
 
     # -- aggregate ------------------------------------------------------------------------------
     @classmethod
@@ -236,6 +287,8 @@ class SecureStateDict(WireContainer):
                 raise KeyMismatchError("SecureStateDicts under different public keys cannot be combined")
             if it._entries != first._entries:
                 raise ValueError("SecureStateDicts with different keys, shapes or dtypes cannot be combined")
+            if it._fp != first._fp:
+                raise ValueError("SecureStateDicts encrypted with different precisions cannot be combined")
         if weights is None:
             ws = [1] * len(items)
         else:
@@ -245,10 +298,11 @@ class SecureStateDict(WireContainer):
             if not any(ws):
                 raise ValueError("at least one weight must be positive")
         bound = sum(w * it._weight_bound for w, it in zip(ws, items))
-        if bound > packing.MAX_TOTAL_WEIGHT:
+        fp = first._fp
+        if bound > fp.max_total_weight:
             raise OverflowError(
                 f"total weight could reach {bound}, beyond the packed encoding's limit of "
-                f"{packing.MAX_TOTAL_WEIGHT} (2^{packing.WEIGHT_BITS} - 1); use smaller integer weights"
+                f"{fp.max_total_weight} (2^{fp.headroom_bits} - 1); use smaller integer weights"
             )
         pairs = [(it, w) for it, w in zip(items, ws) if w]
         n2 = first._pk.nsquare
@@ -267,23 +321,22 @@ class SecureStateDict(WireContainer):
         per_item = len(pairs) * _POWMOD_SECONDS_2048 * (first._pk.bits / 2048.0) ** 2
         cts = _parallel.map_chunks(combine, columns, seconds_per_item=per_item)
         coins = combine_coins([(it._coins, w) for it, w in pairs])
-        return cls(first._pk, list(first._entries), cts, bound, coins)
+        return cls(first._pk, list(first._entries), cts, bound, coins, fp)
 
     def rerandomize(self) -> SecureStateDict:
         """The same values and weight under fresh randomness."""
         cts = self._pk.rerandomize_ints(self._cts)
-        return SecureStateDict(
-            self._pk, list(self._entries), cts, self._weight_bound
-        )
+        return SecureStateDict(self._pk, list(self._entries), cts, self._weight_bound, fp=self._fp)
 
     # -- decrypt --------------------------------------------------------------------------------
     def decrypt_weight(self, private_key: PrivateKey) -> int:
         """The total weight (e.g. the sum of the clients' sample counts)."""
         check_private_key(private_key, self._pk, "the state dict's")
-        slots = packing.slots_per_plaintext(self._pk.bits)
+        slot_bits = self._fp.slot_bits
+        slots = packing.slots_per_plaintext(self._pk.bits, slot_bits)
         first_slot = (len(self._cts) - 1) * slots
         last_ct = private_key.decrypt_raw_many(self._cts[-1:], coins=self._coins, start=len(self._cts) - 1)
-        last = packing.unpack(last_ct, slots, self.num_values + 1 - first_slot)
+        last = packing.unpack(last_ct, slots, self.num_values + 1 - first_slot, slot_bits)
         return self._checked_weight(last[-1])
 
     def _checked_weight(self, w) -> int:
@@ -322,14 +375,15 @@ class SecureStateDict(WireContainer):
             raw = private_key.decrypt_raw_many(self._cts, coins=list(coins), strict=True)
         else:
             raw = private_key.decrypt_raw_many(self._cts, coins=self._coins)
-        slots = packing.slots_per_plaintext(self._pk.bits)
+        fp = self._fp
+        slots = packing.slots_per_plaintext(self._pk.bits, fp.slot_bits)
         count = self.num_values
-        u = packing.unpack(raw, slots, count + 1)
+        u = packing.unpack(raw, slots, count + 1, fp.slot_bits)
         W = self._checked_weight(u[-1])
         u = u[:-1]
-        if (u >= np.uint64(1 << packing.SLOT_BITS)).any():
+        if (u >= np.uint64(1 << fp.slot_bits)).any():
             raise OverflowError("a packed slot is out of range: corrupt ciphertext or metadata")
-        off = W * _OFFSET
+        off = W * (1 << fp.mag_bits)
         s = u.astype(np.int64) - np.int64(off)
         if count and (np.abs(s) >= off).any():
             raise OverflowError("a packed value exceeds its range after aggregation: corrupt ciphertext or metadata")
@@ -341,7 +395,7 @@ class SecureStateDict(WireContainer):
             pos += k
             dtype = _DTYPES[dtype_name]
             if dtype.is_floating_point:
-                denom = float(W) * 2.0**packing.SCALE if average else 2.0**packing.SCALE
+                denom = float(W) * 2.0**fp.scale_bits if average else 2.0**fp.scale_bits
                 vals = torch.from_numpy(seg.astype(np.float64) / denom)
             else:
                 vals = torch.from_numpy(np.floor_divide(2 * seg + W, 2 * W) if average else seg.copy())
@@ -354,7 +408,7 @@ class SecureStateDict(WireContainer):
     def to_bytes(self) -> bytes:
         """Serialise to the torchhefl wire format."""
         fields = {
-            "encoding": _encoding(self._pk),
+            "encoding": _encoding(self._pk, self._fp),
             "weight_bound": self._weight_bound,
             "entries": [{"name": n, "shape": list(s), "dtype": d} for n, s, d in self._entries],
         }
@@ -376,17 +430,16 @@ class SecureStateDict(WireContainer):
         with cls._parsing():
             msg = cls._decode_header(blob, public_key, max_bytes)
             meta = msg.meta
-            if meta["encoding"] != _encoding(public_key):
-                raise MalformedMessageError(f"unsupported encoding parameters {meta['encoding']!r}")
+            fp = _encoding_from_wire(meta["encoding"], public_key)
             wb = meta["weight_bound"]
-            if not is_int(wb) or not 1 <= wb <= packing.MAX_TOTAL_WEIGHT:
-                raise MalformedMessageError(f"weight_bound {wb!r} is out of range [1, {packing.MAX_TOTAL_WEIGHT}]")
+            if not is_int(wb) or not 1 <= wb <= fp.max_total_weight:
+                raise MalformedMessageError(f"weight_bound {wb!r} is out of range [1, {fp.max_total_weight}]")
             entries = _parse_entries(meta["entries"])
             total = sum(numel(s) for _, s, _ in entries)
-            slots = packing.slots_per_plaintext(public_key.bits)
+            slots = packing.slots_per_plaintext(public_key.bits, fp.slot_bits)
             cts = cls._read_ciphertexts(msg, public_key, -(-(total + 1) // slots))
             coins = coins_from_wire(meta["coins"]) if "coins" in meta else None
-            return cls(public_key, entries, cts, wb, coins)
+            return cls(public_key, entries, cts, wb, coins, fp)
 
 
 def _parse_entries(raw) -> list[tuple[str, tuple[int, ...], str]]:
@@ -411,21 +464,23 @@ def _parse_entries(raw) -> list[tuple[str, tuple[int, ...], str]]:
     return entries
 
 
-def _quantize_entry(name: str, t: torch.Tensor) -> np.ndarray:
+def _quantize_entry(name: str, t: torch.Tensor, fp: FixedPoint, generator: torch.Generator | None) -> np.ndarray:
+    offset = 1 << fp.mag_bits
     if t.is_complex():
         raise TypeError(f"state_dict[{name!r}] is complex, which cannot be encrypted")
     if t.is_floating_point():
         v = t.to(torch.float64).reshape(-1)
         if v.numel() and not bool(torch.isfinite(v).all()):
             raise ValueError(f"state_dict[{name!r}] contains NaN or infinite values")
-        m = torch.round(v * 2.0**packing.SCALE)
-        if m.numel() and float(m.abs().max()) >= _OFFSET:
+        x = v * 2.0**fp.scale_bits
+        m = torch.round(x) if generator is None else torch.floor(x + torch.rand(x.shape, generator=generator, dtype=x.dtype))
+        if m.numel() and float(m.abs().max()) >= offset:
             raise OverflowError(
                 f"state_dict[{name!r}] has a value of magnitude {float(v.abs().max()):.6g}; the packed encoding "
-                f"holds |v| < {packing.MAX_ABS_VALUE:g}"
+                f"holds |v| < {fp.max_abs_value:g}"
             )
         return m.to(torch.int64).numpy()
     m = t.to(torch.int64).reshape(-1).numpy()
-    if m.size and np.abs(m).max() >= _OFFSET:
-        raise OverflowError(f"state_dict[{name!r}] has an integer of magnitude >= 2^{packing.MAG_BITS}")
+    if m.size and np.abs(m).max() >= offset:
+        raise OverflowError(f"state_dict[{name!r}] has an integer of magnitude >= 2^{fp.mag_bits}")
     return m
