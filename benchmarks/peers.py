@@ -20,6 +20,8 @@ and an end line with the load average. Every system's figures are the same:
 ``CoinKey.precompute``, the decrypting site's inverse of the aggregate's with
 ``CoinKey.precompute_strip``, from the nonces the sites drew ahead): its ``seconds`` is the online
 round, and ``seconds_precompute`` / ``seconds_total`` say what the round cost in all.
+``torchhefl_precomputed_1e-6`` does the same in a narrower encoding (``packing.precision``:
+resolution 2^-20, ``|v| < 4``, a public weight cap; 62 slots per ciphertext instead of 33).
 
 TenSEAL runs twice: one CKKSVector per state-dict entry, as NVFlare's HE filters do, and the
 whole state dict as one vector (CKKS's fewest ciphertexts, its best case on the wire). The floor
@@ -59,6 +61,8 @@ from torch import nn
 
 from benchmarks.he import lenet5
 from torchhefl.secure import InsecureKeyWarning, PrivateKey, PublicKey, SecureStateDict, generate_keypair
+from torchhefl.secure.encoding import STATE_DICT_FIXED_POINT, FixedPoint
+from torchhefl.secure.packing import precision
 
 __all__ = ["INSTALL_HINT", "PEERS", "Peer", "PeerContext", "Workload", "main", "make_workload", "prepare_keys", "run"]
 
@@ -175,12 +179,16 @@ def _row(peer: str, system: str, ctx: PeerContext, phases: _Phases, bytes_up: fl
 
 
 # -- torchhefl ------------------------------------------------------------------------------------
-def _torchhefl(ctx: PeerContext, peer: str, system: str, coins) -> dict:
+def _torchhefl(ctx: PeerContext, peer: str, system: str, coins, precision: FixedPoint = STATE_DICT_FIXED_POINT) -> dict:
     """The README's first example: sites encrypt with their count as weight, the server sums, a site decrypts."""
     pk, sk, wl = ctx.public_key, ctx.private_key, ctx.workload
+    cap = None if precision == STATE_DICT_FIXED_POINT else precision.max_total_weight // len(wl.states)
     phase = _Phases()
     with phase("encrypt"):
-        uploads = [SecureStateDict.encrypt(s, pk, weight=n, coins=coins).to_bytes() for s, n in zip(wl.states, wl.weights)]
+        uploads = [
+            SecureStateDict.encrypt(s, pk, weight=n, weight_bound=cap, coins=coins, precision=precision).to_bytes()
+            for s, n in zip(wl.states, wl.weights)
+        ]
     with phase("aggregate"):
         received = [SecureStateDict.from_bytes(b, public_key=pk) for b in uploads]
         broadcast = SecureStateDict.weighted_average(received).to_bytes()
@@ -201,27 +209,39 @@ def bench_torchhefl_coins(ctx: PeerContext) -> dict:
                       coins=ctx.private_key.coins())
 
 
-def bench_torchhefl_precomputed(ctx: PeerContext) -> dict:
+NARROW = precision(resolution=1e-6, max_abs=4, max_total_weight=1023)
+"""The narrow encoding of the ``*_1e-6`` rows: resolution 2^-20 (rounding errs by at most 4.8e-7),
+``|v| < 4``, a public cap of 341 on each of the 3 sites' weights: 33-bit slots, 62 per ciphertext."""
+
+
+def bench_torchhefl_precomputed(ctx: PeerContext, precision: FixedPoint = STATE_DICT_FIXED_POINT,
+                                peer: str = "torchhefl_precomputed") -> dict:
     """The coins row with every random factor computed before the round (``CoinKey.precompute``):
     each site's encryption factors, and the decrypting site's inverse of the aggregate's total
     factor (``CoinKey.precompute_strip``, from the sites' nonces, known ahead). ``seconds`` is the
     online round; ``seconds_total`` adds ``seconds_precompute``."""
     pk, sk, wl = ctx.public_key, ctx.private_key, ctx.workload
     coins = sk.coins()
-    count = SecureStateDict.num_ciphertexts_for(wl.states[0], pk)
+    count = SecureStateDict.num_ciphertexts_for(wl.states[0], pk, precision)
     pre = _Phases()
     with pre("precompute"):
         nonces = coins.precompute(count, batches=len(wl.states))
         coins.precompute_strip([(nonce, 1) for nonce in nonces], count)
-    row = _torchhefl(ctx, "torchhefl_precomputed",
-                     f"torchhefl SecureStateDict, packed {ctx.bits}-bit Paillier, coins precomputed before the round",
-                     coins=coins)
+    slots = f"{precision.slot_bits}-bit slots"
+    row = _torchhefl(ctx, peer, f"torchhefl SecureStateDict, packed {ctx.bits}-bit Paillier ({slots}), coins precomputed "
+                     "before the round", coins=coins, precision=precision)
     if coins.pooled(count):
         raise RuntimeError("the precomputed coins were not used")
     row["seconds_precompute"] = round(pre.wall["precompute"], 4)
     row["seconds_total"] = round(row["seconds"] + row["seconds_precompute"], 4)
     row["cpu_seconds_total"] = round(row["cpu_seconds"] + pre.cpu, 4)
+    row["resolution_bits"] = precision.scale_bits
     return row
+
+
+def bench_torchhefl_narrow(ctx: PeerContext) -> dict:
+    """As ``torchhefl_precomputed``, in the :data:`NARROW` encoding (resolution 2^-20 instead of 2^-24)."""
+    return bench_torchhefl_precomputed(ctx, NARROW, "torchhefl_precomputed_1e-6")
 
 
 # -- TenSEAL CKKS, as NVFlare's HE filters use it --------------------------------------------------
@@ -441,6 +461,7 @@ PEERS: dict[str, Peer] = {
     "torchhefl": Peer(bench_torchhefl),
     "torchhefl_coins": Peer(bench_torchhefl_coins),
     "torchhefl_precomputed": Peer(bench_torchhefl_precomputed),
+    "torchhefl_precomputed_1e-6": Peer(bench_torchhefl_narrow),
     "tenseal_ckks": Peer(bench_tenseal_ckks, requires="tenseal"),
     "tenseal_ckks_flat": Peer(bench_tenseal_ckks_flat, requires="tenseal"),
     "rust_paillier": Peer(bench_rust_paillier, requires="rust_paillier"),

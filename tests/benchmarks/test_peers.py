@@ -32,9 +32,10 @@ def _by_peer(rows):
 
 
 def test_the_torchhefl_rows_are_the_plaintext_weighted_average(ctx, no_optional_peers):
-    rows = _by_peer(run(ctx, ["torchhefl", "torchhefl_coins", "torchhefl_precomputed", "phe"]))
-    assert list(rows) == ["torchhefl", "torchhefl_coins", "torchhefl_precomputed", "phe", "floor"]
-    for name in ("torchhefl", "torchhefl_coins", "torchhefl_precomputed"):
+    torchhefl_rows = ["torchhefl", "torchhefl_coins", "torchhefl_precomputed", "torchhefl_precomputed_1e-6"]
+    rows = _by_peer(run(ctx, [*torchhefl_rows, "phe"]))
+    assert list(rows) == [*torchhefl_rows, "phe", "floor"]
+    for name in torchhefl_rows:
         row = rows[name]
         assert row["params"] == 257 and row["sites"] == 3
         assert row["max_abs_error"] <= 1e-6
@@ -45,6 +46,9 @@ def test_the_torchhefl_rows_are_the_plaintext_weighted_average(ctx, no_optional_
     pre = rows["torchhefl_precomputed"]
     assert pre["seconds_total"] == pytest.approx(pre["seconds"] + pre["seconds_precompute"], abs=1e-3)
     assert pre["seconds_precompute"] > 0 and pre["cpu_seconds_total"] >= pre["cpu_seconds"]
+    narrow = rows["torchhefl_precomputed_1e-6"]
+    assert narrow["resolution_bits"] == 20 and narrow["bytes_per_param"] < 0.75 * pre["bytes_per_param"]
+    assert narrow["max_abs_error"] > pre["max_abs_error"]  # coarser, still within 1e-6
     assert rows["torchhefl"]["seconds_vs_torchhefl"] == 1.0
     assert rows["torchhefl"]["bytes_vs_torchhefl"] == 1.0
     # phe on its sample: exact up to float64 rounding, and it says it is an estimate
