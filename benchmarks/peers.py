@@ -61,6 +61,7 @@ from torch import nn
 
 from benchmarks.he import lenet5
 from torchhefl.secure import InsecureKeyWarning, PrivateKey, PublicKey, SecureStateDict, generate_keypair
+from torchhefl.secure import _parallel
 from torchhefl.secure.encoding import STATE_DICT_FIXED_POINT, FixedPoint
 from torchhefl.secure.packing import precision
 
@@ -546,7 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     pk, sk = prepare_keys(args.bits, workload)
     print(json.dumps({
         "peer": "setup", "key_bits": args.bits, "params": workload.num_params, "sites": len(workload.states),
-        "weights": workload.weights, "cores": os.cpu_count(), "load_average": round(load_before, 2),
+        "weights": workload.weights, "cores": os.cpu_count(),
+        "workers": _parallel.num_workers(), "load_average": round(load_before, 2),
         "seconds_keygen_and_tables": round(time.perf_counter() - t0, 3),
     }), flush=True)
     ctx = PeerContext(workload, pk, sk, sample=args.sample, seed=args.seed)

@@ -51,6 +51,7 @@ _DTYPES = {
     )
 }
 _POWMOD_SECONDS_2048 = 6e-5
+_MODMUL_SECONDS_2048 = 6e-6
 _ROUNDINGS = ("nearest", "stochastic")
 
 
@@ -318,7 +319,9 @@ class SecureStateDict(WireContainer):
             return out
 
         columns = list(zip(*[it._cts for it, _ in pairs])) if first._cts else []
-        per_item = len(pairs) * _POWMOD_SECONDS_2048 * (first._pk.bits / 2048.0) ** 2
+        # a weight of 1 is one multiplication, another weight a small exponentiation
+        per_item = sum(_MODMUL_SECONDS_2048 if w == 1 else _POWMOD_SECONDS_2048 for _, w in pairs)
+        per_item *= (first._pk.bits / 2048.0) ** 2
         cts = _parallel.map_chunks(combine, columns, seconds_per_item=per_item)
         coins = combine_coins([(it._coins, w) for it, w in pairs])
         return cls(first._pk, list(first._entries), cts, bound, coins, fp)
