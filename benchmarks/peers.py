@@ -182,9 +182,17 @@ def _row(peer: str, system: str, ctx: PeerContext, phases: _Phases, bytes_up: fl
 # -- torchhefl ------------------------------------------------------------------------------------
 def _torchhefl(ctx: PeerContext, peer: str, system: str, coins, precision: FixedPoint = STATE_DICT_FIXED_POINT) -> dict:
     """The README's first example: sites encrypt with their count as weight, the server sums, a site decrypts."""
+    phase = _Phases()
+    uploads, broadcast, received, average = _torchhefl_round(ctx, phase, coins, precision)
+    return _row(peer, system, ctx, phase, len(uploads[0]), len(broadcast), ctx.workload.max_error(average),
+                ciphertexts_per_site=received[0].num_ciphertexts)
+
+
+def _torchhefl_round(ctx: PeerContext, phase: _Phases, coins, precision: FixedPoint = STATE_DICT_FIXED_POINT):
+    """One round of ``ctx.workload``, timed into ``phase``: ``(uploads, broadcast, received, average)``,
+    the sites' bytes, the aggregate's bytes, the server's parsed uploads and the decrypted average."""
     pk, sk, wl = ctx.public_key, ctx.private_key, ctx.workload
     cap = None if precision == STATE_DICT_FIXED_POINT else precision.max_total_weight // len(wl.states)
-    phase = _Phases()
     with phase("encrypt"):
         uploads = [
             SecureStateDict.encrypt(s, pk, weight=n, weight_bound=cap, coins=coins, precision=precision).to_bytes()
@@ -195,8 +203,7 @@ def _torchhefl(ctx: PeerContext, peer: str, system: str, coins, precision: Fixed
         broadcast = SecureStateDict.weighted_average(received).to_bytes()
     with phase("decrypt"):
         average = SecureStateDict.from_bytes(broadcast, public_key=pk).decrypt(sk)
-    return _row(peer, system, ctx, phase, len(uploads[0]), len(broadcast), wl.max_error(average),
-                ciphertexts_per_site=received[0].num_ciphertexts)
+    return uploads, broadcast, received, average
 
 
 def bench_torchhefl(ctx: PeerContext) -> dict:
@@ -272,12 +279,27 @@ def _tenseal(ctx: PeerContext, peer: str, system: str, pieces: Callable[[Ordered
     one CKKSVector; the server (whose context has no secret key) sums them and multiplies by
     1 / total; a site decrypts.
     """
+    wl = ctx.workload
+    phase = _Phases()
+    plain, uploads, broadcast, out = _tenseal_round(wl, *_tenseal_contexts(), pieces, phase)
+    flat = np.concatenate(list(out.values()))
+    err = float(np.abs(flat - wl.flat_average()).max())
+    return _row(peer, system, ctx, phase, sum(map(len, uploads[0].values())), sum(map(len, broadcast.values())), err,
+                ciphertexts_per_site=ckks_ciphertexts(plain[0]), version=importlib.metadata.version("tenseal"))
+
+
+def ckks_ciphertexts(pieces: Mapping[str, np.ndarray]) -> int:
+    """How many CKKS ciphertexts the CKKSVectors of ``pieces`` take (one per ``degree / 2`` values of each)."""
+    return sum(-(-len(v) // (CKKS_POLY_MODULUS_DEGREE // 2)) for v in pieces.values())
+
+
+def _tenseal_round(wl: Workload, site_ctx, server_ctx, pieces: Callable[[OrderedDict], OrderedDict], phase: _Phases):
+    """One CKKS round of ``wl`` with the contexts of :func:`_tenseal_contexts`, timed into ``phase``:
+    ``(plain, uploads, broadcast, out)``, the sites' vectors, their serialised CKKSVectors, the
+    aggregate's and the decrypted average, all keyed by ``pieces``' names."""
     import tenseal as ts
 
-    wl = ctx.workload
-    site_ctx, server_ctx = _tenseal_contexts()
     plain = [pieces(OrderedDict((k, v.reshape(-1).double().numpy()) for k, v in s.items())) for s in wl.states]
-    phase = _Phases()
     with phase("encrypt"):
         uploads = [
             OrderedDict((k, ts.ckks_vector(site_ctx, v * float(n)).serialize()) for k, v in s.items())
@@ -294,11 +316,7 @@ def _tenseal(ctx: PeerContext, peer: str, system: str, pieces: Callable[[Ordered
             broadcast[k] = (acc * inv_total).serialize()
     with phase("decrypt"):
         out = OrderedDict((k, np.array(ts.ckks_vector_from(site_ctx, b).decrypt())) for k, b in broadcast.items())
-    flat = np.concatenate(list(out.values()))
-    err = float(np.abs(flat - wl.flat_average()).max())
-    return _row(peer, system, ctx, phase, sum(map(len, uploads[0].values())), sum(map(len, broadcast.values())), err,
-                ciphertexts_per_site=sum(-(-len(v) // (CKKS_POLY_MODULUS_DEGREE // 2)) for v in plain[0].values()),
-                version=importlib.metadata.version("tenseal"))
+    return plain, uploads, broadcast, out
 
 
 _CKKS = (f"TenSEAL CKKS, NVFlare's defaults (poly modulus {CKKS_POLY_MODULUS_DEGREE}, coeff mod "
