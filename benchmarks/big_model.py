@@ -59,6 +59,7 @@ from benchmarks.peers import (
     ckks_ciphertexts,
     make_workload,
     prepare_keys,
+    print_rows,
 )
 from torchhefl.secure import _parallel
 
@@ -296,10 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mib_self": peak_self, "peak_rss_mib_children": peak_children,
     }), flush=True)
     ctx = PeerContext(workload, pk, sk)
-    for row in run(ctx, chunks, tenseal=not args.no_tenseal, progress=not args.no_progress):
-        print(json.dumps(row), flush=True)
-    print(json.dumps({"peer": "end", "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)]}),
-          flush=True)
+    print_rows(run(ctx, chunks, tenseal=not args.no_tenseal, progress=not args.no_progress), load_before)
     return 0
 
 

@@ -51,7 +51,7 @@ import sys
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import gmpy2
@@ -199,10 +199,10 @@ def _torchhefl_round(ctx: PeerContext, phase: _Phases, coins, precision: FixedPo
             for s, n in zip(wl.states, wl.weights)
         ]
     with phase("aggregate"):
-        received = [SecureStateDict.from_bytes(b, public_key=pk) for b in uploads]
+        received = [SecureStateDict.from_bytes(b, public_key=pk, precision=precision) for b in uploads]
         broadcast = SecureStateDict.weighted_average(received).to_bytes()
     with phase("decrypt"):
-        average = SecureStateDict.from_bytes(broadcast, public_key=pk).decrypt(sk)
+        average = SecureStateDict.from_bytes(broadcast, public_key=pk, precision=precision).decrypt(sk)
     return uploads, broadcast, received, average
 
 
@@ -547,6 +547,14 @@ def prepare_keys(bits: int, workload: Workload) -> tuple[PublicKey, PrivateKey]:
     return pk, sk
 
 
+def print_rows(rows: Iterable[dict], load_before: float) -> None:
+    """Each row as a JSON line as it comes, then the end line with the load average before and after."""
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    print(json.dumps({"peer": "end", "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)]}),
+          flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", choices=sorted(PEERS),
@@ -570,10 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_keygen_and_tables": round(time.perf_counter() - t0, 3),
     }), flush=True)
     ctx = PeerContext(workload, pk, sk, sample=args.sample, seed=args.seed)
-    for row in run(ctx, args.only):
-        print(json.dumps(row), flush=True)
-    print(json.dumps({"peer": "end", "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)]}),
-          flush=True)
+    print_rows(run(ctx, args.only), load_before)
     return 0
 
 

@@ -52,7 +52,7 @@ def test_a_narrow_sum_is_fedavg_to_its_resolution_in_fewer_ciphertexts(keypair):
     assert narrow[0].num_ciphertexts < 0.6 * default.num_ciphertexts
     blobs = [u.to_bytes() for u in narrow]
     assert len(blobs[0]) < 0.6 * len(default.to_bytes())
-    received = [SecureStateDict.from_bytes(b, public_key=pk) for b in blobs]
+    received = [SecureStateDict.from_bytes(b, public_key=pk, precision=fp) for b in blobs]
     assert received[0].precision == fp
     total = SecureStateDict.weighted_average(received)
     got, want = total.decrypt(sk), _fedavg(states, weights)
@@ -97,10 +97,16 @@ def test_stochastic_rounding_is_unbiased_where_nearest_is_not(keypair):
     assert not torch.equal(again, stochastic)  # fresh randomness each time, not a seed
 
 
-def test_the_precision_travels_in_the_header(keypair):
+def test_a_reader_accepts_only_the_precision_it_expects(keypair):
+    """The precision is agreed like the key: bytes in another encoding than the reader's are
+    refused, so that a relayer cannot have a sum read in an encoding of its choosing."""
     pk, _ = keypair
     fp = precision(resolution=1e-6, max_abs=4, max_total_weight=1023)
-    blob = SecureStateDict.encrypt({"w": torch.zeros(100)}, pk, precision=fp).to_bytes()
-    assert SecureStateDict.from_bytes(blob, public_key=pk).precision == fp
-    with pytest.raises(MalformedMessageError):
-        SecureStateDict.from_bytes(blob[:-7], public_key=pk)
+    narrow = SecureStateDict.encrypt({"w": torch.zeros(100)}, pk, precision=fp).to_bytes()
+    default = SecureStateDict.encrypt({"w": torch.zeros(100)}, pk).to_bytes()
+    assert SecureStateDict.from_bytes(narrow, public_key=pk, precision=fp).precision == fp
+    assert SecureStateDict.from_bytes(default, public_key=pk).precision == STATE_DICT_FIXED_POINT
+    with pytest.raises(MalformedMessageError, match="unsupported encoding"):
+        SecureStateDict.from_bytes(narrow, public_key=pk)
+    with pytest.raises(MalformedMessageError, match="unsupported encoding"):
+        SecureStateDict.from_bytes(default, public_key=pk, precision=fp)

@@ -66,23 +66,6 @@ def _encoding(public_key: PublicKey, fp: FixedPoint) -> dict:
     }
 
 
-def _encoding_from_wire(raw, public_key: PublicKey) -> FixedPoint:
-    """The encoding a header names, if it is one :meth:`SecureStateDict.encrypt` can make."""
-    if not isinstance(raw, dict) or set(raw) != {"name", "scale", "mag_bits", "weight_bits", "slot_bits", "slots"}:
-        raise MalformedMessageError(f"unsupported encoding parameters {raw!r}")
-    scale, mag, weight = raw["scale"], raw["mag_bits"], raw["weight_bits"]
-    if raw["name"] != "packed-fixed-point" or not all(is_int(x) and 0 <= x <= 64 for x in (scale, mag, weight)) or mag < scale:
-        raise MalformedMessageError(f"unsupported encoding parameters {raw!r}")
-    fp = FixedPoint(scale_bits=scale, value_bits=mag - scale, headroom_bits=weight)
-    try:
-        packing.check_encoding(fp)
-    except ValueError as e:
-        raise MalformedMessageError(str(e)) from None
-    if raw != _encoding(public_key, fp):
-        raise MalformedMessageError(f"unsupported encoding parameters {raw!r}")
-    return fp
-
-
 def _check_weight(w, what: str) -> int:
     if isinstance(w, torch.Tensor) and w.numel() == 1 and not w.is_floating_point():
         w = int(w.item())
@@ -421,9 +404,17 @@ class SecureStateDict(WireContainer):
 
     @classmethod
     def from_bytes(
-        cls, blob: bytes, *, public_key: PublicKey, max_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES
+        cls,
+        blob: bytes,
+        *,
+        public_key: PublicKey,
+        max_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES,
+        precision: FixedPoint = STATE_DICT_FIXED_POINT,
     ) -> SecureStateDict:
-        """Parse and check bytes from :meth:`to_bytes`; they must name ``public_key``.
+        """Parse and check bytes from :meth:`to_bytes`; they must name ``public_key`` and ``precision``.
+
+        The precision is agreed in advance, like the key: a header naming another encoding is
+        refused, so that whoever relays the bytes cannot have them read in another one.
 
         Raises:
             MalformedMessageError: anything malformed (truncated, corrupted, out of range, bad version).
@@ -433,7 +424,9 @@ class SecureStateDict(WireContainer):
         with cls._parsing():
             msg = cls._decode_header(blob, public_key, max_bytes)
             meta = msg.meta
-            fp = _encoding_from_wire(meta["encoding"], public_key)
+            fp = packing.check_encoding(precision)
+            if meta["encoding"] != _encoding(public_key, fp):
+                raise MalformedMessageError(f"unsupported encoding parameters {meta['encoding']!r}")
             wb = meta["weight_bound"]
             if not is_int(wb) or not 1 <= wb <= fp.max_total_weight:
                 raise MalformedMessageError(f"weight_bound {wb!r} is out of range [1, {fp.max_total_weight}]")
