@@ -23,6 +23,7 @@ from gmpy2 import mpz
 
 from torchhefl.secure import _parallel
 from torchhefl.secure._fastmath import AdaptiveFixedBase
+from torchhefl.secure.randomness import FactorPool
 from torchhefl.secure.key_files import public_dict, write_key_file
 from torchhefl.secure.key_sizes import coin_bits, work_factor
 
@@ -51,6 +52,7 @@ class PublicKey:
         self._bits = int(n.bit_length())
         self._fingerprint = hashlib.sha256(int(n).to_bytes((self._bits + 7) // 8, "big")).hexdigest()
         self._djn: AdaptiveFixedBase | None = None
+        self._pool: FactorPool | None = None
         self._djn_lock = threading.Lock()
         self._phe: phe.PaillierPublicKey | None = None
 
@@ -125,7 +127,13 @@ class PublicKey:
                         break
                 h = (-x * x) % n
                 self._djn = AdaptiveFixedBase(gmpy2.powmod(h, n, self._nsquare), self._nsquare, coin_bits(self._bits))
+                self._pool = FactorPool(self._djn.base, self._nsquare, self._djn.exp_bits)
         return self._djn.for_count(count)
+
+    def _pooled_factors(self, count: int) -> list[mpz]:
+        """Up to ``count`` random factors drawn ahead on a second core (:mod:`torchhefl.secure.randomness`),
+        each used once; the caller draws the rest itself. Call after :meth:`_randomness_table`."""
+        return self._pool.take(count) if self._pool is not None else []
 
     def precompute(self, encryptions: int = AdaptiveFixedBase.WIDE_AFTER) -> None:
         """Build now, not on first use, the randomness table for about ``encryptions`` encryptions."""
@@ -134,7 +142,8 @@ class PublicKey:
     def obfuscator(self) -> mpz:
         """A fresh random factor ``h_s^a mod n^2`` (an encryption of zero)."""
         table = self._randomness_table(1)
-        return table.pow(secrets.randbits(table.exp_bits))
+        pooled = self._pooled_factors(1)
+        return pooled[0] if pooled else table.pow(secrets.randbits(table.exp_bits))
 
     # -- raw integer layer ----------------------------------------------------------------------
     def encrypt_int(self, m: int, *, obfuscate: bool = True) -> mpz:
@@ -149,11 +158,16 @@ class PublicKey:
         ms = list(ms)
         table = self._randomness_table(len(ms))  # built before forking so workers inherit it
         n, n2, bits = self._n, self._nsquare, table.exp_bits
+        pooled = self._pooled_factors(len(ms))
+        head = [(1 + (mpz(m) % n) * n) * f % n2 for m, f in zip(ms, pooled)]
 
         def work(chunk: Sequence[int]) -> list[mpz]:
             return [(1 + (mpz(m) % n) * n) * table.pow(secrets.randbits(bits)) % n2 for m in chunk]
 
-        return _parallel.map_chunks(work, ms, seconds_per_item=_ENCRYPT_SECONDS_2048 * work_factor(self._bits))
+        rest = ms[len(pooled):]
+        if not rest:
+            return head
+        return head + _parallel.map_chunks(work, rest, seconds_per_item=_ENCRYPT_SECONDS_2048 * work_factor(self._bits))
 
     def rerandomize_int(self, c: int) -> mpz:
         """The same plaintext as ``c`` under fresh randomness."""
@@ -164,11 +178,16 @@ class PublicKey:
         cs = list(cs)
         table = self._randomness_table(len(cs))
         n2, bits = self._nsquare, table.exp_bits
+        pooled = self._pooled_factors(len(cs))
+        head = [mpz(c) * f % n2 for c, f in zip(cs, pooled)]
 
         def work(chunk: Sequence[int]) -> list[mpz]:
             return [mpz(c) * table.pow(secrets.randbits(bits)) % n2 for c in chunk]
 
-        return _parallel.map_chunks(work, cs, seconds_per_item=_ENCRYPT_SECONDS_2048 * work_factor(self._bits))
+        rest = cs[len(pooled):]
+        if not rest:
+            return head
+        return head + _parallel.map_chunks(work, rest, seconds_per_item=_ENCRYPT_SECONDS_2048 * work_factor(self._bits))
 
     def raw_add(self, c1: int, c2: int) -> mpz:
         """Ciphertext of the sum of the plaintexts of ``c1`` and ``c2``."""
