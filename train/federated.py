@@ -18,6 +18,7 @@ from torchhefl.federated.modes import cli_modes, key_holders, mode_of
 from torchhefl.federated.server import DEFAULT_MAX_MESSAGE_BYTES
 from torchhefl.federated.strategies import STRATEGIES
 from torchhefl.secure import strict_json
+from torchhefl.secure.packing import ROUNDINGS
 
 __all__ = ["build_parser", "config_from_args", "main", "resume_config"]
 
@@ -94,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load keys written by `python -m train.keys generate` instead of generating them")
     g.add_argument("--allow-insecure-keys", action="store_true",
                    help="permit --key-bits below 2048 (tests and demos only)")
+    g.add_argument("--he-resolution", type=_positive_float, default=None, metavar="FLOAT",
+                   help="with --key-holder clients: the packed encoding's resolution (largest step between values "
+                        "the sites' uploads can hold); coarser packs more values per ciphertext. Default: the "
+                        "default encoding, 2^-24 (33 values per 2048-bit ciphertext)")
+    g.add_argument("--he-rounding", choices=ROUNDINGS, default=_DEFAULTS.he_rounding,
+                   help="with --key-holder clients: how a site rounds to --he-resolution (nearest: error at most "
+                        "half of it; stochastic: unbiased)")
     g.add_argument("--epsilon", type=_positive_float, default=None,
                    help="record-level differential privacy target per site (off by default)")
     g.add_argument("--delta", type=float, default=_DEFAULTS.delta, help="DP delta")
@@ -167,6 +175,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         aggregator=args.aggregator, mu=args.mu, partition=args.partition, alpha=args.alpha, seed=args.seed,
         loss=args.loss, test_size=args.test_size, epsilon=args.epsilon, delta=args.delta, data=args.data,
         label=args.label, dp_sample_rate=args.dp_sample_rate, dp_steps=args.dp_steps,
+        he_resolution=args.he_resolution, he_rounding=args.he_rounding,
     )
     if args.key_dir is not None:
         cfg.extra["key_dir"] = args.key_dir

@@ -169,6 +169,22 @@ def test_run_over_fake_grid_equals_simulation(mode, key_dir, tmp_path):
     assert summary["test_accuracy"] == pytest.approx(results[-1]["test_accuracy"])
 
 
+def test_a_packing_precision_in_the_run_config_reaches_every_party(key_dir, tmp_path):
+    run_config = {"rounds": 2, "clients": SITES, "seed": 1, "node-timeout": 5.0, "reply-timeout": 5.0,
+                  "he-resolution": 1e-2, **_roster_settings(key_dir)}
+    grid = FakeGrid(run_config, _node_configs(key_dir, **{"model-out": str(tmp_path / "model.pt")}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyWarning)
+        summary = serve(grid, DeploymentSettings.from_run_config(run_config), echo=lambda line: None)
+    config = TrainConfig(rounds=2, clients=SITES, seed=1, he_resolution=1e-2,
+                         extra={"key_dir": str(key_dir), "allow_insecure_keys": True})
+    expected, results = _simulate(config)
+    saved = torch.load(tmp_path / "model.pt")
+    for name, tensor in expected.items():  # the same rounded model: the sites packed as the simulation did
+        torch.testing.assert_close(saved[name], tensor, rtol=0, atol=1e-6)
+    assert summary["bytes_up"] == sum(r["bytes_up"] for r in results)
+
+
 def test_sites_keep_their_timings_unless_they_share_them(key_dir, tmp_path, caplog):
     # a site's training time reveals its number of local steps: by default it stays in the site's
     # log, and the server's timings.csv has only what the server measured itself
@@ -544,6 +560,18 @@ def test_run_config_errors():
         DeploymentSettings.from_run_config({"epsilon": 1.0, "clip-norm": 0.0})
     with pytest.raises(ConfigError, match="--epsilon must be a positive number"):
         DeploymentSettings.from_run_config({"epsilon": -1.0})
+
+
+def test_run_config_packing_precision():
+    assert DeploymentSettings.from_run_config({"he-resolution": 0.0}).config.he_resolution is None  # 0: the default
+    config = DeploymentSettings.from_run_config({"he-resolution": 1e-3, "he-rounding": "stochastic"}).config
+    assert (config.he_resolution, config.he_rounding) == (1e-3, "stochastic")
+    with pytest.raises(ConfigError, match="he-resolution must be a number, got 'fine'"):
+        DeploymentSettings.from_run_config({"he-resolution": "fine"})
+    with pytest.raises(ConfigError, match="give at least 2\\^-25"):
+        DeploymentSettings.from_run_config({"he-resolution": 1e-12})
+    with pytest.raises(ConfigError, match="leave them out of a plain run"):
+        DeploymentSettings.from_run_config({"mode": "plain", "he-rounding": "stochastic"})
 
 
 def test_run_config_epsilon_takes_the_cli_defaults():

@@ -64,6 +64,12 @@ BASE = ["--mode", "plain", "--rounds", "1", "--no-progress", "--quiet"]
         (["--clip-norm", "-1"], "--clip-norm"),
         (["--data", "{d}/good.csv"], "--data and --label go together"),
         (["--lr", "abc"], "--lr"),
+        (["--he-resolution", "0"], "--he-resolution: must be a positive number"),
+        (["--he-rounding", "up"], "--he-rounding: invalid choice: 'up'"),
+        (["--he-resolution", "1e-3"], "only --mode he --key-holder clients has; leave them out of a plain run"),
+        (["--he-rounding", "stochastic"], "only --mode he --key-holder clients has"),
+        (["--mode", "he", "--he-resolution", "2"], "--he-resolution must be a number in (0, 1], got 2.0"),
+        (["--mode", "he", "--he-resolution", "1e-9"], "leaving 25 after the binary point: give at least 2^-25 (2.98e-08)"),
     ],
 )
 def test_bad_input_one_line_exit_2(capsys, csv_dir, tmp_path, args, message):

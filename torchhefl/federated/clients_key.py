@@ -60,17 +60,63 @@ from torchhefl.federated.keyring import run_keypair
 from torchhefl.federated.parts import ModeParts
 from torchhefl.federated.signed_uploads import SignedGlobal, SignedUpload, UploadSignature
 from torchhefl.federated.strategies import Strategy
-from torchhefl.secure import MAX_TOTAL_WEIGHT, PackedSum, PrivateKey, PublicKey, SecureStateDict
+from torchhefl.secure import MAX_TOTAL_WEIGHT, PackedSum, PrivateKey, PublicKey, SecureStateDict, packing
+from torchhefl.secure.encoding import STATE_DICT_FIXED_POINT, FixedPoint
 from torchhefl.secure.identity import Roster, SiteIdentity
 from torchhefl.secure.packed_sum import sum_packed
 
 if TYPE_CHECKING:
     from torchhefl.federated.config import TrainConfig
 
-__all__ = ["CheckedUpload", "ClientKeyClientExchange", "ClientKeyServerExchange", "clients_key_parts", "simulated_identity"]
+__all__ = [
+    "CheckedUpload",
+    "ClientKeyClientExchange",
+    "ClientKeyServerExchange",
+    "UploadEncoding",
+    "clients_key_parts",
+    "simulated_identity",
+    "upload_encoding",
+]
 
 _STAT_FIELDS = ("count", "sum", "sumsq")
 _IDENTITY_LABEL = b"torchhefl simulated site identity v1"
+
+
+@dataclass(frozen=True)
+class UploadEncoding:
+    """How the sites pack their uploads, agreed in the run config like the key: every site encrypts
+    and every reader parses in this encoding, and bytes in another are refused.
+
+    Attributes:
+        precision: the packed encoding of every upload and every sum (resolution, range, headroom).
+        rounding: how a site rounds its values to the resolution (``"nearest"`` or ``"stochastic"``).
+        weight_bound: the public cap on one site's weight (its sample count), which every upload claims.
+    """
+
+    precision: FixedPoint
+    rounding: str
+    weight_bound: int
+
+
+def upload_encoding(config: TrainConfig) -> UploadEncoding:
+    """The run's :class:`UploadEncoding`, from public settings only (never from data).
+
+    The cap per site shares the default encoding's total weight among ``config.clients`` sites.
+    Without ``config.he_resolution``: the default encoding (resolution 2^-24, ``|v| < 8192``, 62-bit
+    slots). With it: :func:`~torchhefl.secure.packing.precision` at that resolution, for the same
+    range ``|v| < 8192`` and the total weight of every site at its cap. Raises ``ValueError`` if no
+    packed slot holds that (:meth:`ClientsKeyMode.validate
+    <torchhefl.federated.modes.clients_key.ClientsKeyMode.validate>` names the limits).
+    """
+    weight_bound = MAX_TOTAL_WEIGHT // config.clients
+    if config.he_resolution is None:
+        fp = STATE_DICT_FIXED_POINT
+    else:
+        fp = packing.precision(
+            resolution=float(config.he_resolution), max_abs=packing.MAX_ABS_VALUE,
+            max_total_weight=config.clients * weight_bound,
+        )
+    return UploadEncoding(fp, config.he_rounding, weight_bound)
 
 
 @dataclass(frozen=True)
@@ -90,6 +136,8 @@ class ClientKeyServerExchange(ServerExchange):
         weight_bound: the public cap on one site's weight, which every site's update claims as its
             weight bound; an update claiming another is refused (more could overflow the packed
             sum, less could make it undecryptable). ``None``: no cap beyond the encoding's.
+        precision: the packed encoding the sites agreed on (:attr:`UploadEncoding.precision`); an
+            update in another is refused. Default: the default encoding.
 
     With the sites' roster (:meth:`set_roster`) it also checks each upload's signature as it
     arrives and never combines fewer uploads than the sites accept; without one (a deployment that
@@ -97,17 +145,19 @@ class ClientKeyServerExchange(ServerExchange):
     """
 
     def __init__(
-        self, public_key: PublicKey, initial_state: Mapping[str, torch.Tensor], *, weight_bound: int | None = None
+        self, public_key: PublicKey, initial_state: Mapping[str, torch.Tensor], *, weight_bound: int | None = None,
+        precision: FixedPoint = STATE_DICT_FIXED_POINT,
     ) -> None:
         super().__init__()
         self.public_key = public_key
         self.weight_bound = weight_bound
+        self.precision = packing.check_encoding(precision)
         with self.timer.phase("encrypt"):
             # the initial model is public (drawn before any data is seen): no random factor needed,
-            # and every site can re-encrypt its own copy to check it
-            initial = SecureStateDict.encrypt(initial_state, public_key, public=True).to_bytes()
+            # and every site can re-encrypt its own copy to check it (so it is rounded to nearest)
+            initial = SecureStateDict.encrypt(initial_state, public_key, public=True, precision=self.precision).to_bytes()
         self._global = SignedGlobal(initial).to_bytes()
-        reference = SecureStateDict.from_bytes(initial, public_key=public_key)
+        reference = self._parse(initial)
         self._layout = reference.keys()
         self._reference_entries = reference.layout()
 
@@ -164,10 +214,10 @@ class ClientKeyServerExchange(ServerExchange):
     def read_update(self, blob: bytes) -> SecureStateDict:
         """Parse one client's encrypted update; it must be under our key with the model's layout.
 
-        Checks the format version, the key fingerprint, every name, shape and dtype, each
-        ciphertext's range ``0 < c < n^2`` and that its weight bound fits the public cap per site.
+        Checks the format version, the key fingerprint, the agreed encoding, every name, shape and
+        dtype, each ciphertext's range ``0 < c < n^2`` and that its weight bound fits the public cap per site.
         """
-        update = SecureStateDict.from_bytes(blob, public_key=self.public_key)
+        update = self._parse(blob)
         if update.keys() != self._layout:
             raise MalformedMessageError(f"update names {update.keys()} do not match the model's {self._layout}")
         if update.layout() != self._reference_entries:
@@ -184,6 +234,9 @@ class ClientKeyServerExchange(ServerExchange):
             )
         return update
 
+    def _parse(self, blob: bytes) -> SecureStateDict:
+        return SecureStateDict.from_bytes(blob, public_key=self.public_key, precision=self.precision)
+
     def check_statistics(self, payload: bytes) -> bytes:
         """Statistics under our key, of the length the first site's had (checked again when summed)."""
         part = PackedSum.from_bytes(payload, public_key=self.public_key)
@@ -198,7 +251,7 @@ class ClientKeyServerExchange(ServerExchange):
         return self._global
 
     def restore_global(self, blob: bytes) -> None:
-        restored = SecureStateDict.from_bytes(SignedGlobal.from_bytes(blob).model, public_key=self.public_key)
+        restored = self._parse(SignedGlobal.from_bytes(blob).model)
         if restored.keys() != self._layout or restored.layout() != self._reference_entries:
             raise MalformedMessageError("checkpointed model does not have the model's names, shapes and dtypes")
         self._global = bytes(blob)
@@ -221,16 +274,28 @@ class ClientKeyClientExchange(ClientExchange):
     Args:
         private_key: the sites' shared key pair.
         weight_bound: the public cap on a site's sample count; it keeps the count itself hidden.
+        precision: the packed encoding the sites agreed on (:attr:`UploadEncoding.precision`): its
+            uploads are in it, and a global model in another is refused. Default: the default encoding.
+        rounding: how its values are rounded to the resolution, ``"nearest"`` (default) or
+            ``"stochastic"`` (unbiased; the initial model, which every site re-encrypts to check,
+            is always rounded to nearest).
 
     It needs its identity and the roster (:meth:`set_identity`) to sign and to check, and the
     initial model (:meth:`set_initial_state`, which its :class:`~torchhefl.federated.Client` gives it).
     """
 
-    def __init__(self, private_key: PrivateKey, *, weight_bound: int) -> None:
+    def __init__(
+        self, private_key: PrivateKey, *, weight_bound: int, precision: FixedPoint = STATE_DICT_FIXED_POINT,
+        rounding: str = "nearest",
+    ) -> None:
         super().__init__()
+        if rounding not in packing.ROUNDINGS:
+            raise ValueError(f"rounding must be one of {', '.join(packing.ROUNDINGS)}, got {rounding!r}")
         self.private_key = private_key
         self.public_key = private_key.public_key
         self.weight_bound = weight_bound
+        self.precision = packing.check_encoding(precision)
+        self.rounding = rounding
         self._d: int | None = None
         self._initial_state: OrderedDict | None = None
         self._initial: bytes | None = None  # the public encryption of the initial model, once made
@@ -251,7 +316,7 @@ class ClientKeyClientExchange(ClientExchange):
 
     def _open_global(self, payload: bytes, after_round: int) -> OrderedDict:
         signed = SignedGlobal.from_bytes(payload)
-        encrypted = SecureStateDict.from_bytes(signed.model, public_key=self.public_key)
+        encrypted = SecureStateDict.from_bytes(signed.model, public_key=self.public_key, precision=self.precision)
         me = self.identity.cid if self.identity is not None else "this site"
         what = "initial model" if after_round == 0 else f"global model after round {after_round}"
         refuse = f"{me} refuses the server's {what}"
@@ -303,7 +368,9 @@ class ClientKeyClientExchange(ClientExchange):
         if self._initial_state is None:
             raise ProtocolError("this site was given no initial model to check the first global model against")
         if self._initial is None:
-            self._initial = SecureStateDict.encrypt(self._initial_state, self.public_key, public=True).to_bytes()
+            self._initial = SecureStateDict.encrypt(
+                self._initial_state, self.public_key, public=True, precision=self.precision
+            ).to_bytes()
         return self._initial
 
     def _roster(self) -> Roster:
@@ -323,7 +390,8 @@ class ClientKeyClientExchange(ClientExchange):
         if num_examples > self.weight_bound:
             raise OverflowError(f"{num_examples} examples exceed the public cap of {self.weight_bound} per site")
         enc = SecureStateDict.encrypt(
-            state, self.public_key, weight=num_examples, weight_bound=self.weight_bound, coins=self.private_key.coins()
+            state, self.public_key, weight=num_examples, weight_bound=self.weight_bound, coins=self.private_key.coins(),
+            precision=self.precision, rounding=self.rounding,
         )
         model = enc.to_bytes()
         [(nonce, _)] = enc.coins
@@ -371,10 +439,17 @@ def clients_key_parts(config: TrainConfig, initial: OrderedDict):
     object receives the public key only. The sites' identities are :func:`simulated_identity`.
     """
     public_key, private_key = run_keypair(config)
-    weight_bound = MAX_TOTAL_WEIGHT // config.clients
+    encoding = upload_encoding(config)
     return ModeParts(
-        server_exchange=ClientKeyServerExchange(public_key, initial, weight_bound=weight_bound),
-        client_exchanges=[ClientKeyClientExchange(private_key, weight_bound=weight_bound) for _ in range(config.clients)],
+        server_exchange=ClientKeyServerExchange(
+            public_key, initial, weight_bound=encoding.weight_bound, precision=encoding.precision
+        ),
+        client_exchanges=[
+            ClientKeyClientExchange(
+                private_key, weight_bound=encoding.weight_bound, precision=encoding.precision, rounding=encoding.rounding
+            )
+            for _ in range(config.clients)
+        ],
         server_holds_test=False,
         extras={"public_key": public_key},
         identity_of=lambda cid: simulated_identity(private_key, cid),

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from torchhefl.exceptions import ConfigError
 from torchhefl.federated.modes import key_holders, mode_of
+from torchhefl.secure.packing import ROUNDINGS
 
 __all__ = ["DP_CLIP_NORM", "DP_LR", "LOSSES", "PARTITIONS", "TrainConfig"]
 
@@ -50,6 +51,8 @@ class TrainConfig:
     dp_steps: int = 1
     data: str | None = None
     label: str | None = None
+    he_resolution: float | None = None
+    he_rounding: str = "nearest"
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":
@@ -88,6 +91,17 @@ class TrainConfig:
             raise ConfigError(f"--dp-steps must be at least 1, got {self.dp_steps}")
         if not 0.0 < self.delta < 1.0:
             raise ConfigError(f"--delta must be in (0, 1), got {self.delta}")
+        _choice("he_rounding", self.he_rounding, ROUNDINGS)
+        if self.he_resolution is not None and not (
+            isinstance(self.he_resolution, (int, float)) and not isinstance(self.he_resolution, bool)
+            and math.isfinite(self.he_resolution) and 0.0 < self.he_resolution <= 1.0
+        ):
+            raise ConfigError(f"--he-resolution must be a number in (0, 1], got {self.he_resolution!r}")
+        if not mode.packs_updates and (self.he_resolution is not None or self.he_rounding != "nearest"):
+            raise ConfigError(
+                f"--he-resolution and --he-rounding set the packed encoding of the sites' uploads, which only "
+                f"--mode he --key-holder clients has; leave them out of a {mode.label()} run"
+            )
         mode.validate(self)
         if self.epsilon is not None and self.clip_norm is None:
             raise ConfigError("--epsilon needs a clipping bound: give --clip-norm a number, not 'none'")

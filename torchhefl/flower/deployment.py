@@ -10,7 +10,9 @@ aggregates.
 Run config keys (hyphenated :class:`TrainConfig` fields): ``mode``, ``key-holder``, ``rounds``,
 ``clients``, ``fraction``, ``min-clients``, ``lr``, ``batch-size``, ``local-epochs``,
 ``clip-norm`` (0 turns clipping off), ``aggregator``, ``mu``, ``partition``, ``alpha``, ``seed``,
-``loss``, ``test-size``; and ``reply-timeout`` (seconds a request may wait for a site),
+``loss``, ``test-size``, ``he-resolution`` and ``he-rounding`` (``--key-holder clients``: the
+packed encoding of every upload, which each party derives from the run config alone, as it derives
+the model; 0 is the default encoding); and ``reply-timeout`` (seconds a request may wait for a site),
 ``node-timeout`` (seconds to wait for every site's SuperNode), ``run-dir`` (where the ServerApp
 records metrics and, in HEM, the final model; empty for none). With ``--key-holder server`` (HEM)
 the ServerApp also reads ``server-key-dir`` (a directory *on the server's machine* holding the
@@ -85,7 +87,7 @@ __all__ = [
 _TRAIN_FIELDS = (
     "mode", "key_holder", "rounds", "clients", "fraction", "min_clients", "lr", "batch_size", "local_epochs",
     "clip_norm", "aggregator", "mu", "partition", "alpha", "seed", "loss", "test_size", "epsilon", "delta",
-    "dp_sample_rate", "dp_steps",
+    "dp_sample_rate", "dp_steps", "he_resolution", "he_rounding",
 )
 _TRAIN_DEFAULTS = TrainConfig()
 #: the run config keys of a torchhefl Flower app, with their defaults (TrainConfig's; a run config
@@ -163,6 +165,8 @@ class DeploymentSettings:
             fields[name] = _number(name, fields[name])
         # epsilon = 0 (the default) trains without DP; with a budget, the CLI's --epsilon defaults apply
         fields["epsilon"] = fields["epsilon"] or None
+        # he-resolution = 0 (the default): the default encoding
+        fields["he_resolution"] = _number("he_resolution", fields["he_resolution"]) or None
         if fields["epsilon"] is not None:
             if "lr" not in run_config:
                 fields["lr"] = DP_LR

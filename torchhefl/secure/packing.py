@@ -20,7 +20,7 @@ import numpy as np
 from torchhefl.secure.encoding import STATE_DICT_FIXED_POINT, FixedPoint
 
 __all__ = [
-    "MAG_BITS", "MAX_ABS_VALUE", "MAX_SLOT_BITS", "MAX_TOTAL_WEIGHT", "SCALE", "SLOT_BITS", "WEIGHT_BITS",
+    "MAG_BITS", "MAX_ABS_VALUE", "MAX_SLOT_BITS", "MAX_TOTAL_WEIGHT", "ROUNDINGS", "SCALE", "SLOT_BITS", "WEIGHT_BITS",
     "check_encoding", "pack", "precision", "slots_per_plaintext", "unpack",
 ]
 
@@ -35,6 +35,8 @@ SLOT_BITS = STATE_DICT_FIXED_POINT.slot_bits  # 62
 MAX_ABS_VALUE = STATE_DICT_FIXED_POINT.max_abs_value
 MAX_SLOT_BITS = 63
 """A slot's value and every weighted sum of it stay below 2^63: uint64 arithmetic, no carry."""
+ROUNDINGS = ("nearest", "stochastic")
+"""How floating values are rounded to the resolution: to the nearest step, or stochastically (unbiased)."""
 
 
 def check_encoding(fp: FixedPoint) -> FixedPoint:

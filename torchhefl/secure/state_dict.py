@@ -52,7 +52,6 @@ _DTYPES = {
 }
 _POWMOD_SECONDS_2048 = 6e-5
 _MODMUL_SECONDS_2048 = 6e-6
-_ROUNDINGS = ("nearest", "stochastic")
 
 
 def _encoding(public_key: PublicKey, fp: FixedPoint) -> dict:
@@ -194,8 +193,8 @@ class SecureStateDict(WireContainer):
         """
         check_public_key(public_key)
         fp = packing.check_encoding(precision)
-        if rounding not in _ROUNDINGS:
-            raise ValueError(f"rounding must be one of {', '.join(_ROUNDINGS)}, got {rounding!r}")
+        if rounding not in packing.ROUNDINGS:
+            raise ValueError(f"rounding must be one of {', '.join(packing.ROUNDINGS)}, got {rounding!r}")
         if coins is not None:
             if not isinstance(coins, CoinKey):
                 raise TypeError(f"coins must be a CoinKey (PrivateKey.coins()), not {type(coins).__name__}")

@@ -45,6 +45,9 @@ class Mode:
     signs: bool = False
     #: whether sites train on plaintext gradients (which can be clipped, and noised under ``--epsilon``)
     clips_gradients: bool = True
+    #: whether the sites' uploads are packed :class:`~torchhefl.secure.SecureStateDict` s, whose
+    #: encoding ``--he-resolution`` and ``--he-rounding`` set
+    packs_updates: bool = False
 
     #: the set-up requests (beyond standardisation) whose effect a site keeps for the rest of the
     #: run: a deployed site, rebuilt for every message, replays them into its new client
