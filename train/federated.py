@@ -10,8 +10,10 @@ import argparse
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
+from torchhefl.data import IMPUTE, IdentifierColumnWarning
 from torchhefl.exceptions import ConfigError, DataError, MalformedMessageError, ProtocolError
 from torchhefl.federated.config import DP_CLIP_NORM, DP_LR, LOSSES, PARTITIONS, TrainConfig
 from torchhefl.federated.modes import cli_modes, key_holders, mode_of
@@ -50,6 +52,13 @@ def _positive_int(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return v
+
+
+def _column_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated column names, got {text!r}")
+    return names
 
 
 _NO_CLIP = "none"
@@ -131,8 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="seeds the split, partitions, init and batches")
 
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=None, help="a CSV file (default: WDBC, bundled with scikit-learn)")
-    g.add_argument("--label", default=None, help="the CSV's label column (exactly two distinct values)")
+    g.add_argument("--data", default=None,
+                   help="a CSV file with a header row (default: WDBC, bundled with scikit-learn); text columns are "
+                        "one-hot encoded over the categories the sites share, identifier-like columns (id, *_id, "
+                        "integers unique per row) are left out with a warning")
+    g.add_argument("--label", default=None,
+                   help="the CSV's label column (exactly two distinct values, numbers or text)")
+    g.add_argument("--features", type=_column_list, default=None, metavar="A,B,...",
+                   help="use exactly these CSV columns as features (no identifier detection)")
+    g.add_argument("--drop", type=_column_list, default=None, metavar="A,B,...",
+                   help="leave these CSV columns out, keep the others (no identifier detection)")
+    g.add_argument("--impute", choices=IMPUTE, default=_DEFAULTS.impute,
+                   help="a missing number in the CSV: filled with the federated mean, or median (a summed "
+                        "histogram, within sd/1024), before standardisation; none: refuse it")
     g.add_argument("--test-size", type=float, default=_DEFAULTS.test_size, help="held-out share, stratified")
     g.add_argument("--partition", choices=PARTITIONS, default=_DEFAULTS.partition, help="how rows are spread over sites")
     g.add_argument("--alpha", type=float, default=_DEFAULTS.alpha, help="Dirichlet concentration for --partition dirichlet")
@@ -175,7 +195,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         aggregator=args.aggregator, mu=args.mu, partition=args.partition, alpha=args.alpha, seed=args.seed,
         loss=args.loss, test_size=args.test_size, epsilon=args.epsilon, delta=args.delta, data=args.data,
         label=args.label, dp_sample_rate=args.dp_sample_rate, dp_steps=args.dp_steps,
-        he_resolution=args.he_resolution, he_rounding=args.he_rounding,
+        he_resolution=args.he_resolution, he_rounding=args.he_rounding, features=args.features,
+        drop=args.drop, impute=args.impute,
     )
     if args.key_dir is not None:
         cfg.extra["key_dir"] = args.key_dir
@@ -231,6 +252,19 @@ def _run_name(cfg: TrainConfig) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{mode_of(cfg).label()}-seed{cfg.seed}"
 
 
+def _warning_line(prog: str):
+    """A ``warnings.showwarning`` that prints a data warning as one line on stderr, others as usual."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, IdentifierColumnWarning):
+            print(f"{prog}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -245,10 +279,13 @@ def main(argv: list[str] | None = None) -> int:
         from torchhefl.federated.simulation import run
 
         echo = None if args.quiet else print
-        summary = run(
-            cfg, run_dir, progress=not args.no_progress, echo=echo, checkpoint_dir=args.checkpoint_dir,
-            resume=args.resume is not None, max_message_bytes=args.max_message_bytes,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", IdentifierColumnWarning)
+            warnings.showwarning = _warning_line(parser.prog)
+            summary = run(
+                cfg, run_dir, progress=not args.no_progress, echo=echo, checkpoint_dir=args.checkpoint_dir,
+                resume=args.resume is not None, max_message_bytes=args.max_message_bytes,
+            )
     except (ConfigError, DataError, ProtocolError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2

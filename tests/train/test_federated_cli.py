@@ -17,7 +17,8 @@ def csv_dir(tmp_path):
     df["label"] = ["yes", "no"] * 20
     df.to_csv(tmp_path / "good.csv", index=False)
     bad = df.copy()
-    bad["b"] = ["x"] * 40
+    bad["b"] = bad["b"].astype(object)
+    bad.loc[7, "b"] = "x"  # a typo among numbers
     bad.to_csv(tmp_path / "text.csv", index=False)
     nan = df.copy()
     nan.loc[3, "a"] = np.nan
@@ -49,8 +50,15 @@ BASE = ["--mode", "plain", "--rounds", "1", "--no-progress", "--quiet"]
     "args, message",
     [
         (["--data", "{d}/missing.csv", "--label", "label"], "missing.csv"),
-        (["--data", "{d}/text.csv", "--label", "label"], "'b'"),
-        (["--data", "{d}/nan.csv", "--label", "label"], "NaN"),
+        (["--data", "{d}/text.csv", "--label", "label"], "feature column 'b' mixes numbers and text (e.g. 'x' in row 8)"),
+        (["--data", "{d}/nan.csv", "--label", "label", "--impute", "none"], "feature column 'a' has 1 missing (NaN) value"),
+        (["--data", "{d}/good.csv", "--label", "label", "--features", "a,zz,yy"], "unknown feature columns 'zz', 'yy'"),
+        (["--data", "{d}/good.csv", "--label", "label", "--drop", "zz"], "cannot drop unknown column 'zz'"),
+        (["--data", "{d}/good.csv", "--label", "label", "--features", "a", "--drop", "b"], "give --features or --drop, not both"),
+        (["--data", "{d}/good.csv", "--label", "label", "--features", "a,label"], "the label column 'label' cannot also be a feature"),
+        (["--data", "{d}/good.csv", "--label", "label", "--features", "a,,b"], "expected comma-separated column names"),
+        (["--features", "a"], "--features needs --data"),
+        (["--data", "{d}/good.csv", "--label", "label", "--impute", "mode"], "--impute"),
         (["--data", "{d}/inf.csv", "--label", "label"], "infinite"),
         (["--data", "{d}/one.csv", "--label", "label"], "exactly 2 distinct values, got 1"),
         (["--data", "{d}/three.csv", "--label", "label"], "exactly 2 distinct values, got 4"),

@@ -64,7 +64,7 @@ def train_test_split(dataset: Dataset, *, test_size: float = 0.2, seed: int = 0)
     """Split rows into a training and a held-out test set, stratified by label.
 
     Args:
-        dataset: the rows to split.
+        dataset: the rows to split (a :class:`Dataset`, or a raw :class:`~torchhefl.data.Table`).
         test_size: fraction of rows in the test set, in (0, 1). Default: ``0.2``.
         seed: seed of the shuffle; the same seed gives the same split. Default: ``0``.
 

@@ -8,11 +8,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from torchhefl.data.dataset import Dataset
+from torchhefl.data.reading import labels_of, read_frame, select_columns
 from torchhefl.exceptions import DataError
 
-__all__ = ["load_csv", "load_wdbc"]
-
-_MAX_LISTED = 8
+__all__ = ["check_finite", "load_csv", "load_wdbc"]
 
 
 def load_wdbc() -> Dataset:
@@ -33,17 +32,21 @@ def load_wdbc() -> Dataset:
     )
 
 
-def load_csv(path: str | os.PathLike, label: str, *, drop: Sequence[str] = ()) -> Dataset:
-    """Load a binary classification table from a CSV file with a header row.
+def load_csv(
+    path: str | os.PathLike, label: str, *, drop: Sequence[str] = (), features: Sequence[str] | None = None
+) -> Dataset:
+    """Load a binary classification table of numbers from a CSV file with a header row.
 
-    Every column other than ``label`` (and those in ``drop``) is a numeric feature. The label must
-    have exactly two distinct values; they are mapped to 0 and 1 in sorted order and reported in
-    ``Dataset.classes``.
+    Every column other than ``label`` (and those in ``drop``), or exactly the columns in
+    ``features``, is a numeric feature. The label must have exactly two distinct values; they are
+    mapped to 0 and 1 in sorted order and reported in ``Dataset.classes``. (For text columns,
+    missing values and identifier detection, see :func:`~torchhefl.data.load_table`.)
 
     Args:
         path: the CSV file.
         label: name of the label column.
         drop: columns to leave out (such as a row identifier). Default: ``()``.
+        features: the feature columns, in this order, instead of all but ``label``. Default: ``None``.
 
     Raises:
         DataError: with a one-line message naming the problem: a missing or unreadable file, no
@@ -52,81 +55,30 @@ def load_csv(path: str | os.PathLike, label: str, *, drop: Sequence[str] = ()) -
     """
     import pandas as pd
 
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise DataError(f"data file not found: {path}")
-    if not os.path.isfile(path):
-        raise DataError(f"data path is not a file: {path}")
-    try:
-        frame = pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        raise DataError(f"data file is empty: {path}") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"cannot read {path} as CSV: {reason}") from None
-    if len(frame) == 0:
-        raise DataError(f"data file has a header but no rows: {path}")
-
-    columns = [str(c) for c in frame.columns]
-    frame.columns = columns
-    if label not in columns:
-        raise DataError(f"label column {label!r} not found in {path}; available columns: {_listing(columns)}")
-    unknown = [c for c in drop if c not in columns]
-    if unknown:
-        raise DataError(f"cannot drop unknown column {unknown[0]!r}; available columns: {_listing(columns)}")
-    if label in drop:
-        raise DataError(f"cannot drop the label column {label!r}")
-
-    feature_names = [c for c in columns if c != label and c not in drop]
-    if not feature_names:
-        raise DataError(f"no feature columns in {path}: only the label column {label!r} is left")
-    features = frame[feature_names]
+    frame = read_frame(path)
+    feature_names = select_columns(frame, label, features=features, drop=drop, where=path)
+    features_frame = frame[feature_names]
 
     for name in feature_names:
-        column = features[name]
+        column = features_frame[name]
         if not (pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_complex_dtype(column)):
             numeric = pd.to_numeric(column, errors="coerce")
             bad = column[numeric.isna() & column.notna()]
             example = f" (e.g. {bad.iloc[0]!r} in row {bad.index[0] + 1})" if len(bad) else ""
             raise DataError(f"feature column {name!r} is not numeric{example}")
 
-    X = features.to_numpy(dtype=np.float64)
+    X = features_frame.to_numpy(dtype=np.float64)
     for j, name in enumerate(feature_names):
-        n_nan = int(np.isnan(X[:, j]).sum())
-        if n_nan:
-            raise DataError(f"feature column {name!r} has {n_nan} missing (NaN) value{'s' * (n_nan != 1)}")
-        n_inf = int(np.isinf(X[:, j]).sum())
-        if n_inf:
-            raise DataError(f"feature column {name!r} has {n_inf} infinite value{'s' * (n_inf != 1)}")
-
-    target = frame[label]
-    n_nan = int(target.isna().sum())
-    if n_nan:
-        raise DataError(f"label column {label!r} has {n_nan} missing (NaN) value{'s' * (n_nan != 1)}")
-    if pd.api.types.is_float_dtype(target):
-        n_inf = int(np.isinf(target.to_numpy()).sum())
-        if n_inf:
-            raise DataError(f"label column {label!r} has {n_inf} infinite value{'s' * (n_inf != 1)}")
-    values = _sorted_unique(target.to_numpy())
-    if len(values) != 2:
-        raise DataError(
-            f"label column {label!r} must have exactly 2 distinct values, got {len(values)}: {_listing(values, repr)}"
-        )
-    y = (target.to_numpy() == values[1]).astype(np.int64)
-    classes = tuple(v.item() if isinstance(v, np.generic) else v for v in values)
+        check_finite(name, X[:, j])
+    y, classes = labels_of(frame, label)
     return Dataset(X=X, y=y, feature_names=feature_names, label_name=label, classes=classes)
 
 
-def _sorted_unique(values: np.ndarray) -> list:
-    unique = list(dict.fromkeys(values.tolist()))
-    try:
-        return sorted(unique)
-    except TypeError:  # mixed types, e.g. numbers and strings in one column
-        return sorted(unique, key=lambda v: (type(v).__name__, str(v)))
-
-
-def _listing(items: Sequence, fmt=str) -> str:
-    shown = ", ".join(fmt(item) for item in items[:_MAX_LISTED])
-    if len(items) > _MAX_LISTED:
-        shown += f", ... ({len(items)} in total)"
-    return shown
+def check_finite(name: str, column: np.ndarray) -> None:
+    """Refuse a feature column holding NaN or infinite values, by name and count."""
+    n_nan = int(np.isnan(column).sum())
+    if n_nan:
+        raise DataError(f"feature column {name!r} has {n_nan} missing (NaN) value{'s' * (n_nan != 1)}")
+    n_inf = int(np.isinf(column).sum())
+    if n_inf:
+        raise DataError(f"feature column {name!r} has {n_inf} infinite value{'s' * (n_inf != 1)}")

@@ -6,6 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from torchhefl.data.encoding import IMPUTE
 from torchhefl.exceptions import ConfigError
 from torchhefl.federated.modes import key_holders, mode_of
 from torchhefl.secure.packing import ROUNDINGS
@@ -53,6 +54,12 @@ class TrainConfig:
     label: str | None = None
     he_resolution: float | None = None
     he_rounding: str = "nearest"
+    #: the CSV's feature columns (``None``: every column but the label, identifiers left out)
+    features: list[str] | None = None
+    #: CSV columns to leave out (``None``: none, identifiers left out)
+    drop: list[str] | None = None
+    #: how a missing number in the CSV is filled: the federated ``mean`` or ``median``, or ``none`` (refused)
+    impute: str = "mean"
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":
@@ -107,6 +114,17 @@ class TrainConfig:
             raise ConfigError("--epsilon needs a clipping bound: give --clip-norm a number, not 'none'")
         if (self.data is None) != (self.label is None):
             raise ConfigError("--data and --label go together: give both, or neither for WDBC")
+        _choice("impute", self.impute, IMPUTE)
+        for name in ("features", "drop"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if self.data is None:
+                raise ConfigError(f"--{name} needs --data: it chooses columns of your CSV (WDBC's are fixed)")
+            if not isinstance(value, list) or not all(isinstance(c, str) and c for c in value):
+                raise ConfigError(f"--{name} must be a list of column names, got {value!r}")
+        if self.features is not None and self.drop is not None:
+            raise ConfigError("give --features or --drop, not both: --features already names every column kept")
         return self
 
     def to_dict(self) -> dict:

@@ -18,7 +18,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchhefl.data import Dataset, load_csv, load_wdbc, partition_dirichlet, partition_iid, train_test_split
+from torchhefl.data import (
+    Dataset,
+    Table,
+    TableEncoder,
+    agree_encoding,
+    load_table,
+    load_wdbc,
+    partition_dirichlet,
+    partition_iid,
+    train_test_split,
+)
 from torchhefl.exceptions import ConfigError, DataError
 from torchhefl.federated.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from torchhefl.federated.client import Client
@@ -38,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ModeParts",
+    "Prepared",
     "Simulation",
     "build",
     "check_resume",
@@ -46,6 +57,7 @@ __all__ = [
     "make_client",
     "make_loss",
     "make_model",
+    "prepare",
     "round_line",
     "run",
     "site_name",
@@ -74,11 +86,58 @@ def make_model(config: TrainConfig, num_features: int) -> nn.Module:
     return LogisticRegression(num_features, dtype=torch.float64)
 
 
-def load_dataset(config: TrainConfig) -> Dataset:
-    """WDBC (bundled with scikit-learn), or the user's CSV with ``config.label`` as the label."""
+def load_dataset(config: TrainConfig) -> Dataset | Table:
+    """WDBC (bundled with scikit-learn), or the user's CSV with ``config.label`` as the label as a
+    raw :class:`~torchhefl.data.Table` (columns chosen by ``config.features`` / ``config.drop``,
+    identifier-like ones left out otherwise, with an
+    :class:`~torchhefl.data.IdentifierColumnWarning`), which the sites encode once it is split
+    (:func:`prepare`)."""
     if config.data is None:
         return load_wdbc()
-    return load_csv(config.data, config.label)
+    return load_table(config.data, config.label, features=config.features, drop=config.drop)
+
+
+@dataclass
+class Prepared:
+    """The data of a run once split and encoded: every party's rows as numbers."""
+
+    #: every row, encoded (for the run's description; no party holds it in a deployment)
+    dataset: Dataset
+    train: Dataset
+    test: Dataset
+    #: each site's training rows, indices into ``train``
+    parts: list
+    #: the encoding the sites agreed on (``None`` for a table of numbers given as a Dataset)
+    encoder: TableEncoder | None = None
+    #: identifier-like columns left out when the table was read
+    identifiers: tuple[str, ...] = ()
+
+
+def prepare(config: TrainConfig, data: Dataset | Table) -> Prepared:
+    """Split ``data`` (seeded, stratified), place the training rows on the sites, and, for a raw
+    :class:`~torchhefl.data.Table`, encode it as the sites agree (:func:`~torchhefl.data.agree_encoding`).
+
+    The agreement is computed from each site's own training rows only: each site's summary (its
+    category sets, its per-column non-missing counts, sums and sums of squares, its median
+    histogram) is made from its part, and only the summaries are combined, here, in-process. They
+    do not yet travel through the mode's statistics path (the exchanges' ``write_statistics``, as
+    the standardisation moments do, masked under the server's key), nor over Flower, whose sites
+    load their own numeric CSV with :func:`~torchhefl.data.load_csv`. The held-out rows are
+    encoded with the training sites' agreement (an unseen category: all zeros). The
+    standardisation that follows runs over the protocol as before, on the encoded, imputed values.
+    """
+    train, test = train_test_split(data, test_size=config.test_size, seed=config.seed)
+    if config.clients > len(train):
+        raise DataError(f"--clients {config.clients} is more than the {len(train)} training rows")
+    if config.partition == "iid":
+        parts = partition_iid(len(train), config.clients, seed=config.seed)
+    else:
+        parts = partition_dirichlet(train.y, config.clients, alpha=config.alpha, seed=config.seed)
+    if not isinstance(data, Table):
+        return Prepared(data, train, test, parts)
+    encoder = agree_encoding([train.subset(idx) for idx in parts], impute=config.impute)
+    return Prepared(encoder.transform(data), encoder.transform(train), encoder.transform(test), parts, encoder,
+                    data.identifiers)
 
 
 @dataclass
@@ -91,6 +150,8 @@ class Simulation:
     clients: list[Client]
     transport: InProcessTransport
     extras: dict = field(default_factory=dict)
+    #: the split and encoded data the parties were given
+    prepared: Prepared | None = None
 
     def run_round(self, server_round: int | None = None) -> RoundResult:
         """One round (:meth:`Server.run_round`), with the sites' own phase seconds added to its
@@ -129,10 +190,10 @@ def build(
     ``max_message_bytes`` bounds each client reply the server accepts.
     """
     config.validate()
-    data = dataset if dataset is not None else load_dataset(config)
-    train, test, parts = _split(config, data)
+    prepared = prepare(config, dataset if dataset is not None else load_dataset(config))
+    train, test, parts = prepared.train, prepared.test, prepared.parts
 
-    model = make_model(config, data.num_features)
+    model = make_model(config, train.num_features)
     initial = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
 
     mode = mode_of(config)
@@ -182,35 +243,24 @@ def build(
         max_message_bytes=max_message_bytes,
     )
     parts_of_mode.connect(server, clients)
-    return Simulation(config, data, server, clients, transport, extras=parts_of_mode.extras)
+    return Simulation(config, prepared.dataset, server, clients, transport, extras=parts_of_mode.extras,
+                      prepared=prepared)
 
 
 def site_data(config: TrainConfig, index: int, *, dataset: Dataset | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Site ``index``'s rows exactly as :func:`build` places them: ``(X, y, X_test, y_test)``.
 
-    ``X`` has shape ``(n, d)`` (raw features), ``y`` shape ``(n,)`` in {0, 1}; the test pair is the
+    ``X`` has shape ``(n, d)`` (encoded, not yet standardised), ``y`` shape ``(n,)`` in {0, 1}; the test pair is the
     site's share of the held-out set, the share it evaluates on when clients evaluate. For a
     deployment (one process per site) that reproduces the simulation's split.
     """
     config.validate()
     if not 0 <= index < config.clients:
         raise ConfigError(f"site index {index} is outside 0..{config.clients - 1}")
-    data = dataset if dataset is not None else load_dataset(config)
-    train, test, parts = _split(config, data)
-    idx, test_idx = parts[index], _test_parts(config, test)[index]
+    prepared = prepare(config, dataset if dataset is not None else load_dataset(config))
+    train, test = prepared.train, prepared.test
+    idx, test_idx = prepared.parts[index], _test_parts(config, test)[index]
     return train.X[idx], train.y[idx], test.X[test_idx], test.y[test_idx]
-
-
-def _split(config: TrainConfig, data: Dataset):
-    """The seeded train/test split and the training rows of each site."""
-    train, test = train_test_split(data, test_size=config.test_size, seed=config.seed)
-    if config.clients > len(train):
-        raise DataError(f"--clients {config.clients} is more than the {len(train)} training rows")
-    if config.partition == "iid":
-        parts = partition_iid(len(train), config.clients, seed=config.seed)
-    else:
-        parts = partition_dirichlet(train.y, config.clients, alpha=config.alpha, seed=config.seed)
-    return train, test, parts
 
 
 def _test_parts(config: TrainConfig, test: Dataset) -> list:
@@ -346,7 +396,7 @@ def run(
         },
     )
     final_state = sim.final_state()
-    summary = {"data": describe_dataset(sim.dataset, config), **summarize(last, totals, config.rounds)}
+    summary = {"data": describe_dataset(sim.dataset, config, sim.prepared), **summarize(last, totals, config.rounds)}
     summary.update(privacy_summary(config, last))
     if checkpoint is not None:
         summary["resumed_after"] = checkpoint.round
@@ -367,11 +417,11 @@ def check_resume(config: TrainConfig, saved: dict, saved_round: int) -> None:
     rounds left to run, more rounds for a DP run (its noise was calibrated for the rounds it
     planned), or an HE run without the key file it was trained with.
     """
-    now = config.to_dict()
+    now, defaults = config.to_dict(), type(config)().to_dict()
     for name in sorted(set(now) | set(saved)):
         if name in _RESUMABLE_CHANGES:
             continue
-        a, b = now.get(name), saved.get(name)
+        a, b = now.get(name), saved.get(name, defaults.get(name))  # a field newer than the run: its default
         if name == "extra":
             a = {k: v for k, v in (a or {}).items() if k not in _RESUMABLE_EXTRA_CHANGES}
             b = {k: v for k, v in (b or {}).items() if k not in _RESUMABLE_EXTRA_CHANGES}
@@ -394,8 +444,14 @@ def check_resume(config: TrainConfig, saved: dict, saved_round: int) -> None:
         )
 
 
-def describe_dataset(data: Dataset, config: TrainConfig) -> str:
-    """One line naming the data, its size and how the label was mapped to {0, 1}."""
+def describe_dataset(data: Dataset, config: TrainConfig, prepared: Prepared | None = None) -> str:
+    """One line naming the data, its size and how the label was mapped to {0, 1}; with
+    ``prepared``, also the identifier columns left out and what the encoding did."""
     source = "WDBC (scikit-learn)" if config.data is None else config.data
     mapping = ", ".join(f"{c} -> {i}" for i, c in enumerate(data.classes))
-    return f"data: {source}, {len(data)} rows, {data.num_features} features; label {data.label_name!r}: {mapping}"
+    line = f"data: {source}, {len(data)} rows, {data.num_features} features; label {data.label_name!r}: {mapping}"
+    if prepared is not None and prepared.identifiers:
+        line += "; left out " + ", ".join(repr(c) for c in prepared.identifiers)
+    if prepared is not None and prepared.encoder is not None and prepared.encoder.describe():
+        line += "; " + prepared.encoder.describe()
+    return line

@@ -1,0 +1,103 @@
+"""Your own table, as a new user brings it: the UCI-style WDBC file (an ``id`` column, ``diagnosis``
+as M/B), with a text column and a few missing values, trains with the default command and reaches
+the bundled data set's accuracy."""
+
+import csv
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.datasets import load_breast_cancer
+
+from torchhefl.data import IdentifierColumnWarning, Standardizer
+from torchhefl.federated.config import TrainConfig
+from torchhefl.federated.simulation import build
+from train.federated import main
+
+RUN = ["--rounds", "30", "--no-progress", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def uci_csv(tmp_path_factory):
+    """WDBC as the UCI file has it, plus a 3-valued text column and 10 missing cells."""
+    bunch = load_breast_cancer()
+    frame = pd.DataFrame(bunch.data, columns=bunch.feature_names)
+    rng = np.random.default_rng(0)
+    frame.insert(0, "id", rng.choice(np.arange(800_000, 100_000_000), size=len(frame), replace=False))
+    frame["diagnosis"] = np.where(bunch.target == 0, "M", "B")
+    frame["clinic"] = rng.choice(["north", "south", "east"], size=len(frame))
+    for cell in rng.choice(len(frame) * 30, size=10, replace=False):
+        frame.iat[cell // 30, 1 + cell % 30] = np.nan
+    path = tmp_path_factory.mktemp("uci") / "wdbc.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def _accuracy(run_dir):
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return float(list(csv.DictReader(f))[-1]["test_accuracy"])
+
+
+def _run(tmp_path, name, argv, capsys):
+    code = main(RUN + ["--logdir", str(tmp_path), "--run-name", name] + argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return tmp_path / name, captured
+
+
+@pytest.fixture(scope="module")
+def bundled_accuracy(tmp_path_factory):
+    """The bundled data set's default run, in plain mode (he-clients gives the same model)."""
+    run_dir = tmp_path_factory.mktemp("bundled")
+    assert main(RUN + ["--mode", "plain", "--logdir", str(run_dir), "--run-name", "wdbc"]) == 0
+    return _accuracy(run_dir / "wdbc")
+
+
+def test_the_uci_file_trains_with_the_id_left_out_and_the_bundled_accuracy(uci_csv, bundled_accuracy, tmp_path, capsys):
+    run_dir, out = _run(tmp_path, "uci", ["--mode", "plain", "--data", str(uci_csv), "--label", "diagnosis"], capsys)
+    warnings = [line for line in out.err.splitlines() if "warning" in line]
+    assert warnings == [
+        "python -m train.federated: warning: left out identifier-like column 'id' "
+        "(give --features or --drop to choose the columns yourself)"
+    ]
+    assert "33 features" in out.out and "left out 'id'" in out.out and "one-hot 'clinic' (3 categories)" in out.out
+    state = torch.load(run_dir / "model.pt")
+    assert next(iter(state.values())).shape[-1] == 33  # 30 measurements and 3 clinics: no id
+    accuracy = _accuracy(run_dir)
+    assert abs(accuracy - bundled_accuracy) <= 0.01, (accuracy, bundled_accuracy)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["impute"] == "mean" and config["features"] is None and config["drop"] is None
+
+
+def test_the_uci_file_under_the_sites_key_gives_the_plain_model(uci_csv, tmp_path, capsys):
+    base = ["--data", str(uci_csv), "--label", "diagnosis", "--impute", "median"]
+    plain, _ = _run(tmp_path, "plain", ["--mode", "plain"] + base, capsys)
+    he, _ = _run(tmp_path, "he", ["--mode", "he", "--key-holder", "clients", "--key-bits", "512",
+                                  "--allow-insecure-keys"] + base, capsys)
+    assert _accuracy(he) == _accuracy(plain)
+    for a, b in zip(torch.load(plain / "model.pt").values(), torch.load(he / "model.pt").values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_dropping_the_id_by_hand_warns_nothing_and_keeping_it_is_possible(uci_csv, tmp_path, capsys):
+    _, out = _run(tmp_path, "drop", ["--mode", "plain", "--rounds", "1", "--data", str(uci_csv), "--label", "diagnosis",
+                                     "--drop", "id,clinic"], capsys)
+    assert "warning" not in out.err and "30 features" in out.out
+    _, out = _run(tmp_path, "features", ["--mode", "plain", "--rounds", "1", "--data", str(uci_csv), "--label",
+                                         "diagnosis", "--features", "mean radius,clinic"], capsys)
+    assert "warning" not in out.err and "4 features" in out.out
+
+
+def test_standardisation_uses_the_imputed_values(uci_csv):
+    config = TrainConfig(mode="plain", data=str(uci_csv), label="diagnosis", impute="median")
+    with pytest.warns(IdentifierColumnWarning, match="'id'"):
+        sim = build(config)
+    sim.server.setup()
+    train = sim.prepared.train
+    assert not np.isnan(train.X).any()
+    expected = Standardizer.fit(train.X)  # the centralised fit on the imputed training rows
+    for client in sim.clients:
+        np.testing.assert_allclose(client.standardizer.mean, expected.mean, rtol=1e-10)
+        np.testing.assert_allclose(client.standardizer.scale, expected.scale, rtol=1e-10)
