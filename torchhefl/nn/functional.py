@@ -183,11 +183,17 @@ def step_curvature(X: torch.Tensor, y: torch.Tensor, *, proximal_mu: float = 0.0
     """``lambda_max`` of the Hessian of :func:`sgd_step`'s objective on one batch,
     ``X^T X / 4n + mu I`` (``X`` with a bias column, shape ``(n, d)``).
 
-    Read off the step itself: at ``lr = 1``, :func:`step_map`'s ``M`` is ``I - Hessian``.
+    Read off the step itself: at ``lr = 1``, :func:`step_map`'s ``M`` is ``I - Hessian``. Raises
+    ``OverflowError`` when the Hessian is not finite.
     """
     M, _, _ = step_map(X.to(torch.float64), y.to(torch.float64), lr=1.0, proximal_mu=proximal_mu)
     H = torch.eye(M.shape[0], dtype=torch.float64) - M
-    return float(torch.linalg.eigvalsh((H + H.T) * 0.5)[-1])
+    if not bool(torch.isfinite(H).all()):
+        raise OverflowError("the step's Hessian is not finite (an input or proximal_mu too large)")
+    try:
+        return float(torch.linalg.eigvalsh((H + H.T) * 0.5)[-1])
+    except torch.linalg.LinAlgError:  # too extreme to converge: Gershgorin's bound, an upper bound
+        return float(H.abs().sum(dim=1).max())
 
 
 def safe_lr(
