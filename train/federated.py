@@ -19,6 +19,7 @@ from torchhefl.federated.config import DP_CLIP_NORM, DP_LR, LOSSES, PARTITIONS, 
 from torchhefl.federated.modes import cli_modes, key_holders, mode_of
 from torchhefl.federated.server import DEFAULT_MAX_MESSAGE_BYTES
 from torchhefl.federated.strategies import STRATEGIES
+from torchhefl.nn.functional import SAFE_STEP
 from torchhefl.secure import strict_json
 from torchhefl.secure.packing import ROUNDINGS
 
@@ -68,6 +69,15 @@ def _clip_norm(text: str) -> float | str:
     if text.lower() == _NO_CLIP:
         return _NO_CLIP
     return _positive_float(text)
+
+
+def _step_limit(text: str) -> float | None:
+    if text.lower() == _NO_CLIP:
+        return None
+    v = _positive_float(text)
+    if v > 2.0:
+        raise argparse.ArgumentTypeError(f"must be at most 2 (a step is stable below lr * lambda_max = 2), got {text!r}")
+    return v
 
 
 def _clip_norm_of(args: argparse.Namespace) -> float | None:
@@ -132,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip-norm", type=_clip_norm, default=argparse.SUPPRESS,
                    help=f"gradient clipping bound (clip_grad_norm_; per sample with --epsilon), or 'none' (default: {_DEFAULTS.clip_norm}; {DP_CLIP_NORM} with --epsilon; "
                         "none with --key-holder server, where it cannot be set)")
+    g.add_argument("--hem-step-limit", type=_step_limit, default=SAFE_STEP, metavar="LIMIT",
+                   help="with --key-holder server: each site runs a local step at min(lr, LIMIT / lambda_max) of "
+                        "its batch's Taylor Hessian X^T X / 4n (+ mu), so no step can diverge (stable below 2); "
+                        "a number in (0, 2], or 'none' for the raw lr")
     g.add_argument("--aggregator", default=_DEFAULTS.aggregator, metavar="{" + ",".join(STRATEGIES) + "}",
                    help="aggregation strategy")
     g.add_argument("--mu", type=float, default=_DEFAULTS.mu, help="FedProx proximal coefficient")
@@ -202,6 +216,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         cfg.extra["key_dir"] = args.key_dir
     if args.allow_insecure_keys:
         cfg.extra["allow_insecure_keys"] = True
+    if args.hem_step_limit != SAFE_STEP:
+        cfg.extra["hem_step_limit"] = args.hem_step_limit
     return cfg.validate()
 
 
@@ -229,6 +245,8 @@ def resume_config(parser: argparse.ArgumentParser, argv: list[str], args: argpar
         flag = "--" + dest.replace("_", "-")
         if dest == "allow_insecure_keys":
             mine, theirs = True, bool(cfg.extra.get("allow_insecure_keys", False))
+        elif dest == "hem_step_limit":
+            mine, theirs = args.hem_step_limit, cfg.extra.get("hem_step_limit", SAFE_STEP)
         else:
             mine, theirs = getattr(asked, dest), getattr(cfg, dest)
         if mine != theirs:

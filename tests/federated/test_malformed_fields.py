@@ -32,7 +32,7 @@ def _sim(mode: str, setup: bool = True, **overrides):
     rng = np.random.default_rng(2)
     X = rng.normal(size=(120, 4)) * [1.0, 2.0, 0.5, 3.0]
     y = (X[:, 0] + 0.3 * rng.normal(size=120) > 0).astype(np.int64)
-    cfg = TrainConfig(rounds=1, key_bits=512, extra={"allow_insecure_keys": True}, **{**MODES[mode], **overrides})
+    cfg = TrainConfig(**{"rounds": 1, "key_bits": 512, "extra": {"allow_insecure_keys": True}, **MODES[mode], **overrides})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InsecureKeyWarning)
         sim = build(cfg, dataset=Dataset(X, y, ["a", "b", "c", "d"], "label"))
@@ -200,13 +200,20 @@ def test_a_site_refuses_a_model_of_other_shapes(mode):
         client.handle(_fit_request(sim, payload=payload))
 
 
-@pytest.mark.parametrize("mode", ["he-clients", "he-server"])
-def test_a_proximal_term_too_large_to_train_with_is_a_protocol_refusal(mode):
+@pytest.mark.parametrize("mode,limit", [("he-clients", None), ("he-server", None), ("he-server", "default")])
+def test_a_proximal_term_too_large_to_train_with_is_a_protocol_refusal(mode, limit):
     """A finite but huge ``proximal_mu`` made training overflow: OverflowError from the fixed-point
-    step (server-held key) or ValueError from encrypting a NaN model (sites' key)."""
-    sim = _sim(mode, clip_norm=None)  # clipping would keep the steps bounded
+    step (server-held key, without the safe step) or ValueError from encrypting a NaN model (sites'
+    key). With the server-key mode's safe step (its default) the step shrinks with the curvature,
+    ``mu`` included, so the site trains a bounded step instead of overflowing."""
+    extra = {} if mode != "he-server" or limit == "default" else {"hem_step_limit": None}
+    sim = _sim(mode, clip_norm=None, extra={"allow_insecure_keys": True, **extra})  # clipping would keep the steps bounded
+    request = _fit_request(sim, {"config": {"proximal_mu": 1e300}})
+    if limit == "default":
+        assert decode_request(sim.clients[0].handle(request)).kind in ("refresh_req", FIT_RES)
+        return
     with pytest.raises(ProtocolError, match="cannot (train round 1 on ciphertexts|send its round 1 update)"):
-        sim.clients[0].handle(_fit_request(sim, {"config": {"proximal_mu": 1e300}}))
+        sim.clients[0].handle(request)
 
 
 def test_a_non_finite_training_loss_is_left_out_of_the_reply():

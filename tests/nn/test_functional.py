@@ -141,3 +141,69 @@ def test_a_rounds_composed_map_is_its_twenty_steps(mu):
     torch.testing.assert_close(A @ other + B @ theta0 + c, theta, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="at least one batch"):
         compose_steps([], lr=0.1)
+
+
+# -- the curvature-safe step ----------------------------------------------------------------------
+def _radius(A: torch.Tensor) -> float:
+    return float(torch.linalg.eigvals(A).abs().max())
+
+
+def _ill_conditioned_batches(count=6, n=16, d=64, seed=5):
+    """Batches of strongly correlated rows (one common factor of unit size): ``lambda_max(X^T X / 4n)``
+    near ``d / 4``, so at lr 0.2 each raw step has ``lr * lambda_max`` near 3.2, above 2."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        f = torch.randint(0, 2, (n, 1), generator=g).to(torch.float64) * 2 - 1
+        X = f * torch.ones(1, d, dtype=torch.float64) + 0.1 * torch.randn(n, d, generator=g, dtype=torch.float64)
+        out.append((add_bias_column(X), (torch.rand(n, generator=g) < 0.5).double()))
+    return out
+
+
+@pytest.mark.parametrize("mu", [0.0, 0.3])
+def test_safe_step_is_stable_where_the_raw_step_is_not(mu):
+    from torchhefl.nn.functional import SAFE_STEP, compose_steps, safe_lr, step_curvature, step_map
+
+    batches = _ill_conditioned_batches()
+    lr = 0.2
+    X, y = batches[0]
+    H = X.T @ X / (4 * X.shape[0]) + mu * torch.eye(X.shape[1], dtype=torch.float64)
+    assert step_curvature(X, y, proximal_mu=mu) == pytest.approx(float(torch.linalg.eigvalsh(H)[-1]), rel=1e-12)
+    assert lr * step_curvature(X, y, proximal_mu=mu) > 2  # the raw step diverges ...
+    M_raw, _, c = step_map(X, y, lr=lr, proximal_mu=mu)
+    assert _radius(M_raw) > 1
+    safe = safe_lr(X, y, lr=lr, proximal_mu=mu)
+    assert safe < lr
+    assert safe * step_curvature(X, y, proximal_mu=mu) == pytest.approx(SAFE_STEP, rel=1e-12)
+    M, _, _ = step_map(X, y, lr=safe, proximal_mu=mu)
+    assert _radius(M) <= 1.0 + 1e-12  # ... the safe one does not
+    # a round: the raw composition grows, the safe one does not (A + B: the round from its start)
+    A, B, _ = compose_steps(batches, lr=lr, proximal_mu=mu)
+    assert _radius(A + B) > 1
+    A, B, _ = compose_steps(batches, lr=lr, proximal_mu=mu, limit=SAFE_STEP)
+    assert _radius(A + B) <= 1.0 + 1e-12
+    assert float(torch.linalg.matrix_norm(A, ord=2)) <= 1.0 + 1e-12
+
+
+def test_safe_step_equals_the_raw_step_where_that_is_safe():
+    from torchhefl.nn.functional import SAFE_STEP, compose_steps, safe_lr
+
+    g = torch.Generator().manual_seed(4)
+    batches = [
+        (add_bias_column(torch.randn(16, 30, generator=g, dtype=torch.float64)), (torch.rand(16, generator=g) < 0.5).double())
+        for _ in range(20)
+    ]
+    assert all(safe_lr(X, y, lr=0.1) == 0.1 for X, y in batches)
+    raw = compose_steps(batches, lr=0.1, proximal_mu=0.1)
+    safe = compose_steps(batches, lr=0.1, proximal_mu=0.1, limit=SAFE_STEP)
+    for a, b in zip(raw, safe):
+        assert torch.equal(a, b)
+
+
+def test_safe_lr_limit_must_keep_the_step_stable():
+    from torchhefl.nn.functional import safe_lr
+
+    X, y = _ill_conditioned_batches(count=1)[0]
+    for limit in (0.0, -1.0, 2.5):
+        with pytest.raises(ValueError, match=r"limit in \(0, 2\]"):
+            safe_lr(X, y, lr=0.1, limit=limit)

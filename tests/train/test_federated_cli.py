@@ -109,3 +109,19 @@ def test_no_traceback_from_the_real_command(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "nope.csv" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_hem_step_limit_goes_to_the_run_config_and_is_bounded(capsys):
+    from torchhefl.nn.functional import SAFE_STEP
+    from train.federated import build_parser, config_from_args
+
+    def config(*argv):
+        return config_from_args(build_parser().parse_args(["--mode", "he", "--key-holder", "server", *argv]))
+
+    assert "hem_step_limit" not in config().extra  # the default, SAFE_STEP, is not written out
+    assert config("--hem-step-limit", "1.5").extra["hem_step_limit"] == 1.5
+    assert config("--hem-step-limit", "none").extra["hem_step_limit"] is None
+    assert SAFE_STEP == 1.9
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--hem-step-limit", "2.5"])
+    assert "must be at most 2" in capsys.readouterr().err

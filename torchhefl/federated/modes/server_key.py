@@ -15,6 +15,7 @@ from torchhefl.federated.keyring import run_keypair
 from torchhefl.federated.modes.base import Mode, ModeParts, SiteParts
 from torchhefl.federated.server_key import CLIP_NORM_MESSAGE, ServerKeyClient, ServerKeyClientExchange, ServerKeyServerExchange, server_key_parts
 from torchhefl.federated.server_key.constants import KEYS_INS, PEERS_INS
+from torchhefl.federated.server_key.parts import step_limit_of
 from torchhefl.secure import PublicKey
 
 if TYPE_CHECKING:
@@ -62,9 +63,10 @@ class ServerKeyMode(Mode):
         return ServerKeyServerExchange(private_key, initial)
 
     def site(self, config: TrainConfig, *, key_dir: str | None, allow_insecure_keys: bool) -> SiteParts:
-        # hem_steps_per_product is a site's own choice (the server serves whatever refreshes it
-        # asks for), as in server_key_parts; a deployment's run config leaves it unset
+        # hem_steps_per_product and hem_step_limit are a site's own choice (the server serves
+        # whatever refreshes it asks for), as in server_key_parts; a deployment's run config leaves them unset
         exchange = ServerKeyClientExchange(
             allow_insecure=allow_insecure_keys, steps_per_product=config.extra.get("hem_steps_per_product"),
+            step_limit=step_limit_of(config),
         )
         return SiteParts(exchange, ServerKeyClient)

@@ -2,7 +2,9 @@
 
 A site never sees a plaintext weight: it runs its local SGD steps on the ciphertexts with the
 Taylor gradient (Eq 13, :func:`~torchhefl.federated.server_key.step.apply_step`), the same batches
-as plain mode, no clipping (there is no plaintext gradient to clip). When the next step would leave
+as plain mode, no clipping (there is no plaintext gradient to clip). Each step is kept stable by
+the site's own data instead: it runs at its batch's curvature-safe learning rate
+(:func:`~torchhefl.nn.functional.safe_lr`), which the site computes from its batch and keeps. When the next step would leave
 no room for a blinding mask, it refreshes its weights through the server
 (:mod:`torchhefl.secure.refresh`); before upload it refreshes once more to the common base scale. A
 refresh is server-driven, so it runs over transports where only the server sends requests
@@ -59,7 +61,7 @@ from torchhefl.federated.server_key.statistics import (
     setup_key_bytes,
 )
 from torchhefl.federated.server_key.step import apply_map, map_fits
-from torchhefl.nn.functional import add_bias_column, compose_steps
+from torchhefl.nn.functional import SAFE_STEP, add_bias_column, compose_steps
 from torchhefl.secure import EncryptedTensor, PublicKey, strict_json, wire
 from torchhefl.secure.encoding import quantize
 from torchhefl.secure.identity import Roster, SiteIdentity
@@ -83,6 +85,15 @@ class ServerKeyClientExchange(ClientExchange):
         steps_per_product: compose at most this many local steps into one plaintext @ ciphertext
             product (default: all the steps of a round that fit, usually one product per round;
             1 runs one product per step).
+        step_limit: the largest ``lr * lambda_max(batch Hessian)`` a local step takes
+            (:func:`~torchhefl.nn.functional.safe_lr`), in ``(0, 2]``; ``None`` takes every step at
+            the run's ``lr``, stable or not. Default: :data:`~torchhefl.nn.functional.SAFE_STEP`.
+
+    The safe step is a site's own choice and stays on the site: its effective learning rates are
+    never sent. The server sees only the aggregate of the updates, as before; that the aggregate
+    moved less along a stiff direction than ``lr`` would have moved it tells the server no more than
+    the update itself does (it is a function of the same batches, and a step that needed the cap
+    would otherwise have blown up in plain view).
     """
 
     def __init__(
@@ -93,12 +104,17 @@ class ServerKeyClientExchange(ClientExchange):
         value_bits: int = VALUE_BITS,
         base_scale: int = BASE_SCALE,
         steps_per_product: int | None = None,
+        step_limit: float | None = SAFE_STEP,
     ) -> None:
         super().__init__()
+        if step_limit is not None and not (isinstance(step_limit, (int, float)) and 0.0 < step_limit <= 2.0):
+            raise ConfigError(f"step_limit must be a number in (0, 2] (or None), got {step_limit!r}")
         self.allow_insecure = allow_insecure
         self.step_bits, self.value_bits, self.base_scale = step_bits, value_bits, base_scale
         #: the most local steps composed into one product (``None``: a whole round, the default)
         self.steps_per_product = steps_per_product
+        #: the largest ``lr * lambda_max`` of a local step (``None``: no cap)
+        self.step_limit = step_limit
         self.public_key: PublicKey | None = None
         self.masker: PairwiseMasker | None = None
         self.secagg: SecAggSite | None = None
@@ -455,14 +471,15 @@ class ServerKeyClient(Client):
 
     def _next_product(self, batches: list, c: Continuation):
         """``(end, (A, B, b))``: the steps ``c.step .. end`` composed into one affine map
-        (:func:`~torchhefl.nn.functional.compose_steps`), the longest run from ``c.step`` that fits
-        the fixed point (at most the exchange's ``steps_per_product``)."""
+        (:func:`~torchhefl.nn.functional.compose_steps`, each step at its batch's safe learning
+        rate under the exchange's ``step_limit``), the longest run from ``c.step`` that fits the
+        fixed point (at most the exchange's ``steps_per_product``)."""
         ex = self.exchange
         cap = len(batches) if ex.steps_per_product is None else min(len(batches), c.step + ex.steps_per_product)
         data = [(add_bias_column(self.X[idx]), self.y[idx]) for idx in batches[c.step : cap]]
 
         def composed(k: int):
-            return compose_steps(data[:k], lr=self.lr, proximal_mu=c.proximal_mu)
+            return compose_steps(data[:k], lr=self.lr, proximal_mu=c.proximal_mu, limit=ex.step_limit)
 
         k = len(data)
         maps = composed(k)
