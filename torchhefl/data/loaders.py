@@ -1,4 +1,4 @@
-"""Loaders: the Wisconsin Diagnostic Breast Cancer data and a user's CSV table."""
+"""Loaders: the Wisconsin Diagnostic Breast Cancer data, the 8x8 digits, and a user's CSV table."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 from torchhefl.data.dataset import Dataset
 from torchhefl.exceptions import DataError
 
-__all__ = ["load_csv", "load_wdbc"]
+__all__ = ["load_csv", "load_digits", "load_wdbc"]
 
 _MAX_LISTED = 8
 
@@ -33,12 +33,30 @@ def load_wdbc() -> Dataset:
     )
 
 
+def load_digits() -> Dataset:
+    """The 8x8 handwritten digits from scikit-learn's bundled copy (no download).
+
+    1797 rows, 64 features (pixel intensities 0-16, some columns constant 0), 10 classes: label
+    ``k`` is the digit ``k``.
+    """
+    from sklearn.datasets import load_digits as _sk_load_digits
+
+    bunch = _sk_load_digits()
+    return Dataset(
+        X=np.asarray(bunch.data, dtype=np.float64),
+        y=np.asarray(bunch.target, dtype=np.int64),
+        feature_names=[str(name) for name in bunch.feature_names],
+        label_name="digit",
+        classes=tuple(int(k) for k in bunch.target_names),
+    )
+
+
 def load_csv(path: str | os.PathLike, label: str, *, drop: Sequence[str] = ()) -> Dataset:
-    """Load a binary classification table from a CSV file with a header row.
+    """Load a classification table from a CSV file with a header row.
 
     Every column other than ``label`` (and those in ``drop``) is a numeric feature. The label must
-    have exactly two distinct values; they are mapped to 0 and 1 in sorted order and reported in
-    ``Dataset.classes``.
+    have at least two distinct values; they are mapped to 0, 1, ... in sorted order and reported in
+    ``Dataset.classes`` (two values make a binary table).
 
     Args:
         path: the CSV file.
@@ -48,7 +66,7 @@ def load_csv(path: str | os.PathLike, label: str, *, drop: Sequence[str] = ()) -
     Raises:
         DataError: with a one-line message naming the problem: a missing or unreadable file, no
             rows, an unknown column, a non-numeric feature column, NaN or infinite values, or a
-            label without exactly two classes.
+            label with fewer than two classes.
     """
     import pandas as pd
 
@@ -108,11 +126,12 @@ def load_csv(path: str | os.PathLike, label: str, *, drop: Sequence[str] = ()) -
         if n_inf:
             raise DataError(f"label column {label!r} has {n_inf} infinite value{'s' * (n_inf != 1)}")
     values = _sorted_unique(target.to_numpy())
-    if len(values) != 2:
+    if len(values) < 2:
         raise DataError(
-            f"label column {label!r} must have exactly 2 distinct values, got {len(values)}: {_listing(values, repr)}"
+            f"label column {label!r} must have at least 2 distinct values, got {len(values)}: {_listing(values, repr)}"
         )
-    y = (target.to_numpy() == values[1]).astype(np.int64)
+    index = {v: i for i, v in enumerate(values)}
+    y = np.array([index[v] for v in target.to_numpy().tolist()], dtype=np.int64)
     classes = tuple(v.item() if isinstance(v, np.generic) else v for v in values)
     return Dataset(X=X, y=y, feature_names=feature_names, label_name=label, classes=classes)
 
