@@ -1,4 +1,4 @@
-"""python -m train.federated: federated training on WDBC (or your CSV), plaintext or Paillier-protected.
+"""python -m train.federated: federated training on WDBC (or the digits, or your CSV), plaintext or Paillier-protected.
 
 With no arguments: WDBC, 3 sites, HE mode with the key held by the sites, 2048-bit keys, 30 rounds.
 Writes LOGDIR/RUN_NAME/ with TensorBoard events, metrics.csv, timings.csv, config.json and model.pt.
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from torchhefl.exceptions import ConfigError, DataError, MalformedMessageError, ProtocolError
-from torchhefl.federated.config import DP_CLIP_NORM, DP_LR, LOSSES, PARTITIONS, TrainConfig
+from torchhefl.federated.config import BUILTIN_DATA, DP_CLIP_NORM, DP_LR, LOSSES, MODELS, PARTITIONS, TrainConfig
 from torchhefl.federated.modes import cli_modes, key_holders, mode_of
 from torchhefl.federated.server import DEFAULT_MAX_MESSAGE_BYTES
 from torchhefl.federated.strategies import STRATEGIES
@@ -53,6 +53,16 @@ def _positive_int(text: str) -> int:
 
 
 _NO_CLIP = "none"
+
+
+def _hidden(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer sizes such as 64,32, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"layer sizes must be positive integers, got {text!r}")
+    return sizes
 
 
 def _clip_norm(text: str) -> float | str:
@@ -110,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dp-steps", type=int, default=_DEFAULTS.dp_steps,
                    help="with --epsilon: DP-SGD steps per site per round (replaces --batch-size/--local-epochs)")
 
+    g = p.add_argument_group("model")
+    g.add_argument("--model", choices=MODELS, default=_DEFAULTS.model,
+                   help="logreg: logistic regression (softmax regression when the data has more than 2 classes); "
+                        "mlp: a multi-layer perceptron with ReLU (--hidden). --key-holder server takes only binary logreg")
+    g.add_argument("--hidden", type=_hidden, default=None, metavar="N[,N...]",
+                   help="with --model mlp: the hidden layer sizes, comma-separated "
+                        f"(default: {','.join(map(str, _DEFAULTS.hidden))})")
+
     g = p.add_argument_group("training")
     g.add_argument("--rounds", type=int, default=_DEFAULTS.rounds, help="global rounds")
     g.add_argument("--clients", type=int, default=_DEFAULTS.clients, help="number of sites")
@@ -127,12 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="aggregation strategy")
     g.add_argument("--mu", type=float, default=_DEFAULTS.mu, help="FedProx proximal coefficient")
     g.add_argument("--loss", choices=LOSSES, default=_DEFAULTS.loss,
-                   help="taylor: the paper's Taylor approximation (Eq 12); bce: exact logistic loss")
+                   help="taylor: the paper's Taylor approximation (Eq 12); bce: exact logistic loss "
+                        "(binary data; more than 2 classes always train with cross-entropy)")
     g.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="seeds the split, partitions, init and batches")
 
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=None, help="a CSV file (default: WDBC, bundled with scikit-learn)")
-    g.add_argument("--label", default=None, help="the CSV's label column (exactly two distinct values)")
+    g.add_argument("--data", default=None,
+                   help=f"a CSV file, or one of {', '.join(BUILTIN_DATA)} (bundled with scikit-learn; digits: 8x8 "
+                        "images, 64 features, 10 classes). Default: WDBC")
+    g.add_argument("--label", default=None,
+                   help="the CSV's label column (two or more distinct values, mapped to 0, 1, ... in sorted order)")
     g.add_argument("--test-size", type=float, default=_DEFAULTS.test_size, help="held-out share, stratified")
     g.add_argument("--partition", choices=PARTITIONS, default=_DEFAULTS.partition, help="how rows are spread over sites")
     g.add_argument("--alpha", type=float, default=_DEFAULTS.alpha, help="Dirichlet concentration for --partition dirichlet")
@@ -175,8 +197,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         aggregator=args.aggregator, mu=args.mu, partition=args.partition, alpha=args.alpha, seed=args.seed,
         loss=args.loss, test_size=args.test_size, epsilon=args.epsilon, delta=args.delta, data=args.data,
         label=args.label, dp_sample_rate=args.dp_sample_rate, dp_steps=args.dp_steps,
-        he_resolution=args.he_resolution, he_rounding=args.he_rounding,
+        he_resolution=args.he_resolution, he_rounding=args.he_rounding, model=args.model,
+        hidden=list(_DEFAULTS.hidden) if args.hidden is None else args.hidden,
     )
+    if args.hidden is not None and args.model != "mlp":
+        raise ConfigError(f"--hidden sets the layers of --model mlp; this run's model is {args.model}")
     if args.key_dir is not None:
         cfg.extra["key_dir"] = args.key_dir
     if args.allow_insecure_keys:
@@ -256,13 +281,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
     print(summary["data"])
+    multiclass = "test_count_0" in summary
+    auc, f1 = ("one-vs-rest AUC", "macro F1") if multiclass else ("AUC", "F1")
     line = (
         f"done: {summary['rounds']} rounds, test accuracy {summary['test_accuracy']:.4f}, "
-        f"AUC {summary['test_auc']:.4f}, F1 {summary['test_f1']:.4f}; "
+        f"{auc} {summary['test_auc']:.4f}, {f1} {summary['test_f1']:.4f}; "
         f"{summary['bytes_up'] / 1e6:.2f} MB up, {summary['bytes_down'] / 1e6:.2f} MB down, "
         f"{summary['seconds']:.1f} s"
     )
     print(line)
+    if multiclass:
+        classes = range(sum(k.startswith("test_count_") for k in summary))
+        print("test rows per class:  " + " ".join(f"{k}:{summary[f'test_count_{k}']:.0f}" for k in classes))
+        print("predicted per class:  " + " ".join(f"{k}:{summary[f'test_predicted_{k}']:.0f}" for k in classes))
     if "privacy" in summary:
         print(summary["privacy"])
     print(f"run folder: {summary['run_dir']}  (tensorboard --logdir {run_dir.parent})")
