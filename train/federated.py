@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", choices=MODELS, default=_DEFAULTS.model,
                    help="logreg: logistic regression (softmax regression when the data has more than 2 classes); "
                         "mlp: a multi-layer perceptron with ReLU (--hidden). --key-holder server takes only binary logreg")
-    g.add_argument("--hidden", type=_hidden, default=None, metavar="N[,N...]",
+    g.add_argument("--hidden", type=_hidden, default=argparse.SUPPRESS, metavar="N[,N...]",
                    help="with --model mlp: the hidden layer sizes, comma-separated "
                         f"(default: {','.join(map(str, _DEFAULTS.hidden))})")
 
@@ -198,9 +198,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         loss=args.loss, test_size=args.test_size, epsilon=args.epsilon, delta=args.delta, data=args.data,
         label=args.label, dp_sample_rate=args.dp_sample_rate, dp_steps=args.dp_steps,
         he_resolution=args.he_resolution, he_rounding=args.he_rounding, model=args.model,
-        hidden=list(_DEFAULTS.hidden) if args.hidden is None else args.hidden,
+        hidden=getattr(args, "hidden", list(_DEFAULTS.hidden)),
     )
-    if args.hidden is not None and args.model != "mlp":
+    if hasattr(args, "hidden") and args.model != "mlp":
         raise ConfigError(f"--hidden sets the layers of --model mlp; this run's model is {args.model}")
     if args.key_dir is not None:
         cfg.extra["key_dir"] = args.key_dir
