@@ -1,4 +1,4 @@
-"""python -m train.federated: federated training on WDBC (or your CSV), plaintext or Paillier-protected.
+"""python -m train.federated: federated training on WDBC (or the digits, or your CSV), plaintext or Paillier-protected.
 
 With no arguments: WDBC, 3 sites, HE mode with the key held by the sites, 2048-bit keys, 30 rounds.
 Writes LOGDIR/RUN_NAME/ with TensorBoard events, metrics.csv, timings.csv, config.json and model.pt.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torchhefl.data import IMPUTE, IdentifierColumnWarning
 from torchhefl.exceptions import ConfigError, DataError, MalformedMessageError, ProtocolError
-from torchhefl.federated.config import DP_CLIP_NORM, DP_LR, LOSSES, PARTITIONS, TrainConfig
+from torchhefl.federated.config import BUILTIN_DATA, DP_CLIP_NORM, DP_LR, LOSSES, MODELS, PARTITIONS, TrainConfig
 from torchhefl.federated.modes import cli_modes, key_holders, mode_of
 from torchhefl.federated.server import DEFAULT_MAX_MESSAGE_BYTES
 from torchhefl.federated.strategies import STRATEGIES
@@ -63,6 +63,16 @@ def _column_list(text: str) -> list[str]:
 
 
 _NO_CLIP = "none"
+
+
+def _hidden(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer sizes such as 64,32, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"layer sizes must be positive integers, got {text!r}")
+    return sizes
 
 
 def _clip_norm(text: str) -> float | str:
@@ -129,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dp-steps", type=int, default=_DEFAULTS.dp_steps,
                    help="with --epsilon: DP-SGD steps per site per round (replaces --batch-size/--local-epochs)")
 
+    g = p.add_argument_group("model")
+    g.add_argument("--model", choices=MODELS, default=_DEFAULTS.model,
+                   help="logreg: logistic regression (softmax regression when the data has more than 2 classes); "
+                        "mlp: a multi-layer perceptron with ReLU (--hidden). --key-holder server takes only binary logreg")
+    g.add_argument("--hidden", type=_hidden, default=argparse.SUPPRESS, metavar="N[,N...]",
+                   help="with --model mlp: the hidden layer sizes, comma-separated "
+                        f"(default: {','.join(map(str, _DEFAULTS.hidden))})")
+
     g = p.add_argument_group("training")
     g.add_argument("--rounds", type=int, default=_DEFAULTS.rounds, help="global rounds")
     g.add_argument("--clients", type=int, default=_DEFAULTS.clients, help="number of sites")
@@ -150,16 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="aggregation strategy")
     g.add_argument("--mu", type=float, default=_DEFAULTS.mu, help="FedProx proximal coefficient")
     g.add_argument("--loss", choices=LOSSES, default=_DEFAULTS.loss,
-                   help="taylor: the paper's Taylor approximation (Eq 12); bce: exact logistic loss")
+                   help="taylor: the paper's Taylor approximation (Eq 12); bce: exact logistic loss "
+                        "(binary data; more than 2 classes always train with cross-entropy)")
     g.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="seeds the split, partitions, init and batches")
 
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None,
-                   help="a CSV file with a header row (default: WDBC, bundled with scikit-learn); text columns are "
+                   help=f"a CSV file with a header row, or one of {', '.join(BUILTIN_DATA)} (bundled with scikit-learn; "
+                        "digits: 8x8 images, 64 features, 10 classes; default: WDBC); text columns are "
                         "one-hot encoded over the categories the sites share, identifier-like columns (id, *_id, "
                         "integers unique per row) are left out with a warning")
     g.add_argument("--label", default=None,
-                   help="the CSV's label column (exactly two distinct values, numbers or text)")
+                   help="the CSV's label column (two or more distinct values, numbers or text, mapped to 0, 1, ... in sorted order)")
     g.add_argument("--features", type=_column_list, default=None, metavar="A,B,...",
                    help="use exactly these CSV columns as features (no identifier detection)")
     g.add_argument("--drop", type=_column_list, default=None, metavar="A,B,...",
@@ -210,8 +230,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         loss=args.loss, test_size=args.test_size, epsilon=args.epsilon, delta=args.delta, data=args.data,
         label=args.label, dp_sample_rate=args.dp_sample_rate, dp_steps=args.dp_steps,
         he_resolution=args.he_resolution, he_rounding=args.he_rounding, features=args.features,
-        drop=args.drop, impute=args.impute,
+        drop=args.drop, impute=args.impute, model=args.model,
+        hidden=getattr(args, "hidden", list(_DEFAULTS.hidden)),
     )
+    if hasattr(args, "hidden") and args.model != "mlp":
+        raise ConfigError(f"--hidden sets the layers of --model mlp; this run's model is {args.model}")
     if args.key_dir is not None:
         cfg.extra["key_dir"] = args.key_dir
     if args.allow_insecure_keys:
@@ -311,13 +334,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
     print(summary["data"])
+    multiclass = "test_count_0" in summary
+    auc, f1 = ("one-vs-rest AUC", "macro F1") if multiclass else ("AUC", "F1")
     line = (
         f"done: {summary['rounds']} rounds, test accuracy {summary['test_accuracy']:.4f}, "
-        f"AUC {summary['test_auc']:.4f}, F1 {summary['test_f1']:.4f}; "
+        f"{auc} {summary['test_auc']:.4f}, {f1} {summary['test_f1']:.4f}; "
         f"{summary['bytes_up'] / 1e6:.2f} MB up, {summary['bytes_down'] / 1e6:.2f} MB down, "
         f"{summary['seconds']:.1f} s"
     )
     print(line)
+    if multiclass:
+        classes = range(sum(k.startswith("test_count_") for k in summary))
+        print("test rows per class:  " + " ".join(f"{k}:{summary[f'test_count_{k}']:.0f}" for k in classes))
+        print("predicted per class:  " + " ".join(f"{k}:{summary[f'test_predicted_{k}']:.0f}" for k in classes))
     if "privacy" in summary:
         print(summary["privacy"])
     print(f"run folder: {summary['run_dir']}  (tensorboard --logdir {run_dir.parent})")

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from torchhefl.data import Dataset, load_csv, load_wdbc, train_test_split
+from torchhefl.data import Dataset, load_csv, load_digits, load_wdbc, train_test_split
 from torchhefl.exceptions import ConfigError, DataError
 
 
@@ -147,14 +147,26 @@ def test_infinite_label(tmp_path):
 
 
 def test_one_class_label(tmp_path):
-    with pytest.raises(DataError, match=r"^label column 'y' must have exactly 2 distinct values, got 1: 1$"):
+    with pytest.raises(DataError, match=r"^label column 'y' must have at least 2 distinct values, got 1: 1$"):
         load_csv(_write(tmp_path, "a,y\n1,1\n2,1\n"), "y")
 
 
-def test_three_class_label(tmp_path):
-    path = _write(tmp_path, "a,y\n1,cat\n2,dog\n3,bird\n4,cat\n")
-    with pytest.raises(DataError, match=r"^label column 'y' must have exactly 2 distinct values, got 3: 'bird', 'cat', 'dog'$"):
-        load_csv(path, "y")
+def test_three_class_label_maps_sorted_values(tmp_path):
+    data = load_csv(_write(tmp_path, "a,y\n1,cat\n2,dog\n3,bird\n4,cat\n"), "y")
+    assert data.classes == ("bird", "cat", "dog") and data.num_classes == 3
+    assert data.y.tolist() == [1, 2, 0, 1]
+
+
+def test_digits():
+    data = load_digits()
+    assert (len(data), data.num_features, data.num_classes) == (1797, 64, 10)
+    assert data.classes == tuple(range(10)) and sorted(set(data.y.tolist())) == list(range(10))
+    assert (data.X.std(axis=0) == 0).any()  # constant pixel columns, which the standardiser must take
+
+
+def test_stratified_split_keeps_every_class():
+    train, test = train_test_split(load_digits(), test_size=0.2, seed=0)
+    assert np.bincount(test.y, minlength=10).min() >= 30 and len(test) == 360
 
 
 def test_drop_errors(tmp_path):
@@ -184,6 +196,10 @@ def test_dataset_checks():
         Dataset(np.zeros(3), np.zeros(3, dtype=int), ["a"], "y")
     with pytest.raises(DataError, match="^y must hold only the labels 0 and 1$"):
         Dataset(X, np.array([0, 1, 2]), ["a", "b"], "y")
+    with pytest.raises(DataError, match="^y must hold only the labels 0 to 2$"):
+        Dataset(X, np.array([0, 1, 3]), ["a", "b"], "y", classes=("a", "b", "c"))
+    with pytest.raises(DataError, match="^classes must name at least 2 label values, got 1$"):
+        Dataset(X, np.zeros(3, dtype=int), ["a", "b"], "y", classes=("a",))
     with pytest.raises(DataError, match="^got 1 feature names for 2 feature columns$"):
         Dataset(X, np.zeros(3, dtype=int), ["a"], "y")
 

@@ -782,3 +782,13 @@ def test_certificates(tmp_path):
     assert isinstance(ca.public_key(), ec.EllipticCurvePublicKey)
     with pytest.raises(ValueError, match="days must be at least 1"):
         generate_certificates(tmp_path, days=0)
+
+
+def test_a_site_refuses_multiclass_data(tmp_path):
+    """A deployment's server builds a binary model from the hello (features, no classes): a site with
+    more than 2 classes refuses to start rather than train a binary model on them."""
+    config = DeploymentSettings.from_run_config({"clients": SITES, "mode": "plain"}).config
+    path = tmp_path / "three.csv"
+    path.write_text("a,b,y\n" + "".join(f"{i},{i % 5},{'xyz'[i % 3]}\n" for i in range(30)))
+    with pytest.raises(ConfigError, match="^the data has 3 classes, but a Flower deployment trains binary models only"):
+        Site(config, {"partition-id": 0, "num-partitions": SITES, "data": str(path), "label": "y"})

@@ -229,3 +229,46 @@ def test_set_flat_rejects_wrong_shape():
         LogisticRegression(3).set_flat(torch.zeros(3))
     with pytest.raises(ValueError, match=r"set_flat expects a vector of shape \(3,\), got \(1, 3\)"):
         LogisticRegression(3, bias=False).set_flat(torch.zeros(1, 3))
+
+
+# ---------------------------------------------------------------------------------------- MLP
+
+
+def test_mlp_shapes_and_layers():
+    from torchhefl.nn import MLP
+
+    x = torch.randn(5, 8, dtype=torch.float64)
+    multi = MLP(8, hidden=(6, 4), num_classes=3, dtype=torch.float64)
+    assert multi(x).shape == (5, 3)
+    assert [tuple(p.shape) for p in multi.parameters()] == [(6, 8), (6,), (4, 6), (4,), (3, 4), (3,)]
+    binary = MLP(8, hidden=(6,), dtype=torch.float64)
+    assert binary(x).shape == (5,)  # one squeezed logit, as LogisticRegression gives
+    nn.BCEWithLogitsLoss()(binary(x), torch.ones(5, dtype=torch.float64)).backward()
+    assert "hidden=(6,)" in repr(binary)
+
+
+def test_mlp_is_relu_between_linears():
+    from torchhefl.nn import MLP
+
+    model = MLP(3, hidden=(2,), num_classes=4, dtype=torch.float64)
+    x = torch.randn(7, 3, dtype=torch.float64)
+    first, last = model.layers[0], model.layers[2]
+    torch.testing.assert_close(model(x), last(torch.relu(first(x))))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"in_features": 0}, "in_features must be a positive integer"),
+        ({"in_features": 3, "hidden": ()}, "hidden must be one or more positive integers"),
+        ({"in_features": 3, "hidden": (4, 0)}, "hidden must be one or more positive integers"),
+        ({"in_features": 3, "num_classes": 1}, "num_classes must be an integer of at least 2"),
+    ],
+)
+def test_mlp_rejects_bad_sizes(kwargs, message):
+    from torchhefl.nn import MLP
+
+    with pytest.raises(ValueError, match=message):
+        MLP(**kwargs)
+    with pytest.raises(ValueError, match="MLP expects inputs with 3 features"):
+        MLP(3)(torch.randn(2, 4))

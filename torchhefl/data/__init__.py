@@ -1,4 +1,4 @@
-"""Data for torchhefl: loaders (WDBC, CSV), the stratified split, client partitions, the federated
+"""Data for torchhefl: loaders (WDBC, digits, CSV), the stratified split, client partitions, the federated
 encoding of a user's table (identifiers, one-hot vocabulary, imputation) and federated
 standardisation. Plain NumPy; nothing here imports torch or the cryptographic layer."""
 
@@ -13,7 +13,7 @@ from torchhefl.data.encoding import (
     local_summary,
     median_from_histogram,
 )
-from torchhefl.data.loaders import load_csv, load_wdbc
+from torchhefl.data.loaders import load_csv, load_digits, load_wdbc
 from torchhefl.data.partition import partition_dirichlet, partition_iid
 from torchhefl.data.standardize import Moments, Standardizer, local_moments, sum_moments
 from torchhefl.data.table import IdentifierColumnWarning, Table, identifier_columns, load_table
@@ -32,6 +32,7 @@ __all__ = [
     "identifier_columns",
     "load_csv",
     "load_table",
+    "load_digits",
     "load_wdbc",
     "local_histogram",
     "local_moments",

@@ -13,14 +13,14 @@ __all__ = ["Dataset", "train_test_split"]
 
 @dataclass
 class Dataset:
-    """A binary classification table.
+    """A classification table with ``K >= 2`` classes (binary when ``K == 2``).
 
     Attributes:
         X: features, float64, shape ``(n, d)``.
-        y: labels, int64 in {0, 1}, shape ``(n,)``.
+        y: labels, int64 in {0, ..., K-1}, shape ``(n,)``.
         feature_names: the ``d`` column names of ``X``.
         label_name: name of the label column.
-        classes: the original label values that were mapped to 0 and to 1, in that order.
+        classes: the ``K`` original label values that were mapped to 0, 1, ..., in that order.
     """
 
     X: np.ndarray
@@ -36,14 +36,15 @@ class Dataset:
             raise DataError(f"X must have shape (n, d), got {self.X.shape}")
         if self.y.shape != (self.X.shape[0],):
             raise DataError(f"y must have shape ({self.X.shape[0]},) to match X, got {self.y.shape}")
-        if self.y.size and not np.isin(self.y, (0, 1)).all():
-            raise DataError("y must hold only the labels 0 and 1")
+        if len(self.classes) < 2:
+            raise DataError(f"classes must name at least 2 label values, got {len(self.classes)}")
+        if self.y.size and not np.isin(self.y, np.arange(len(self.classes))).all():
+            last = len(self.classes) - 1
+            raise DataError("y must hold only the labels " + ("0 and 1" if last == 1 else f"0 to {last}"))
         self.y = self.y.astype(np.int64)
         self.feature_names = [str(name) for name in self.feature_names]
         if len(self.feature_names) != self.X.shape[1]:
             raise DataError(f"got {len(self.feature_names)} feature names for {self.X.shape[1]} feature columns")
-        if len(self.classes) != 2:
-            raise DataError(f"classes must name exactly 2 label values, got {len(self.classes)}")
         self.classes = tuple(self.classes)
 
     def __len__(self) -> int:
@@ -53,6 +54,11 @@ class Dataset:
     def num_features(self) -> int:
         """Number of feature columns ``d``."""
         return self.X.shape[1]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes ``K`` (2 for a binary table)."""
+        return len(self.classes)
 
     def subset(self, indices) -> "Dataset":
         """The rows at ``indices`` (in that order), with the same names and classes."""
@@ -69,22 +75,21 @@ def train_test_split(dataset: Dataset, *, test_size: float = 0.2, seed: int = 0)
         seed: seed of the shuffle; the same seed gives the same split. Default: ``0``.
 
     Returns:
-        ``(train, test)``; each keeps both classes in about the original proportions.
+        ``(train, test)``; each keeps every class in about the original proportions.
     """
     from sklearn.model_selection import train_test_split as _sk_split
 
     if isinstance(test_size, bool) or not isinstance(test_size, (int, float)) or not 0.0 < test_size < 1.0:
         raise ConfigError(f"test_size must be a fraction between 0 and 1 (exclusive), got {test_size!r}")
-    counts = np.bincount(dataset.y, minlength=2)
+    counts = np.bincount(dataset.y, minlength=dataset.num_classes)
     if counts.min() < 2:
-        raise DataError(
-            f"cannot stratify: every class needs at least 2 rows, got {counts[0]} of class 0 and {counts[1]} of class 1"
-        )
+        got = " and ".join(f"{c} of class {k}" for k, c in enumerate(counts))
+        raise DataError(f"cannot stratify: every class needs at least 2 rows, got {got}")
     n_test = int(np.ceil(test_size * len(dataset)))
     if n_test < 2 or len(dataset) - n_test < 2:
         raise DataError(
             f"test_size={test_size} of {len(dataset)} rows leaves {n_test} test and {len(dataset) - n_test} "
-            "training rows; each needs at least 2 (one per class)"
+            "training rows; each needs at least 2"
         )
     train_idx, test_idx = _sk_split(
         np.arange(len(dataset)), test_size=test_size, random_state=seed, stratify=dataset.y, shuffle=True

@@ -1,4 +1,4 @@
-"""Loaders: the Wisconsin Diagnostic Breast Cancer data and a user's CSV table."""
+"""Loaders: the Wisconsin Diagnostic Breast Cancer data, the 8x8 digits, and a user's CSV table."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torchhefl.data.dataset import Dataset
 from torchhefl.data.reading import labels_of, read_frame, select_columns
 from torchhefl.exceptions import DataError
 
-__all__ = ["check_finite", "load_csv", "load_wdbc"]
+__all__ = ["check_finite", "load_csv", "load_digits", "load_wdbc"]
 
 
 def load_wdbc() -> Dataset:
@@ -32,14 +32,33 @@ def load_wdbc() -> Dataset:
     )
 
 
+def load_digits() -> Dataset:
+    """The 8x8 handwritten digits from scikit-learn's bundled copy (no download).
+
+    1797 rows, 64 features (pixel intensities 0-16, some columns constant 0), 10 classes: label
+    ``k`` is the digit ``k``.
+    """
+    from sklearn.datasets import load_digits as _sk_load_digits
+
+    bunch = _sk_load_digits()
+    return Dataset(
+        X=np.asarray(bunch.data, dtype=np.float64),
+        y=np.asarray(bunch.target, dtype=np.int64),
+        feature_names=[str(name) for name in bunch.feature_names],
+        label_name="digit",
+        classes=tuple(int(k) for k in bunch.target_names),
+    )
+
+
 def load_csv(
     path: str | os.PathLike, label: str, *, drop: Sequence[str] = (), features: Sequence[str] | None = None
 ) -> Dataset:
-    """Load a binary classification table of numbers from a CSV file with a header row.
+    """Load a classification table of numbers from a CSV file with a header row.
 
     Every column other than ``label`` (and those in ``drop``), or exactly the columns in
-    ``features``, is a numeric feature. The label must have exactly two distinct values; they are
-    mapped to 0 and 1 in sorted order and reported in ``Dataset.classes``. (For text columns,
+    ``features``, is a numeric feature. The label must have at least two distinct values; they are
+    mapped to 0, 1, ... in sorted order and reported in ``Dataset.classes`` (two values make a
+    binary table). (For text columns,
     missing values and identifier detection, see :func:`~torchhefl.data.load_table`.)
 
     Args:
@@ -51,7 +70,7 @@ def load_csv(
     Raises:
         DataError: with a one-line message naming the problem: a missing or unreadable file, no
             rows, an unknown column, a non-numeric feature column, NaN or infinite values, or a
-            label without exactly two classes.
+            label with fewer than two classes.
     """
     import pandas as pd
 

@@ -83,7 +83,7 @@ def select_columns(
 
 
 def labels_of(frame, label: str) -> tuple[np.ndarray, tuple]:
-    """``(y, classes)``: the label column mapped to {0, 1} in sorted order, and the two values."""
+    """``(y, classes)``: the label column mapped to 0, 1, ... in sorted order, and its values."""
     import pandas as pd
 
     target = frame[label]
@@ -95,11 +95,12 @@ def labels_of(frame, label: str) -> tuple[np.ndarray, tuple]:
         if n_inf:
             raise DataError(f"label column {label!r} has {n_inf} infinite value{'s' * (n_inf != 1)}")
     values = _sorted_unique(target.to_numpy())
-    if len(values) != 2:
+    if len(values) < 2:
         raise DataError(
-            f"label column {label!r} must have exactly 2 distinct values, got {len(values)}: {listing(values, repr)}"
+            f"label column {label!r} must have at least 2 distinct values, got {len(values)}: {listing(values, repr)}"
         )
-    y = (target.to_numpy() == values[1]).astype(np.int64)
+    index = {v: i for i, v in enumerate(values)}
+    y = np.array([index[v] for v in target.to_numpy().tolist()], dtype=np.int64)
     classes = tuple(v.item() if isinstance(v, np.generic) else v for v in values)
     return y, classes
 

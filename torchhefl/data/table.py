@@ -40,16 +40,16 @@ class IdentifierColumnWarning(UserWarning):
 
 @dataclass
 class Table:
-    """A binary classification table with raw feature columns.
+    """A classification table with raw feature columns.
 
     Attributes:
         columns: the feature column names, in file order.
         kinds: ``"numeric"`` or ``"categorical"`` per column.
         values: per column, shape ``(n,)``: float64 with NaN for a missing value (numeric), or an
             object array of ``str`` with ``None`` for a missing value (categorical).
-        y: labels, int64 in {0, 1}, shape ``(n,)``.
+        y: labels, int64 in {0, ..., K-1}, shape ``(n,)``.
         label_name: name of the label column.
-        classes: the label values mapped to 0 and to 1, in that order.
+        classes: the label values mapped to 0, 1, ..., in that order.
         identifiers: identifier-like columns left out by :func:`load_table`.
     """
 
@@ -74,6 +74,11 @@ class Table:
 
     def __len__(self) -> int:
         return self.y.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes ``K`` (2 for a binary table)."""
+        return len(self.classes)
 
     def names_of(self, kind: str) -> list[str]:
         """The columns of ``kind`` (``"numeric"`` or ``"categorical"``), in file order."""

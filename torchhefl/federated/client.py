@@ -62,7 +62,7 @@ class Client:
         cid: the client's name on the wire.
         index: the client's position (seeds its randomness).
         X: training features, shape ``(n, d)``, raw (standardised once the federated statistics arrive).
-        y: training labels in {0, 1}, shape ``(n,)``.
+        y: training labels in {0, ..., num_classes - 1}, shape ``(n,)``.
         model: the module to train; the client keeps its own copy.
         loss_fn: a loss taking ``(logits, targets)`` with ``reduction`` "mean" (training) and a
             sum-reduced twin for evaluation, e.g. ``TaylorLoss()``.
@@ -72,6 +72,9 @@ class Client:
         seed: the run's seed.
         X_test, y_test: this client's share of the held-out set, for federated evaluation.
         privacy: optional differentially private trainer (see :mod:`torchhefl.privacy`).
+        num_classes: the number of classes ``K``: 2 keeps labels as floats in {0, 1} (for
+            ``BCEWithLogitsLoss`` or ``TaylorLoss``), more makes them int64 class indices (for
+            ``CrossEntropyLoss``). Default: ``2``.
         share_timings: send the seconds of each fit phase to the server in the reply (default
             ``False``: they stay here, in :attr:`timings` and this site's log, since a site's
             training time reveals its number of local steps and so its sample count).
@@ -98,6 +101,7 @@ class Client:
         X_test: np.ndarray | None = None,
         y_test: np.ndarray | None = None,
         privacy=None,
+        num_classes: int = 2,
         share_timings: bool = False,
     ) -> None:
         self.cid, self.index = cid, index
@@ -105,9 +109,11 @@ class Client:
         self._X_test_raw = None if X_test is None else np.asarray(X_test, dtype=np.float64)
         self.dtype = next(model.parameters()).dtype
         self.X = torch.as_tensor(self._X_raw, dtype=self.dtype)
-        self.y = torch.as_tensor(np.asarray(y), dtype=self.dtype)
+        self.num_classes = int(num_classes)
+        label_dtype = self.dtype if self.num_classes == 2 else torch.int64
+        self.y = torch.as_tensor(np.asarray(y), dtype=label_dtype)
         self.X_test = None if X_test is None else torch.as_tensor(self._X_test_raw, dtype=self.dtype)
-        self.y_test = None if y_test is None else torch.as_tensor(np.asarray(y_test), dtype=self.dtype)
+        self.y_test = None if y_test is None else torch.as_tensor(np.asarray(y_test), dtype=label_dtype)
         self.model = copy.deepcopy(model)
         exchange.set_initial_state(self.model.state_dict())
         self.loss_fn = loss_fn

@@ -11,9 +11,13 @@ from torchhefl.exceptions import ConfigError
 from torchhefl.federated.modes import key_holders, mode_of
 from torchhefl.secure.packing import ROUNDINGS
 
-__all__ = ["DP_CLIP_NORM", "DP_LR", "LOSSES", "PARTITIONS", "TrainConfig"]
+__all__ = ["BUILTIN_DATA", "DP_CLIP_NORM", "DP_LR", "LOSSES", "MODELS", "PARTITIONS", "TrainConfig"]
 
 LOSSES = ("taylor", "bce")
+#: ``--model``: logistic regression (softmax regression on more than 2 classes), or an MLP with ReLU
+MODELS = ("logreg", "mlp")
+#: the ``--data`` names of the data sets bundled with scikit-learn (no ``--label``); ``None`` is WDBC
+BUILTIN_DATA = ("wdbc", "digits")
 PARTITIONS = ("iid", "dirichlet")
 #: learning rate and clipping bound used with --epsilon unless given (few, large, clipped steps:
 #: see the README's privacy section)
@@ -60,6 +64,8 @@ class TrainConfig:
     drop: list[str] | None = None
     #: how a missing number in the CSV is filled: the federated ``mean`` or ``median``, or ``none`` (refused)
     impute: str = "mean"
+    model: str = "logreg"
+    hidden: list[int] = field(default_factory=lambda: [32])
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> "TrainConfig":
@@ -68,6 +74,12 @@ class TrainConfig:
         _choice("key_holder", self.key_holder, key_holders())
         _choice("loss", self.loss, LOSSES)
         _choice("partition", self.partition, PARTITIONS)
+        _choice("model", self.model, MODELS)
+        if (
+            not isinstance(self.hidden, list) or not self.hidden
+            or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden)
+        ):
+            raise ConfigError(f"--hidden must be one or more positive integers (e.g. 64,32), got {self.hidden!r}")
         if self.rounds < 1:
             raise ConfigError(f"--rounds must be at least 1, got {self.rounds}")
         if self.clients < 1:
@@ -112,7 +124,10 @@ class TrainConfig:
         mode.validate(self)
         if self.epsilon is not None and self.clip_norm is None:
             raise ConfigError("--epsilon needs a clipping bound: give --clip-norm a number, not 'none'")
-        if (self.data is None) != (self.label is None):
+        if self.data in BUILTIN_DATA:
+            if self.label is not None:
+                raise ConfigError(f"--data {self.data} is bundled with scikit-learn and has its own label: leave out --label")
+        elif (self.data is None) != (self.label is None):
             raise ConfigError("--data and --label go together: give both, or neither for WDBC")
         _choice("impute", self.impute, IMPUTE)
         for name in ("features", "drop"):

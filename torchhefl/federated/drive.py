@@ -63,10 +63,13 @@ def drive(
 
 
 def summarize(last: Mapping, totals: Mapping, rounds: int) -> dict:
-    """A run's summary: the last round's test metrics, the number of rounds and the totals."""
+    """A run's summary: the last round's test metrics (``test_accuracy``, ``test_auc``, ``test_f1``,
+    ``test_loss``, and a multi-class model's ``test_count_<k>`` / ``test_predicted_<k>``), the number
+    of rounds and the totals."""
     return {
         "rounds": rounds,
         **{k: last[k] for k in ("test_accuracy", "test_auc", "test_f1", "test_loss")},
+        **{k: last[k] for k in last if k.startswith(("test_count_", "test_predicted_"))},
         **totals,
     }
 

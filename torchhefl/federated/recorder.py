@@ -12,7 +12,9 @@ import torch
 
 __all__ = ["METRIC_COLUMNS", "TIMING_COLUMNS", "RunRecorder"]
 
-#: the fixed columns of ``metrics.csv``; per-client training losses follow as ``train_loss_<cid>``.
+#: the fixed columns of ``metrics.csv``; per-client training losses follow as ``train_loss_<cid>``, and
+#: for more than 2 classes ``test_count_<k>`` and ``test_predicted_<k>`` (test rows of class ``k``,
+#: predictions of class ``k``); ``test_f1`` and ``test_auc`` are then the macro F1 and one-vs-rest AUC.
 #: Wall-clock figures go to ``timings.csv`` instead, so that ``metrics.csv`` is reproducible.
 METRIC_COLUMNS = [
     "round",
@@ -39,13 +41,20 @@ class RunRecorder:
     the same file; times go to TensorBoard (``time/round``, ``time/encrypt``, ...).
     """
 
-    def __init__(self, run_dir: str | Path, config: Mapping, client_ids: list[str], *, tensorboard: bool = True) -> None:
+    def __init__(
+        self, run_dir: str | Path, config: Mapping, client_ids: list[str], *, tensorboard: bool = True, num_classes: int = 2
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.client_ids = list(client_ids)
         self.config = dict(config)
         (self.run_dir / "config.json").write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
         self.columns = METRIC_COLUMNS + [f"train_loss_{cid}" for cid in self.client_ids]
+        #: the per-class test counts (none for a binary model)
+        self.class_metrics = [] if num_classes == 2 else [
+            f"{what}_{k}" for what in ("count", "predicted") for k in range(num_classes)
+        ]
+        self.columns += [f"test_{name}" for name in self.class_metrics]
         self._csv_path = self.run_dir / "metrics.csv"
         self._timings_path = self.run_dir / "timings.csv"
         self.kept_timings: list[dict] = []
@@ -96,6 +105,8 @@ class RunRecorder:
         }
         for cid in self.client_ids:
             row[f"train_loss_{cid}"] = _fmt(losses[cid]) if cid in losses else ""
+        for name in self.class_metrics:
+            row[f"test_{name}"] = _fmt(result[f"test_{name}"]) if f"test_{name}" in result else ""
         with self._csv_path.open("a", newline="") as f:
             csv.DictWriter(f, fieldnames=self.columns, lineterminator="\n").writerow(row)
         timing = {"round": rnd, "seconds_round": f"{result.get('time', 0.0):.6f}"}
@@ -106,6 +117,9 @@ class RunRecorder:
             w = self.writer
             for key in ("accuracy", "loss", "auc", "f1"):
                 w.add_scalar(f"test/{key}", result[f"test_{key}"], rnd)
+            for name in self.class_metrics:  # test/count/3, test/predicted/3
+                if f"test_{name}" in result:
+                    w.add_scalar("test/" + name.replace("_", "/"), result[f"test_{name}"], rnd)
             for cid, v in losses.items():
                 if not math.isnan(v):  # sites training on ciphertexts cannot see their loss
                     w.add_scalar(f"train/loss/{cid}", v, rnd)

@@ -70,6 +70,8 @@ class Server:
         max_follow_ups: the most follow-up requests of one kind (the exchange's
             :attr:`~torchhefl.federated.exchange.ServerExchange.follow_ups`) one client may send while
             answering one fit request (see :meth:`answer_follow_up`).
+        num_classes: the number of classes the model tells apart (2: one logit per row), which
+            the evaluation counts a site sends must match. Default: ``2``.
     """
 
     def __init__(
@@ -88,7 +90,9 @@ class Server:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_retries: int = 2,
         max_follow_ups: int = 10_000,
+        num_classes: int = 2,
     ) -> None:
+        self.num_classes = int(num_classes)
         self.model, self.strategy, self.transport, self.exchange = model, strategy, transport, exchange
         self.loss_fn = loss_fn
         self.max_follow_ups = max_follow_ups
@@ -340,7 +344,7 @@ class Server:
         msg = self._read_reply(cid, answer, EVALUATE_RES)
         counts, _ = decode_state(payload_of(msg))
         try:
-            return counts_from_wire({k: v.numpy() for k, v in counts.items()})
+            return counts_from_wire({k: v.numpy() for k, v in counts.items()}, num_classes=self.num_classes)
         except ValueError as e:
             raise MalformedMessageError(str(e)) from None
 

@@ -23,6 +23,7 @@ from torchhefl.data import (
     Table,
     TableEncoder,
     agree_encoding,
+    load_digits,
     load_table,
     load_wdbc,
     partition_dirichlet,
@@ -40,7 +41,7 @@ from torchhefl.federated.recorder import RunRecorder
 from torchhefl.federated.server import DEFAULT_MAX_MESSAGE_BYTES, RoundResult, Server
 from torchhefl.federated.strategies import get_strategy
 from torchhefl.federated.transport import InProcessTransport
-from torchhefl.nn import LogisticRegression, TaylorLoss
+from torchhefl.nn import MLP, LogisticRegression, TaylorLoss
 from torchhefl.secure.identity import Roster, SiteIdentity
 
 if TYPE_CHECKING:
@@ -71,8 +72,11 @@ def site_name(index: int) -> str:
     return f"site{index}"
 
 
-def make_loss(name: str, reduction: str = "mean") -> nn.Module:
-    """``taylor`` (the paper's Eq 12) or ``bce`` (``BCEWithLogitsLoss``), both logits-and-{0,1}-targets."""
+def make_loss(name: str, reduction: str = "mean", *, num_classes: int = 2) -> nn.Module:
+    """``taylor`` (the paper's Eq 12) or ``bce`` (``BCEWithLogitsLoss``), both logits-and-{0,1}-targets;
+    on more than 2 classes ``CrossEntropyLoss`` (``(N, K)`` logits, class-index targets) whatever ``name``."""
+    if num_classes > 2:
+        return nn.CrossEntropyLoss(reduction=reduction)
     if name == "taylor":
         return TaylorLoss(reduction=reduction)
     if name == "bce":
@@ -80,20 +84,31 @@ def make_loss(name: str, reduction: str = "mean") -> nn.Module:
     raise ConfigError(f"unknown loss {name!r}; choose taylor or bce")
 
 
-def make_model(config: TrainConfig, num_features: int) -> nn.Module:
-    """The run's initial model for ``num_features`` inputs, drawn from ``config.seed`` (every party draws the same)."""
+def make_model(config: TrainConfig, num_features: int, num_classes: int = 2) -> nn.Module:
+    """The run's initial model for ``num_features`` inputs and ``num_classes`` classes, drawn from
+    ``config.seed`` (every party draws the same).
+
+    ``config.model`` ``logreg``: :class:`LogisticRegression` for 2 classes, softmax regression
+    (``nn.Linear(d, K)``) for more; ``mlp``: :class:`MLP` with ``config.hidden``. Float64.
+    """
     torch.manual_seed(config.seed)
+    if config.model == "mlp":
+        return MLP(num_features, hidden=tuple(config.hidden), num_classes=num_classes, dtype=torch.float64)
+    if num_classes > 2:
+        return nn.Linear(num_features, num_classes, dtype=torch.float64)
     return LogisticRegression(num_features, dtype=torch.float64)
 
 
 def load_dataset(config: TrainConfig) -> Dataset | Table:
-    """WDBC (bundled with scikit-learn), or the user's CSV with ``config.label`` as the label as a
+    """WDBC (bundled with scikit-learn, also ``--data wdbc``), the digits (``--data digits``), or the user's CSV with ``config.label`` as the label as a
     raw :class:`~torchhefl.data.Table` (columns chosen by ``config.features`` / ``config.drop``,
     identifier-like ones left out otherwise, with an
     :class:`~torchhefl.data.IdentifierColumnWarning`), which the sites encode once it is split
     (:func:`prepare`)."""
-    if config.data is None:
+    if config.data is None or config.data == "wdbc":
         return load_wdbc()
+    if config.data == "digits":
+        return load_digits()
     return load_table(config.data, config.label, features=config.features, drop=config.drop)
 
 
@@ -190,13 +205,15 @@ def build(
     ``max_message_bytes`` bounds each client reply the server accepts.
     """
     config.validate()
-    prepared = prepare(config, dataset if dataset is not None else load_dataset(config))
+    data = dataset if dataset is not None else load_dataset(config)
+    mode = mode_of(config)
+    mode.validate_model(config, data.num_classes)
+    prepared = prepare(config, data)
     train, test, parts = prepared.train, prepared.test, prepared.parts
 
-    model = make_model(config, train.num_features)
+    model = make_model(config, train.num_features, train.num_classes)
     initial = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
 
-    mode = mode_of(config)
     parts_of_mode = mode.parts(config, initial)
     server_exchange = parts_of_mode.server_exchange
     if mode.signs:  # each site's signing key, and the roster the sites agree on out of band
@@ -224,6 +241,7 @@ def build(
                 X_test=X_test,
                 y_test=y_test,
                 privacy=site_privacy(config, len(idx)),
+                num_classes=data.num_classes,
                 client_class=parts_of_mode.client_class,
                 **parts_of_mode.client_kwargs,
             )
@@ -234,13 +252,14 @@ def build(
         strategy=get_strategy(config.aggregator, mu=config.mu),
         transport=transport,
         exchange=server_exchange,
-        loss_fn=make_loss(config.loss, reduction="sum"),
+        loss_fn=make_loss(config.loss, reduction="sum", num_classes=data.num_classes),
         X_test=test.X if parts_of_mode.server_holds_test else None,
         y_test=test.y if parts_of_mode.server_holds_test else None,
         fraction=config.fraction,
         min_clients=config.min_clients,
         seed=config.seed,
         max_message_bytes=max_message_bytes,
+        num_classes=data.num_classes,
     )
     parts_of_mode.connect(server, clients)
     return Simulation(config, prepared.dataset, server, clients, transport, extras=parts_of_mode.extras,
@@ -250,14 +269,16 @@ def build(
 def site_data(config: TrainConfig, index: int, *, dataset: Dataset | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Site ``index``'s rows exactly as :func:`build` places them: ``(X, y, X_test, y_test)``.
 
-    ``X`` has shape ``(n, d)`` (encoded, not yet standardised), ``y`` shape ``(n,)`` in {0, 1}; the test pair is the
+    ``X`` has shape ``(n, d)`` (encoded, not yet standardised), ``y`` shape ``(n,)`` in {0, ..., K-1}; the test pair is the
     site's share of the held-out set, the share it evaluates on when clients evaluate. For a
     deployment (one process per site) that reproduces the simulation's split.
     """
     config.validate()
     if not 0 <= index < config.clients:
         raise ConfigError(f"site index {index} is outside 0..{config.clients - 1}")
-    prepared = prepare(config, dataset if dataset is not None else load_dataset(config))
+    data = dataset if dataset is not None else load_dataset(config)
+    mode_of(config).validate_model(config, data.num_classes)
+    prepared = prepare(config, data)
     train, test = prepared.train, prepared.test
     idx, test_idx = prepared.parts[index], _test_parts(config, test)[index]
     return train.X[idx], train.y[idx], test.X[test_idx], test.y[test_idx]
@@ -279,17 +300,19 @@ def make_client(
     X_test: np.ndarray | None = None,
     y_test: np.ndarray | None = None,
     privacy=None,
+    num_classes: int = 2,
     client_class: type[Client] = Client,
     **kwargs,
 ) -> Client:
-    """Site ``index`` (named ``site<index>``) with ``config``'s local-training settings."""
+    """Site ``index`` (named ``site<index>``) with ``config``'s local-training settings, for labels
+    of ``num_classes`` classes."""
     return client_class(
         site_name(index),
         index,
         X,
         y,
         model=model,
-        loss_fn=make_loss(config.loss),
+        loss_fn=make_loss(config.loss, num_classes=num_classes),
         exchange=exchange,
         lr=config.lr,
         batch_size=config.batch_size,
@@ -299,6 +322,7 @@ def make_client(
         X_test=X_test,
         y_test=y_test,
         privacy=privacy,
+        num_classes=num_classes,
         **kwargs,
     )
 
@@ -375,7 +399,7 @@ def run(
     if checkpoint is not None:
         restore_checkpoint(sim, checkpoint)
     first = 1 if checkpoint is None else checkpoint.round + 1
-    recorder = RunRecorder(run_dir, config.to_dict(), [c.cid for c in sim.clients])
+    recorder = RunRecorder(run_dir, config.to_dict(), [c.cid for c in sim.clients], num_classes=sim.dataset.num_classes)
     kept = recorder.start(resume_round=first - 1)
     if checkpoint is not None:
         log.info("resuming %s after round %d of %d", run_dir, checkpoint.round, config.rounds)
@@ -445,9 +469,11 @@ def check_resume(config: TrainConfig, saved: dict, saved_round: int) -> None:
 
 
 def describe_dataset(data: Dataset, config: TrainConfig, prepared: Prepared | None = None) -> str:
-    """One line naming the data, its size and how the label was mapped to {0, 1}; with
+    """One line naming the data, its size and how the label was mapped to {0, ..., K-1}; with
     ``prepared``, also the identifier columns left out and what the encoding did."""
-    source = "WDBC (scikit-learn)" if config.data is None else config.data
+    source = {None: "WDBC (scikit-learn)", "wdbc": "WDBC (scikit-learn)", "digits": "digits (scikit-learn)"}.get(
+        config.data, config.data
+    )
     mapping = ", ".join(f"{c} -> {i}" for i, c in enumerate(data.classes))
     line = f"data: {source}, {len(data)} rows, {data.num_features} features; label {data.label_name!r}: {mapping}"
     if prepared is not None and prepared.identifiers:

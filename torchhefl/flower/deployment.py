@@ -279,10 +279,12 @@ class Site:
         if not data:
             if label:
                 raise ConfigError("node config label is given without data")
+            _binary_only(load_dataset(self.config).num_classes)
             return site_data(self.config, self.index)
         if not label:
             raise ConfigError(f'node config data="{data}" needs label="<column>" too')
         table = load_csv(str(data), str(label))
+        _binary_only(table.num_classes)
         train, test = train_test_split(table, test_size=self.config.test_size, seed=self.config.seed)
         return train.X, train.y, test.X, test.y
 
@@ -470,6 +472,16 @@ def build_server(
         min_clients=config.min_clients,
         seed=config.seed,
     )
+
+
+def _binary_only(num_classes: int) -> None:
+    """A deployment trains binary models only: its server builds the model from the sites' hello,
+    which names the feature count but not the classes."""
+    if num_classes > 2:
+        raise ConfigError(
+            f"the data has {num_classes} classes, but a Flower deployment trains binary models only so far "
+            "(more classes run in the simulation: python -m train.federated)"
+        )
 
 
 def _server_held_out(config: TrainConfig, settings: DeploymentSettings, num_features: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,7 @@
-"""Models and losses for torchhefl (no cryptography here): :class:`LogisticRegression`,
+"""Models and losses for torchhefl (no cryptography here): :class:`LogisticRegression`, :class:`MLP`,
 :class:`TaylorLoss` and their functional forms in :mod:`torchhefl.nn.functional`."""
 
 from torchhefl.nn import functional
-from torchhefl.nn.modules import LogisticRegression, TaylorLoss
+from torchhefl.nn.modules import MLP, LogisticRegression, TaylorLoss
 
-__all__ = ["LogisticRegression", "TaylorLoss", "functional"]
+__all__ = ["MLP", "LogisticRegression", "TaylorLoss", "functional"]

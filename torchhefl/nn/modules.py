@@ -1,4 +1,4 @@
-"""torchhefl's layers and losses: :class:`LogisticRegression` and :class:`TaylorLoss`."""
+"""torchhefl's layers and losses: :class:`LogisticRegression`, :class:`MLP` and :class:`TaylorLoss`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch.nn.modules.loss import _Loss
 
 from torchhefl.nn import functional as HF
 
-__all__ = ["LogisticRegression", "TaylorLoss"]
+__all__ = ["MLP", "LogisticRegression", "TaylorLoss"]
 
 
 class LogisticRegression(nn.Module):
@@ -123,6 +123,73 @@ class LogisticRegression(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, bias={self.bias is not None}"
+
+
+class MLP(nn.Module):
+    r"""A multi-layer perceptron: ``Linear -> ReLU`` per hidden layer, then a ``Linear`` output layer.
+
+    With ``num_classes=2`` the output layer has one unit and :meth:`forward` squeezes it, one logit
+    per row of shape ``(*,)`` as :class:`LogisticRegression` gives (for ``BCEWithLogitsLoss`` or
+    :class:`TaylorLoss`); with ``num_classes=K > 2`` it returns ``K`` logits per row, shape
+    ``(*, K)``, for ``CrossEntropyLoss``. Layers are ``nn.Linear``, initialised as torch does.
+
+    Args:
+        in_features: number of input features ``d``.
+        hidden: the sizes of the hidden layers, in order (at least one). Default: ``(32,)``.
+        num_classes: number of classes ``K >= 2``. Default: ``2``.
+        device: device of the parameters. Default: ``None`` (the current default device).
+        dtype: dtype of the parameters. Default: ``None`` (the current default dtype).
+
+    Shape:
+        - Input: :math:`(*, d)`.
+        - Output: :math:`(*)` for 2 classes, :math:`(*, K)` otherwise; logits.
+
+    Example::
+
+        >>> model = MLP(64, hidden=(32,), num_classes=10)
+        >>> model(torch.randn(8, 64)).shape
+        torch.Size([8, 10])
+    """
+
+    __constants__ = ["in_features", "num_classes"]
+    in_features: int
+    num_classes: int
+
+    def __init__(self, in_features: int, hidden=(32,), num_classes: int = 2, *, device=None, dtype=None) -> None:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
+            raise ValueError(f"in_features must be a positive integer, got {in_features!r}")
+        hidden = tuple(hidden)
+        if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
+            raise ValueError(f"hidden must be one or more positive integers, got {hidden!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer of at least 2, got {num_classes!r}")
+        self.in_features, self.hidden, self.num_classes = in_features, hidden, num_classes
+        sizes = (in_features, *hidden)
+        layers: list[nn.Module] = []
+        for fan_in, fan_out in zip(sizes, sizes[1:]):
+            layers += [nn.Linear(fan_in, fan_out, **factory_kwargs), nn.ReLU()]
+        layers.append(nn.Linear(sizes[-1], 1 if num_classes == 2 else num_classes, **factory_kwargs))
+        self.layers = nn.Sequential(*layers)
+
+    def reset_parameters(self) -> None:
+        """Initialise every ``Linear`` layer afresh as torch does."""
+        for layer in self.layers:
+            if isinstance(layer, nn.Linear):
+                layer.reset_parameters()
+
+    def forward(self, input: Tensor) -> Tensor:
+        """Logits of shape ``(*,)`` (2 classes) or ``(*, K)`` for inputs of shape ``(*, in_features)``."""
+        if input.dim() == 0 or input.shape[-1] != self.in_features:
+            raise ValueError(
+                f"MLP expects inputs with {self.in_features} features in the last dimension, got shape {tuple(input.shape)}"
+            )
+        out = self.layers(input)
+        return out.squeeze(-1) if self.num_classes == 2 else out
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, hidden={self.hidden}, num_classes={self.num_classes}"
 
 
 class TaylorLoss(_Loss):

@@ -56,6 +56,10 @@ class Mode:
     def validate(self, config: "TrainConfig") -> None:
         """Raise :class:`~torchhefl.exceptions.ConfigError` for a setting this mode cannot run. Default: nothing."""
 
+    def validate_model(self, config: "TrainConfig", num_classes: int) -> None:
+        """Raise :class:`~torchhefl.exceptions.ConfigError` if this mode cannot train ``config``'s
+        model on data of ``num_classes`` classes (known once the data is loaded). Default: nothing."""
+
     def clip_norm_refusal(self) -> str | None:
         """Why a clipping bound cannot be given in this mode (``None`` where it can)."""
         return None

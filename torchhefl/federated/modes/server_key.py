@@ -21,12 +21,19 @@ from torchhefl.secure import PublicKey
 if TYPE_CHECKING:
     from torchhefl.federated.config import TrainConfig
 
-__all__ = ["CLIP_NORM_MESSAGE", "EPSILON_MESSAGE", "ServerKeyMode"]
+__all__ = ["CLIP_NORM_MESSAGE", "EPSILON_MESSAGE", "MODEL_MESSAGE", "ServerKeyMode"]
 
 #: why ``--epsilon`` cannot be given with the server's key
 EPSILON_MESSAGE = (
     "--epsilon needs plaintext local gradients; with --key-holder server clients train on "
     "ciphertexts, so no gradient can be clipped or noised"
+)
+
+#: why only binary logistic regression trains with the server's key (``{what}`` names the refused model)
+MODEL_MESSAGE = (
+    "{what} cannot train with --key-holder server: sites there run SGD on ciphertexts, which Paillier "
+    "allows only for a gradient affine in the weights (binary logistic regression with the Taylor loss); "
+    "use --key-holder clients or --mode plain"
 )
 
 
@@ -43,10 +50,18 @@ class ServerKeyMode(Mode):
     setup_kinds = (KEYS_INS, PEERS_INS)  # the sites' key agreement
 
     def validate(self, config: TrainConfig) -> None:
+        if config.model != "logreg":
+            raise ConfigError(MODEL_MESSAGE.format(what=f"--model {config.model}"))
+        if config.data == "digits":
+            self.validate_model(config, 10)
         if config.epsilon is not None:
             raise ConfigError(EPSILON_MESSAGE)
         if config.clip_norm is not None:
             raise ConfigError(CLIP_NORM_MESSAGE)
+
+    def validate_model(self, config: TrainConfig, num_classes: int) -> None:
+        if num_classes > 2:
+            raise ConfigError(MODEL_MESSAGE.format(what=f"softmax regression on {num_classes} classes"))
 
     def clip_norm_refusal(self) -> str | None:
         return CLIP_NORM_MESSAGE
