@@ -23,13 +23,7 @@ def load_wdbc() -> Dataset:
     from sklearn.datasets import load_breast_cancer
 
     bunch = load_breast_cancer()
-    return Dataset(
-        X=np.asarray(bunch.data, dtype=np.float64),
-        y=np.asarray(bunch.target, dtype=np.int64),
-        feature_names=[str(name) for name in bunch.feature_names],
-        label_name="diagnosis",
-        classes=tuple(str(name) for name in bunch.target_names),  # ("malignant", "benign")
-    )
+    return _from_bunch(bunch, "diagnosis", tuple(str(name) for name in bunch.target_names))  # ("malignant", "benign")
 
 
 def load_digits() -> Dataset:
@@ -41,12 +35,17 @@ def load_digits() -> Dataset:
     from sklearn.datasets import load_digits as _sk_load_digits
 
     bunch = _sk_load_digits()
+    return _from_bunch(bunch, "digit", tuple(int(k) for k in bunch.target_names))
+
+
+def _from_bunch(bunch, label_name: str, classes: tuple) -> Dataset:
+    """A :class:`Dataset` of one of scikit-learn's bundled data sets."""
     return Dataset(
         X=np.asarray(bunch.data, dtype=np.float64),
         y=np.asarray(bunch.target, dtype=np.int64),
         feature_names=[str(name) for name in bunch.feature_names],
-        label_name="digit",
-        classes=tuple(int(k) for k in bunch.target_names),
+        label_name=label_name,
+        classes=classes,
     )
 
 

@@ -54,12 +54,7 @@ def select_columns(
         features = list(features)
         if drop:
             raise DataError("give --features or --drop, not both: --features already names every column kept")
-        unknown = [c for c in features if c not in columns]
-        if unknown:
-            raise DataError(
-                f"unknown feature column{'s' * (len(unknown) != 1)} {', '.join(repr(c) for c in unknown)}; "
-                f"available columns: {listing(columns)}"
-            )
+        _refuse_unknown("unknown feature column", features, columns)
         if label in features:
             raise DataError(f"the label column {label!r} cannot also be a feature")
         twice = sorted({c for c in features if features.count(c) > 1})
@@ -68,18 +63,22 @@ def select_columns(
         if not features:
             raise DataError("no feature columns chosen")
         return features
-    unknown = [c for c in drop if c not in columns]
-    if unknown:
-        raise DataError(
-            f"cannot drop unknown column{'s' * (len(unknown) != 1)} {', '.join(repr(c) for c in unknown)}; "
-            f"available columns: {listing(columns)}"
-        )
+    _refuse_unknown("cannot drop unknown column", drop, columns)
     if label in drop:
         raise DataError(f"cannot drop the label column {label!r}")
     names = [c for c in columns if c != label and c not in drop]
     if not names:
         raise DataError(f"no feature columns in {where}: only the label column {label!r} is left")
     return names
+
+
+def _refuse_unknown(what: str, names, columns) -> None:
+    """``DataError`` naming every one of ``names`` not among ``columns`` (``what`` starts the message)."""
+    unknown = [c for c in names if c not in columns]
+    if unknown:
+        raise DataError(
+            f"{what}{'s' * (len(unknown) != 1)} {', '.join(repr(c) for c in unknown)}; available columns: {listing(columns)}"
+        )
 
 
 def labels_of(frame, label: str) -> tuple[np.ndarray, tuple]:
