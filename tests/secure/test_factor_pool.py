@@ -69,7 +69,8 @@ def test_the_pool_keeps_two_takes_ready_within_its_bound(keypair):
 def test_two_pools_of_one_key_draw_different_factors(keypair):
     """The exponents come from the helper's OS randomness, not from anything two runs share."""
     a, b = PublicKey(int(keypair[0].n)), PublicKey(int(keypair[0].n))
-    _filled(a, BATCH), _filled(b, BATCH)
+    _filled(a, BATCH)
+    _filled(b, BATCH)
     fa, fb = set(a._pool.take(BATCH)), set(b._pool.take(BATCH))
     assert len(fa) == len(fb) == BATCH and not fa & fb
 
