@@ -20,6 +20,7 @@ from torch import Tensor
 __all__ = [
     "SAFE_STEP",
     "add_bias_column",
+    "compose_prefixes",
     "compose_steps",
     "safe_lr",
     "sgd_step",
@@ -179,6 +180,16 @@ def step_map(X: torch.Tensor, y: torch.Tensor, *, lr: float, proximal_mu: float 
     return out.A, out.c, c
 
 
+def _largest_eigenvalue(H: torch.Tensor) -> float:
+    """``lambda_max`` of a (numerically) symmetric matrix; ``OverflowError`` when it is not finite."""
+    if not bool(torch.isfinite(H).all()):
+        raise OverflowError("the step's Hessian is not finite (an input or proximal_mu too large)")
+    try:
+        return float(torch.linalg.eigvalsh((H + H.T) * 0.5)[-1])
+    except torch.linalg.LinAlgError:  # too extreme to converge: Gershgorin's bound, an upper bound
+        return float(H.abs().sum(dim=1).max())
+
+
 def step_curvature(X: torch.Tensor, y: torch.Tensor, *, proximal_mu: float = 0.0) -> float:
     """``lambda_max`` of the Hessian of :func:`sgd_step`'s objective on one batch,
     ``X^T X / 4n + mu I`` (``X`` with a bias column, shape ``(n, d)``).
@@ -187,13 +198,12 @@ def step_curvature(X: torch.Tensor, y: torch.Tensor, *, proximal_mu: float = 0.0
     ``OverflowError`` when the Hessian is not finite.
     """
     M, _, _ = step_map(X.to(torch.float64), y.to(torch.float64), lr=1.0, proximal_mu=proximal_mu)
-    H = torch.eye(M.shape[0], dtype=torch.float64) - M
-    if not bool(torch.isfinite(H).all()):
-        raise OverflowError("the step's Hessian is not finite (an input or proximal_mu too large)")
-    try:
-        return float(torch.linalg.eigvalsh((H + H.T) * 0.5)[-1])
-    except torch.linalg.LinAlgError:  # too extreme to converge: Gershgorin's bound, an upper bound
-        return float(H.abs().sum(dim=1).max())
+    return _largest_eigenvalue(torch.eye(M.shape[0], dtype=torch.float64) - M)
+
+
+def _check_limit(limit: float) -> None:
+    if not 0.0 < limit <= 2.0:
+        raise ValueError(f"a safe step needs limit in (0, 2], got {limit}")
 
 
 def safe_lr(
@@ -212,35 +222,74 @@ def safe_lr(
         lr: the learning rate asked for. proximal_mu: the FedProx coefficient. limit: the largest
             ``lr * lambda_max`` taken, in ``(0, 2]``. Default: :data:`SAFE_STEP`.
     """
-    if not 0.0 < limit <= 2.0:
-        raise ValueError(f"a safe step needs limit in (0, 2], got {limit}")
+    _check_limit(limit)
     curvature = step_curvature(X, y, proximal_mu=proximal_mu)
     return lr if lr * curvature <= limit else limit / curvature
+
+
+def _safe_step_map(X: torch.Tensor, y: torch.Tensor, *, lr: float, proximal_mu: float, limit: float | None):
+    """:func:`step_map` at the batch's :func:`safe_lr` (at ``lr`` without a ``limit``).
+
+    The map at ``lr`` is read first: ``I - M`` is ``lr * Hessian``, whose largest eigenvalue is what
+    :func:`safe_lr` compares with ``limit``. The Hessian is positive semi-definite (``mu >= 0``), so
+    ``lambda_max <= trace``: where ``lr * trace <= limit`` the step is safe as it is and no
+    eigenvalue is computed; only a step that needs the cap is read again, at ``limit / lambda_max``.
+    """
+    M, b, c = step_map(X, y, lr=lr, proximal_mu=proximal_mu)
+    if limit is None:
+        return M, b, c
+    scaled_hessian = torch.eye(M.shape[0], dtype=torch.float64) - M
+    if proximal_mu >= 0 and bool(torch.isfinite(scaled_hessian).all()) and float(scaled_hessian.diagonal().sum()) <= limit:
+        return M, b, c
+    stiffest = _largest_eigenvalue(scaled_hessian)  # lr * lambda_max
+    if stiffest <= limit:
+        return M, b, c
+    return step_map(X, y, lr=lr * limit / stiffest, proximal_mu=proximal_mu)
+
+
+def compose_prefixes(batches, *, lr: float, proximal_mu: float = 0.0, limit: float | None = None):
+    """:func:`compose_steps` of the first 1, 2, ... of ``batches``, in turn (a generator): each
+    ``(A, B, c)`` is the run so far, so a caller can stop at the longest run that suits it.
+
+    Each batch's step is read off :func:`sgd_step` (:func:`step_map`, at the batch's
+    :func:`safe_lr` with a ``limit``) and composed onto the run: a step ``M @ theta + b + s * anchor``
+    after ``A @ theta + B @ anchor + c`` is ``(M A) @ theta + (M B + s I) @ anchor + (M c + b)``.
+    """
+    if limit is not None:
+        _check_limit(limit)
+    A = B = c = None
+    anchored = False  # whether B is nonzero yet (it stays zero without a proximal term)
+    for X, y in batches:
+        X, y = X.to(torch.float64), y.to(torch.float64)
+        M, b, s = _safe_step_map(X, y, lr=lr, proximal_mu=proximal_mu, limit=limit)
+        if A is None:
+            d = M.shape[0]
+            A, B, c = torch.eye(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64)
+        A, c = M @ A, M @ c + b
+        if s or anchored:
+            B = M @ B + s * torch.eye(M.shape[0], dtype=torch.float64)
+            anchored = True
+        yield A, B, c
 
 
 def compose_steps(batches, *, lr: float, proximal_mu: float = 0.0, limit: float | None = None):
     """The coefficients of a run of :func:`sgd_step` over ``batches`` (pairs ``(X, y)`` with a bias
     column), from ``theta`` to the end: ``theta_T = A @ theta + B @ anchor + c``.
 
-    Obtained by running :func:`sgd_step` itself on a symbolic ``theta`` (exact up to float64
-    rounding: the Taylor gradient is affine), so it is the same SGD as the steps one by one. With
-    ``theta`` the anchor itself (the start of a round), the run is ``(A + B) @ theta + c``. With a
-    ``limit``, each step runs at its batch's :func:`safe_lr` (so every step's map, and the
-    composition, has spectral radius at most 1); without, at ``lr``. Returns ``(A, B, c)``, float64,
-    of shapes ``(d, d)``, ``(d, d)`` and ``(d,)``.
+    Each step's map is read off :func:`sgd_step` itself (:func:`step_map`: exact up to float64
+    rounding, the Taylor gradient is affine) and the maps are multiplied together
+    (:func:`compose_prefixes`), so it is the same SGD as the steps one by one. With ``theta`` the
+    anchor itself (the start of a round), the run is ``(A + B) @ theta + c``. With a ``limit``,
+    each step runs at its batch's :func:`safe_lr` (so every step's map, and the composition, has
+    spectral radius at most 1); without, at ``lr``. Returns ``(A, B, c)``, float64, of shapes
+    ``(d, d)``, ``(d, d)`` and ``(d,)``.
     """
-    batches = list(batches)
-    if not batches:
+    maps = None
+    for maps in compose_prefixes(batches, lr=lr, proximal_mu=proximal_mu, limit=limit):
+        pass
+    if maps is None:
         raise ValueError("compose_steps needs at least one batch")
-    d = batches[0][0].shape[1]
-    eye, zero = torch.eye(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64)
-    theta = _Affine(eye, zero, torch.zeros(d, dtype=torch.float64))
-    anchor = _Affine(zero, eye, torch.zeros(d, dtype=torch.float64))
-    for X, y in batches:
-        X, y = X.to(torch.float64), y.to(torch.float64)
-        step_lr = lr if limit is None else safe_lr(X, y, lr=lr, proximal_mu=proximal_mu, limit=limit)
-        theta = sgd_step(theta, X, y, lr=step_lr, proximal_mu=proximal_mu, anchor=anchor)
-    return theta.A, theta.B, theta.c
+    return maps
 
 
 def add_bias_column(X: Tensor) -> Tensor:

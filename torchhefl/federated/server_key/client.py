@@ -61,7 +61,7 @@ from torchhefl.federated.server_key.statistics import (
     setup_key_bytes,
 )
 from torchhefl.federated.server_key.step import apply_map, map_fits
-from torchhefl.nn.functional import SAFE_STEP, add_bias_column, compose_steps
+from torchhefl.nn.functional import SAFE_STEP, add_bias_column, compose_prefixes
 from torchhefl.secure import EncryptedTensor, PublicKey, strict_json, wire
 from torchhefl.secure.encoding import quantize
 from torchhefl.secure.identity import Roster, SiteIdentity
@@ -471,27 +471,20 @@ class ServerKeyClient(Client):
 
     def _next_product(self, batches: list, c: Continuation):
         """``(end, (A, B, b))``: the steps ``c.step .. end`` composed into one affine map
-        (:func:`~torchhefl.nn.functional.compose_steps`, each step at its batch's safe learning
-        rate under the exchange's ``step_limit``), the longest run from ``c.step`` that fits the
-        fixed point (at most the exchange's ``steps_per_product``)."""
+        (:func:`~torchhefl.nn.functional.compose_prefixes`, each step at its batch's safe learning
+        rate under the exchange's ``step_limit``), the longest run from ``c.step`` whose every
+        prefix fits the fixed point (at most the exchange's ``steps_per_product``; one step always)."""
         ex = self.exchange
         cap = len(batches) if ex.steps_per_product is None else min(len(batches), c.step + ex.steps_per_product)
         data = [(add_bias_column(self.X[idx]), self.y[idx]) for idx in batches[c.step : cap]]
-
-        def composed(k: int):
-            return compose_steps(data[:k], lr=self.lr, proximal_mu=c.proximal_mu, limit=ex.step_limit)
-
-        k = len(data)
-        maps = composed(k)
-        if not map_fits(maps[0], maps[1], ex.step_bits):  # the longest prefix that fits (one step always does)
-            lo, hi = 1, k - 1
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                if map_fits(*composed(mid)[:2], ex.step_bits):
-                    lo = mid
-                else:
-                    hi = mid - 1
-            k, maps = lo, composed(lo)
+        k, maps = 0, None
+        for prefix in compose_prefixes(data, lr=self.lr, proximal_mu=c.proximal_mu, limit=ex.step_limit):
+            fits = map_fits(prefix[0], prefix[1], ex.step_bits)
+            if k and not fits:
+                break
+            k, maps = k + 1, prefix
+            if not fits:  # a first step too large to fit: apply_map refuses it with the reason
+                break
         return c.step + k, maps
 
     def fit_encrypted(self, theta: EncryptedTensor, server_round: int, *, proximal_mu: float = 0.0) -> EncryptedTensor:
