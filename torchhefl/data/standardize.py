@@ -8,6 +8,7 @@ mean and a scale identical (to rounding) to a centralised fit on all rows.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -79,10 +80,12 @@ class Moments:
 
 
 def local_moments(X: np.ndarray) -> Moments:
-    """Moments of the rows of ``X`` (shape ``(n, d)``), computed in float64."""
+    """Moments of the rows of ``X`` (shape ``(n, d)``; or ``(n, *shape)``, each of its
+    ``prod(shape)`` entries a feature, e.g. the pixels of an image), computed in float64."""
     X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2:
+    if X.ndim < 2:
         raise DataError(f"local_moments expects X of shape (n, d), got {X.shape}")
+    X = X.reshape(X.shape[0], math.prod(X.shape[1:]))
     return Moments(X.shape[0], X.sum(axis=0), np.square(X).sum(axis=0))
 
 
@@ -143,11 +146,13 @@ class Standardizer:
         return cls(mean, _scale(var, np.square(X).mean(axis=0)))
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        """``(X - mean) / scale`` for ``X`` of shape ``(n, d)``; float64."""
+        """``(X - mean) / scale`` for ``X`` of shape ``(n, d)``, or ``(n, *shape)`` with
+        ``prod(shape) == d`` (the features in row-major order, as :func:`local_moments` reads them);
+        float64, of ``X``'s shape."""
         X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != self.num_features:
+        if X.ndim < 2 or math.prod(X.shape[1:]) != self.num_features:
             raise DataError(f"Standardizer expects X of shape (n, {self.num_features}), got {X.shape}")
-        return (X - self.mean) / self.scale
+        return ((X.reshape(X.shape[0], self.num_features) - self.mean) / self.scale).reshape(X.shape)
 
     def to_dict(self) -> dict:
         """A JSON-able form: ``{"mean": [...], "scale": [...]}``."""

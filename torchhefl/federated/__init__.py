@@ -1,5 +1,6 @@
 """Roles and protocol of federated training: Server, Client, strategies, exchanges, transport, runs."""
 
+from torchhefl.federated.api import Federation
 from torchhefl.federated.client import Client, local_batches, round_generator
 from torchhefl.federated.config import TrainConfig
 from torchhefl.federated.exchange import ClientExchange, PlainClientExchange, PlainServerExchange, ServerExchange
@@ -14,6 +15,7 @@ __all__ = [
     "ClientExchange",
     "ClientUnavailableError",
     "FedAvg",
+    "Federation",
     "FedProx",
     "InProcessTransport",
     "PlainClientExchange",

@@ -6,7 +6,7 @@ import copy
 import hashlib
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -61,7 +61,8 @@ class Client:
     Args:
         cid: the client's name on the wire.
         index: the client's position (seeds its randomness).
-        X: training features, shape ``(n, d)``, raw (standardised once the federated statistics arrive).
+        X: training inputs, shape ``(n, d)`` or ``(n, *shape)`` (e.g. images), raw: standardised per
+            entry once the federated statistics arrive.
         y: training labels in {0, ..., num_classes - 1}, shape ``(n,)``.
         model: the module to train; the client keeps its own copy.
         loss_fn: a loss taking ``(logits, targets)`` with ``reduction`` "mean" (training) and a
@@ -75,6 +76,9 @@ class Client:
         num_classes: the number of classes ``K``: 2 keeps labels as floats in {0, 1} (for
             ``BCEWithLogitsLoss`` or ``TaylorLoss``), more makes them int64 class indices (for
             ``CrossEntropyLoss``). Default: ``2``.
+        optimizer_fn: builds the local optimizer from the trainable parameters, once per round
+            (e.g. ``lambda params: torch.optim.Adam(params, lr=1e-3)``); default
+            ``torch.optim.SGD(params, lr=lr)``.
         share_timings: send the seconds of each fit phase to the server in the reply (default
             ``False``: they stay here, in :attr:`timings` and this site's log, since a site's
             training time reveals its number of local steps and so its sample count).
@@ -103,6 +107,7 @@ class Client:
         privacy=None,
         num_classes: int = 2,
         share_timings: bool = False,
+        optimizer_fn: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
     ) -> None:
         self.cid, self.index = cid, index
         self._X_raw = np.asarray(X, dtype=np.float64)
@@ -122,6 +127,7 @@ class Client:
         self.exchange = exchange
         self.lr, self.batch_size, self.local_epochs = lr, batch_size, local_epochs
         self.clip_norm, self.seed = clip_norm, seed
+        self.optimizer_fn = optimizer_fn
         self.privacy = privacy
         self.standardizer: Standardizer | None = None
         self.last_round: tuple[int, int] = (0, 0)
@@ -157,7 +163,7 @@ class Client:
 
     def _on_standardize(self, msg) -> bytes:
         stats = self.exchange.read_statistics(payload_of(msg))
-        self.standardizer = standardizer_from_statistics(stats, num_features=self._X_raw.shape[1])
+        self.standardizer = standardizer_from_statistics(stats, num_features=math.prod(self._X_raw.shape[1:]))
         self.X = torch.as_tensor(self.standardizer.transform(self._X_raw), dtype=self.dtype)
         if self._X_test_raw is not None:
             self.X_test = torch.as_tensor(self.standardizer.transform(self._X_test_raw), dtype=self.dtype)
@@ -282,7 +288,7 @@ class Client:
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         anchor = [p.detach().clone() for p in params]
-        optimizer = torch.optim.SGD(params, lr=self.lr)
+        optimizer = torch.optim.SGD(params, lr=self.lr) if self.optimizer_fn is None else self.optimizer_fn(params)
         if self.privacy is not None:
             # noise and sampling from a secret key, fresh this round; never from the public seed
             generator = self.privacy.generator(self.seed, self.index, server_round)

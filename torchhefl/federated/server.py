@@ -139,7 +139,7 @@ class Server:
         try:
             total = self.exchange.sum_statistics([payload_of(m) for m in replies.values()])
             stats = self.exchange.read_statistics(total)
-            num_features = None if self._X_test_raw is None else self._X_test_raw.shape[1]
+            num_features = None if self._X_test_raw is None else math.prod(self._X_test_raw.shape[1:])
             standardizer = None if stats is None else standardizer_from_statistics(stats, num_features=num_features)
         except (MalformedMessageError, KeyMismatchError) as e:
             raise ProtocolError(f"the clients' statistics do not add up to usable moments: {e}") from None

@@ -7,6 +7,7 @@ same bytes a deployment sends. :func:`build` wires a run from a :class:`TrainCon
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ModeParts",
     "Prepared",
+    "assemble",
     "Simulation",
     "build",
     "check_resume",
@@ -160,7 +162,8 @@ class Simulation:
     """Everything a run is made of."""
 
     config: TrainConfig
-    dataset: Dataset
+    #: every row, for the run's description (``None`` where the parts were given without one)
+    dataset: Dataset | None
     server: Server
     clients: list[Client]
     transport: InProcessTransport
@@ -200,19 +203,57 @@ class Simulation:
 def build(
     config: TrainConfig, *, dataset: Dataset | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 ) -> Simulation:
-    """Wire a run from ``config``: split the data, place it, and create the parties.
+    """Wire a run from ``config``: load and split the data, place it, and create the parties
+    (:func:`assemble` with the model :func:`make_model` draws and the loss :func:`make_loss` names).
 
     ``max_message_bytes`` bounds each client reply the server accepts.
     """
     config.validate()
     data = dataset if dataset is not None else load_dataset(config)
-    mode = mode_of(config)
-    mode.validate_model(config, data.num_classes)
+    mode_of(config).validate_model(config, data.num_classes)
     prepared = prepare(config, data)
-    train, test, parts = prepared.train, prepared.test, prepared.parts
+    train, test = prepared.train, prepared.test
+    return assemble(
+        config,
+        model=make_model(config, train.num_features, train.num_classes),
+        sites=[(train.X[idx], train.y[idx]) for idx in prepared.parts],
+        test=(test.X, test.y),
+        num_classes=data.num_classes,
+        dataset=prepared.dataset,
+        prepared=prepared,
+        max_message_bytes=max_message_bytes,
+    )
 
-    model = make_model(config, train.num_features, train.num_classes)
+
+def assemble(
+    config: TrainConfig,
+    *,
+    model: nn.Module,
+    sites: list[tuple[np.ndarray, np.ndarray]],
+    test: tuple[np.ndarray, np.ndarray],
+    num_classes: int,
+    loss_fn: nn.Module | None = None,
+    optimizer_fn: Callable | None = None,
+    dataset: Dataset | None = None,
+    prepared: Prepared | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> Simulation:
+    """Create the parties of a run around given parts: the initial ``model`` (every party starts
+    from its state_dict), each site's raw training rows ``sites[i] = (X, y)`` (``X`` of shape
+    ``(n, d)`` or ``(n, *shape)``, labels in ``0..num_classes-1``), the held-out ``test`` pair (held
+    by the server, or split over the sites where they evaluate), the training ``loss_fn`` (default
+    :func:`make_loss` of ``config.loss``; the server evaluates with a sum-reduced copy) and the
+    sites' ``optimizer_fn`` (default SGD at ``config.lr``). ``config`` gives everything else: the
+    mode, the rounds, the local-training settings. ``dataset`` describes the data in the run folder.
+    """
+    config.validate()
+    if len(sites) != config.clients:
+        raise ConfigError(f"{len(sites)} sites' data for a run of {config.clients} clients")
+    mode = mode_of(config)
     initial = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
+    train_loss = make_loss(config.loss, num_classes=num_classes) if loss_fn is None else loss_fn
+    eval_loss = copy.deepcopy(train_loss)
+    eval_loss.reduction = "sum"
 
     parts_of_mode = mode.parts(config, initial)
     server_exchange = parts_of_mode.server_exchange
@@ -223,26 +264,29 @@ def build(
         for identity, exchange in zip(identities, parts_of_mode.client_exchanges):
             exchange.set_identity(identity, roster)
         server_exchange.set_roster(roster)
-    test_parts = None if parts_of_mode.server_holds_test else _test_parts(config, test)
+    X_test, y_test = test
+    test_parts = None if parts_of_mode.server_holds_test else _test_parts(config, len(y_test))
 
     clients = []
-    for i, idx in enumerate(parts):
-        X_test = y_test = None
+    for i, (X, y) in enumerate(sites):
+        site_X_test = site_y_test = None
         if test_parts is not None:
-            X_test, y_test = test.X[test_parts[i]], test.y[test_parts[i]]
+            site_X_test, site_y_test = X_test[test_parts[i]], y_test[test_parts[i]]
         clients.append(
             make_client(
                 config,
                 i,
-                train.X[idx],
-                train.y[idx],
+                X,
+                y,
                 model=model,
                 exchange=parts_of_mode.client_exchanges[i],
-                X_test=X_test,
-                y_test=y_test,
-                privacy=site_privacy(config, len(idx)),
-                num_classes=data.num_classes,
+                X_test=site_X_test,
+                y_test=site_y_test,
+                privacy=site_privacy(config, len(y)),
+                num_classes=num_classes,
                 client_class=parts_of_mode.client_class,
+                loss_fn=copy.deepcopy(train_loss),
+                optimizer_fn=optimizer_fn,
                 **parts_of_mode.client_kwargs,
             )
         )
@@ -252,18 +296,17 @@ def build(
         strategy=get_strategy(config.aggregator, mu=config.mu),
         transport=transport,
         exchange=server_exchange,
-        loss_fn=make_loss(config.loss, reduction="sum", num_classes=data.num_classes),
-        X_test=test.X if parts_of_mode.server_holds_test else None,
-        y_test=test.y if parts_of_mode.server_holds_test else None,
+        loss_fn=eval_loss,
+        X_test=X_test if parts_of_mode.server_holds_test else None,
+        y_test=y_test if parts_of_mode.server_holds_test else None,
         fraction=config.fraction,
         min_clients=config.min_clients,
         seed=config.seed,
         max_message_bytes=max_message_bytes,
-        num_classes=data.num_classes,
+        num_classes=num_classes,
     )
     parts_of_mode.connect(server, clients)
-    return Simulation(config, prepared.dataset, server, clients, transport, extras=parts_of_mode.extras,
-                      prepared=prepared)
+    return Simulation(config, dataset, server, clients, transport, extras=parts_of_mode.extras, prepared=prepared)
 
 
 def site_data(config: TrainConfig, index: int, *, dataset: Dataset | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -280,13 +323,13 @@ def site_data(config: TrainConfig, index: int, *, dataset: Dataset | None = None
     mode_of(config).validate_model(config, data.num_classes)
     prepared = prepare(config, data)
     train, test = prepared.train, prepared.test
-    idx, test_idx = prepared.parts[index], _test_parts(config, test)[index]
+    idx, test_idx = prepared.parts[index], _test_parts(config, len(test))[index]
     return train.X[idx], train.y[idx], test.X[test_idx], test.y[test_idx]
 
 
-def _test_parts(config: TrainConfig, test: Dataset) -> list:
-    """Each site's share of the held-out rows (used where clients evaluate)."""
-    return partition_iid(len(test), config.clients, seed=config.seed + 1)
+def _test_parts(config: TrainConfig, num_test: int) -> list:
+    """Each site's share of the ``num_test`` held-out rows (used where clients evaluate)."""
+    return partition_iid(num_test, config.clients, seed=config.seed + 1)
 
 
 def make_client(
@@ -302,17 +345,18 @@ def make_client(
     privacy=None,
     num_classes: int = 2,
     client_class: type[Client] = Client,
+    loss_fn: nn.Module | None = None,
     **kwargs,
 ) -> Client:
     """Site ``index`` (named ``site<index>``) with ``config``'s local-training settings, for labels
-    of ``num_classes`` classes."""
+    of ``num_classes`` classes; ``loss_fn`` defaults to :func:`make_loss` of ``config.loss``."""
     return client_class(
         site_name(index),
         index,
         X,
         y,
         model=model,
-        loss_fn=make_loss(config.loss, num_classes=num_classes),
+        loss_fn=make_loss(config.loss, num_classes=num_classes) if loss_fn is None else loss_fn,
         exchange=exchange,
         lr=config.lr,
         batch_size=config.batch_size,
@@ -379,6 +423,7 @@ def run(
     resume: bool = False,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     after_round: Callable[[int, dict], None] | None = None,
+    simulation: Simulation | None = None,
 ) -> dict:
     """Train ``config`` and write ``run_dir``; returns the summary (final metrics and totals).
 
@@ -388,6 +433,8 @@ def run(
     is the same ``model.pt`` and ``metrics.csv`` an uninterrupted run writes. ``config`` must then
     equal the checkpoint's except for ``rounds`` (and the key folder); an HE run needs its own key
     from ``config.extra["key_dir"]``. ``after_round(round, result)`` is called once a round is saved.
+    ``simulation``: parties assembled from your own parts (:func:`assemble`, as
+    :class:`~torchhefl.federated.api.Federation` does) instead of those :func:`build` makes from ``config``.
     """
     run_dir = Path(run_dir)
     checkpoint_dir = run_dir / "checkpoints" if checkpoint_dir is None else Path(checkpoint_dir)
@@ -395,7 +442,7 @@ def run(
     if resume:
         checkpoint = load_checkpoint(checkpoint_dir)
         check_resume(config, checkpoint.config, checkpoint.round)
-    sim = build(config, dataset=dataset, max_message_bytes=max_message_bytes)
+    sim = build(config, dataset=dataset, max_message_bytes=max_message_bytes) if simulation is None else simulation
     if checkpoint is not None:
         restore_checkpoint(sim, checkpoint)
     first = 1 if checkpoint is None else checkpoint.round + 1

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from torchhefl.federated.parts import ModeParts, SiteParts
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from torchhefl.federated.config import TrainConfig
     from torchhefl.federated.exchange import ServerExchange
     from torchhefl.secure import PublicKey
@@ -59,6 +61,11 @@ class Mode:
     def validate_model(self, config: "TrainConfig", num_classes: int) -> None:
         """Raise :class:`~torchhefl.exceptions.ConfigError` if this mode cannot train ``config``'s
         model on data of ``num_classes`` classes (known once the data is loaded). Default: nothing."""
+
+    def validate_parts(self, model: "nn.Module", loss_fn: "nn.Module | None", optimizer_fn) -> None:
+        """Raise :class:`~torchhefl.exceptions.ConfigError` if this mode cannot train a model, loss
+        and optimizer factory given from Python (:class:`~torchhefl.federated.api.Federation`;
+        ``None`` for the defaults). Default: any."""
 
     def clip_norm_refusal(self) -> str | None:
         """Why a clipping bound cannot be given in this mode (``None`` where it can)."""

@@ -63,6 +63,19 @@ class ServerKeyMode(Mode):
         if num_classes > 2:
             raise ConfigError(MODEL_MESSAGE.format(what=f"softmax regression on {num_classes} classes"))
 
+    def validate_parts(self, model, loss_fn, optimizer_fn) -> None:
+        from torchhefl.nn import LogisticRegression, TaylorLoss
+
+        if type(model) is not LogisticRegression:
+            raise ConfigError(MODEL_MESSAGE.format(what=f"a {type(model).__name__} model"))
+        if loss_fn is not None and type(loss_fn) is not TaylorLoss:
+            raise ConfigError(MODEL_MESSAGE.format(what=f"the loss {type(loss_fn).__name__}"))
+        if optimizer_fn is not None:
+            raise ConfigError(
+                "an optimizer cannot be given with --key-holder server: the sites' steps are plain SGD "
+                "composed into one plaintext map per round and applied to ciphertexts (set lr instead)"
+            )
+
     def clip_norm_refusal(self) -> str | None:
         return CLIP_NORM_MESSAGE
 
