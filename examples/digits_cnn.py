@@ -49,7 +49,7 @@ def train(*, sites: int = 3, rounds: int = 10, key_bits: int = 2048, seed: int =
     common = dict(
         test=images(test_rows.X, test_rows.y),
         loss=nn.CrossEntropyLoss(),
-        optimizer=lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.02, momentum=0.9),
         rounds=rounds, local_epochs=2, clip_norm=None, seed=seed,
     )
     extra = {"allow_insecure_keys": True} if key_bits < 2048 else {}

@@ -48,3 +48,20 @@ def test_digits_mlp_example_federated_matches_central():
     federated, central = float(found[1]), float(found[2])
     assert central >= 0.95
     assert abs(federated - central) <= 0.02
+
+
+def test_digits_cnn_example_federated_matches_central():
+    """examples/digits_cnn.py: a CNN defined in the example (not in the engine), given to
+    Federation as a model factory with the sites' DataLoaders, a loss and an optimizer factory;
+    3 sites holding a real 2048-bit key. Its federated test accuracy is within 2 points of the same
+    model, loss and optimizer trained centrally. Measured: 0.9750 vs 0.9833 (seeds 1 and 2: gaps of 0.83 and 0.28 points)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "digits_cnn.py")],
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    found = re.search(r"federated \(he, 3 sites\) ([\d.]+)  central ([\d.]+)", proc.stdout)
+    assert found, proc.stdout
+    federated, central = float(found[1]), float(found[2])
+    assert central >= 0.95
+    assert abs(federated - central) <= 0.02

@@ -1,0 +1,185 @@
+"""Federation: your own model, data, loss and optimizer through the engine, against the runs the
+config builds and against plain mode; what each mode refuses; bad data from Python."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from torchhefl.data import load_digits, load_wdbc, partition_iid, train_test_split
+from torchhefl.exceptions import ConfigError, DataError
+from torchhefl.federated import Federation, TrainConfig
+from torchhefl.federated.simulation import build, prepare
+from torchhefl.nn import LogisticRegression, TaylorLoss
+from torchhefl.secure import InsecureKeyWarning
+
+SMALL_KEYS = {"key_bits": 512, "extra": {"allow_insecure_keys": True}}
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyWarning)
+        yield
+
+
+class TinyCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 4 * 4, 10)
+
+    def forward(self, x):
+        return self.head(nn.functional.max_pool2d(torch.relu(self.conv(x)), 2).flatten(1))
+
+
+def _digits(sites=3, seed=0):
+    data = load_digits()
+    train, test = train_test_split(data, test_size=0.2, seed=seed)
+    parts = partition_iid(len(train), sites, seed=seed)
+
+    def images(X, y):
+        return TensorDataset(torch.tensor(X, dtype=torch.float32).reshape(-1, 1, 8, 8), torch.tensor(y))
+
+    return [images(train.X[i], train.y[i]) for i in parts], images(test.X, test.y)
+
+
+def _wdbc_parts(config: TrainConfig):
+    prepared = prepare(config, load_wdbc())
+    tr, te = prepared.train, prepared.test
+    return [(tr.X[i], tr.y[i]) for i in prepared.parts], (te.X, te.y)
+
+
+def _weights(fed: Federation) -> torch.Tensor:
+    return torch.cat([v.detach().reshape(-1).double() for v in fed.state_dict().values()])
+
+
+@pytest.mark.parametrize("mode, key_holder", [("plain", "clients"), ("he", "clients"), ("he", "server")])
+def test_logistic_regression_on_wdbc_is_one_use_of_it(mode, key_holder):
+    """The CLI's run (build from a config) and the same parts given from Python train the same model."""
+    config = TrainConfig(mode=mode, key_holder=key_holder, rounds=3, **SMALL_KEYS)
+    if key_holder == "server":
+        config.clip_norm = None
+    sim = build(config)
+    sim.server.setup()
+    expected = [sim.run_round(r)["test_accuracy"] for r in (1, 2, 3)]
+    sites, test = _wdbc_parts(config)
+    fed = Federation(lambda: LogisticRegression(30, dtype=torch.float64), sites, test=test, config=config)
+    history = fed.fit(progress=False)
+    assert [r["test_accuracy"] for r in history] == expected
+    ref = torch.cat([v.reshape(-1) for v in sim.final_state().values()])
+    assert torch.allclose(_weights(fed), ref, atol=1e-12, rtol=0)
+
+
+def test_a_cnn_under_the_sites_key_trains_as_in_plain_mode():
+    """Encrypted exchange of a conv net's state_dict: in float64, the same weights as plain mode to
+    the packing's precision (2^-24 a value); in float32 (torch's default) the same accuracies."""
+    sites, test = _digits()
+    runs = {}
+    for mode in ("plain", "he"):
+        for rounds, dtype in ((3, torch.float64), (3, torch.float32)):
+            fed = Federation(
+                lambda: TinyCNN().to(dtype), [DataLoader(s, batch_size=32) for s in sites], test=test, loss=nn.CrossEntropyLoss(),
+                optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), mode=mode, rounds=rounds,
+                clip_norm=None, **SMALL_KEYS,
+            )
+            runs[mode, dtype] = (fed, fed.fit(progress=False))
+    plain, he = runs["plain", torch.float64][0], runs["he", torch.float64][0]
+    assert plain.config.batch_size == 32  # taken from the DataLoader
+    assert (_weights(he) - _weights(plain)).abs().max() < 1e-6
+    for dtype in (torch.float64, torch.float32):
+        plain_hist, he_hist = runs["plain", dtype][1], runs["he", dtype][1]
+        assert [r["test_accuracy"] for r in he_hist] == [r["test_accuracy"] for r in plain_hist]
+        assert plain_hist[-1]["test_accuracy"] > 0.85
+
+
+def test_the_optimizer_factory_builds_each_sites_optimizer_every_round():
+    sites, test = _digits()
+    made = []
+
+    def adam(params):
+        made.append(len(params))
+        return torch.optim.Adam(params, lr=1e-2)
+
+    fed = Federation(TinyCNN, sites, test=test, loss=nn.CrossEntropyLoss(), optimizer=adam, mode="plain", rounds=2)
+    history = fed.fit(progress=False)
+    assert made == [4] * 6  # 2 rounds x 3 sites, each with the conv and head weights and biases
+    assert history[-1]["test_accuracy"] > 0.8
+    sgd = Federation(TinyCNN, sites, test=test, loss=nn.CrossEntropyLoss(), mode="plain", rounds=2)
+    sgd.fit(progress=False)
+    assert not torch.allclose(_weights(fed), _weights(sgd))
+
+
+def test_record_level_dp_with_a_custom_model():
+    sites, test = _digits()
+    fed = Federation(TinyCNN, sites, test=test, loss=nn.CrossEntropyLoss(), mode="plain", rounds=2,
+                     epsilon=8.0, clip_norm=1.0, lr=0.5)
+    history = fed.fit(progress=False)
+    assert 0 < history[-1]["epsilon"] <= 8.0
+    assert math.isfinite(history[-1]["test_loss"])
+
+
+def test_run_folder_and_final_model(tmp_path):
+    sites, test = _digits()
+    fed = Federation(TinyCNN, sites, test=test, loss=nn.CrossEntropyLoss(), mode="he", rounds=2, **SMALL_KEYS)
+    lines = []
+    history = fed.fit(tmp_path / "run", progress=False, echo=lines.append)
+    assert len(history) == len(lines) == 2
+    for name in ("config.json", "metrics.csv", "model.pt"):
+        assert (tmp_path / "run" / name).is_file(), name
+    assert list((tmp_path / "run").glob("**/events.out.tfevents.*")), "TensorBoard events"
+    assert fed.summary["test_accuracy"] == history[-1]["test_accuracy"]
+    model = fed.model()
+    saved = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert set(saved) == set(model.state_dict())
+    for k, v in model.state_dict().items():
+        assert torch.equal(saved[k].to(v.dtype), v), k
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"model": TinyCNN}, "a TinyCNN model cannot train with --key-holder server"),
+        ({"loss": nn.BCEWithLogitsLoss()}, "the loss BCEWithLogitsLoss cannot train with --key-holder server"),
+        ({"optimizer": lambda p: torch.optim.SGD(p, lr=0.1)}, "an optimizer cannot be given with --key-holder server"),
+    ],
+)
+def test_the_server_key_mode_refuses_parts_it_cannot_train_on_ciphertexts(kwargs, message):
+    config = TrainConfig(mode="he", key_holder="server", clip_norm=None, rounds=1, **SMALL_KEYS)
+    sites, test = _wdbc_parts(config)
+    parts = {"model": lambda: LogisticRegression(30, dtype=torch.float64), **kwargs}
+    with pytest.raises(ConfigError, match=message):
+        Federation(parts.pop("model"), sites, test=test, config=config, **parts)
+    # and the loss and model it can train are accepted
+    Federation(lambda: LogisticRegression(30, dtype=torch.float64), sites, test=test, config=config, loss=TaylorLoss())
+
+
+def test_bad_parts_and_data_are_refused_in_one_line():
+    X, y = np.random.default_rng(0).normal(size=(20, 3)), np.arange(20) % 2
+    model = lambda: LogisticRegression(3)  # noqa: E731
+    plain = {"mode": "plain"}
+    cases = [
+        (lambda: Federation(model, [], test=(X, y), **plain), ConfigError, "at least one site"),
+        (lambda: Federation(model, [(X, y)], test=(X, y), **plain, rounds=1, colour="red"), ConfigError, "unknown setting"),
+        (lambda: Federation(model, [(X, y)], test=(X, y), **plain, clients=2), ConfigError, "clients=2 but 1 sites"),
+        (lambda: Federation(model, [(X, y)], test=(X, y), **plain, loss=lambda a, b: 0), ConfigError, "'reduction' attribute"),
+        (lambda: Federation(model, [(X, y)], test=(X, y), **plain, lr=-1.0), ConfigError, "lr"),
+        (lambda: Federation(lambda: "no", [(X, y)], test=(X, y), **plain), ConfigError, "must be an nn.Module"),
+        (lambda: Federation(model, [(X[:, :2], y)], test=(X, y), **plain), DataError, "differ in shape"),
+        (lambda: Federation(model, [(X, y + 0.5)], test=(X, y), **plain), DataError, "class indices"),
+        (lambda: Federation(model, [(X, -y)], test=(X, y), **plain), DataError, "class indices"),
+        (lambda: Federation(model, [(np.where(X > 1, np.nan, X), y)], test=(X, y), **plain), DataError, "NaN"),
+        (lambda: Federation(model, [(X, y[:5])], test=(X, y), **plain), DataError, "20 inputs but labels"),
+        (lambda: Federation(model, [TensorDataset(torch.zeros(0, 3), torch.zeros(0))], test=(X, y), **plain), DataError, "no rows"),
+        (lambda: Federation(model, [[1, 2, 3]], test=(X, y), **plain), DataError, "expected a torch Dataset"),
+        (lambda: Federation(model, [(X, y)], test=(X, y), **plain, num_classes=1), DataError, "num_classes=1"),
+        (lambda: Federation(model, [(X, y)], test=(X, y), **plain).state_dict(), ConfigError, "call fit"),
+    ]
+    for make, error, message in cases:
+        with pytest.raises(error, match=message) as info:
+            make()
+        assert "\n" not in str(info.value)
