@@ -784,11 +784,75 @@ def test_certificates(tmp_path):
         generate_certificates(tmp_path, days=0)
 
 
-def test_a_site_refuses_multiclass_data(tmp_path):
-    """A deployment's server builds a binary model from the hello (features, no classes): a site with
-    more than 2 classes refuses to start rather than train a binary model on them."""
+@pytest.mark.parametrize("mode", ["plain", "he"])
+def test_multiclass_mlp_over_fake_grid_equals_simulation(mode, key_dir, tmp_path):
+    """The run config names the model (mlp, hidden 16) and a bundled 10-class data set; the server
+    learns the classes from the hellos and builds the same model as the simulation."""
+    run_config = {
+        "mode": mode, "rounds": 2, "clients": SITES, "seed": 1, "data": "digits", "model": "mlp", "hidden": "16",
+        "node-timeout": 5.0, "reply-timeout": 5.0, **_roster_settings(key_dir),
+    }
+    grid = FakeGrid(run_config, _node_configs(key_dir, **{"model-out": str(tmp_path / "model.pt")}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyWarning)
+        summary = serve(grid, DeploymentSettings.from_run_config(run_config), echo=lambda line: None)
+    config = TrainConfig(mode=mode, rounds=2, clients=SITES, seed=1, data="digits", model="mlp", hidden=[16],
+                         extra={"key_dir": str(key_dir), "allow_insecure_keys": True})
+    expected, results = _simulate(config)
+    saved = torch.load(tmp_path / "model.pt")
+    assert list(saved) == list(expected) and saved["layers.2.weight"].shape == (10, 16)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(saved[name], tensor, rtol=0, atol=1e-6)
+    assert summary["test_accuracy"] == pytest.approx(results[-1]["test_accuracy"])
+    assert summary["test_f1"] == pytest.approx(results[-1]["test_f1"])
+    assert sum(summary[f"test_count_{k}"] for k in range(10)) == sum(results[-1][f"test_count_{k}"] for k in range(10))
+
+
+def _csv_site(config, tmp_path, index, labels):
+    path = tmp_path / f"site{index}.csv"
+    path.write_text("a,b,y\n" + "".join(f"{i},{i % 5},{labels[i % len(labels)]}\n" for i in range(30)))
+    return Site(config, {"partition-id": index, "num-partitions": SITES, "data": str(path), "label": "y"})
+
+
+def test_sites_must_label_their_rows_alike(tmp_path):
+    """Each site maps its own label values to 0..K-1 in sorted order; the hello carries K and a
+    digest of the values, and the server refuses sites whose labels differ (the same index would
+    mean different classes)."""
     config = DeploymentSettings.from_run_config({"clients": SITES, "mode": "plain"}).config
-    path = tmp_path / "three.csv"
-    path.write_text("a,b,y\n" + "".join(f"{i},{i % 5},{'xyz'[i % 3]}\n" for i in range(30)))
-    with pytest.raises(ConfigError, match="^the data has 3 classes, but a Flower deployment trains binary models only"):
-        Site(config, {"partition-id": 0, "num-partitions": SITES, "data": str(path), "label": "y"})
+    alike = {10 + i: _csv_site(config, tmp_path, i, "xyz").hello() for i in range(SITES)}
+    read = read_hellos(config, alike)
+    assert read.num_classes == 3 and read.num_features == 2
+    other_values = {**alike, 12: _csv_site(config, tmp_path, 2, "xyw").hello()}
+    with pytest.raises(ConfigError, match="^the sites' labels differ: the same number of classes, but other label values"):
+        read_hellos(config, other_values)
+    fewer = {**alike, 12: _csv_site(config, tmp_path, 2, "xy").hello()}
+    with pytest.raises(ConfigError, match="^the sites' labels differ: 2 vs 3 classes"):
+        read_hellos(config, fewer)
+    for bad in (1, "3", 10**9, True):
+        hello = _csv_site(config, tmp_path, 2, "xyz").hello()
+        hello.config_records["torchhefl.hello"]["num-classes"] = bad
+        with pytest.raises(MalformedMessageError, match="num-classes in"):
+            read_hellos(config, {**alike, 12: hello})
+    hello = _csv_site(config, tmp_path, 2, "xyz").hello()
+    hello.config_records["torchhefl.hello"]["classes"] = "not a digest"
+    with pytest.raises(MalformedMessageError, match="SHA-256 classes digest"):
+        read_hellos(config, {**alike, 12: hello})
+    # the server's key cannot train on more than 2 classes: a site with 3 refuses to start
+    hem = DeploymentSettings.from_run_config({"clients": SITES, "key-holder": "server"}).config
+    with pytest.raises(ConfigError, match="softmax regression on 3 classes cannot train with --key-holder server"):
+        _csv_site(hem, tmp_path, 0, "xyz")
+
+
+def test_run_config_model_hidden_and_data():
+    config = DeploymentSettings.from_run_config({"model": "mlp", "hidden": "64, 32", "data": "digits"}).config
+    assert (config.model, config.hidden, config.data) == ("mlp", [64, 32], "digits")
+    assert DeploymentSettings.from_run_config({"hidden": 8}).config.hidden == [8]
+    assert DeploymentSettings.from_run_config({"data": ""}).config.data is None
+    with pytest.raises(ConfigError, match="run config hidden must be layer sizes"):
+        DeploymentSettings.from_run_config({"hidden": "64;32"})
+    with pytest.raises(ConfigError, match="run config data must name a data set bundled with scikit-learn"):
+        DeploymentSettings.from_run_config({"data": "/data/site.csv"})
+    with pytest.raises(ConfigError, match="--model must be one of"):
+        DeploymentSettings.from_run_config({"model": "resnet"})
+    with pytest.raises(ConfigError, match="--model mlp cannot train with --key-holder server"):
+        DeploymentSettings.from_run_config({"model": "mlp", "key-holder": "server"})

@@ -12,7 +12,9 @@ Run config keys (hyphenated :class:`TrainConfig` fields): ``mode``, ``key-holder
 ``clip-norm`` (0 turns clipping off), ``aggregator``, ``mu``, ``partition``, ``alpha``, ``seed``,
 ``loss``, ``test-size``, ``he-resolution`` and ``he-rounding`` (``--key-holder clients``: the
 packed encoding of every upload, which each party derives from the run config alone, as it derives
-the model; 0 is the default encoding); and ``reply-timeout`` (seconds a request may wait for a site),
+the model; 0 is the default encoding), ``model`` and ``hidden`` (layer sizes, comma-separated), ``data``
+(a bundled data set, ``wdbc`` or ``digits``, for sites whose node config names no CSV; empty: WDBC);
+and ``reply-timeout`` (seconds a request may wait for a site),
 ``node-timeout`` (seconds to wait for every site's SuperNode), ``run-dir`` (where the ServerApp
 records metrics and, in HEM, the final model; empty for none). With ``--key-holder server`` (HEM)
 the ServerApp also reads ``server-key-dir`` (a directory *on the server's machine* holding the
@@ -41,7 +43,9 @@ site's machine).
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import math
 import re
 from collections import OrderedDict
@@ -59,7 +63,7 @@ from flwr.common.logger import log
 from torchhefl.data import load_csv, train_test_split
 from torchhefl.exceptions import ConfigError, MalformedMessageError, ProtocolError
 from torchhefl.federated.client import Client
-from torchhefl.federated.config import DP_CLIP_NORM, DP_LR, TrainConfig
+from torchhefl.federated.config import BUILTIN_DATA, DP_CLIP_NORM, DP_LR, TrainConfig
 from torchhefl.federated.messages import EVALUATE_INS, FIT_INS, STANDARDIZE_INS, decode_request, payload_of
 from torchhefl.federated.modes import mode_of
 from torchhefl.federated.server import Server
@@ -87,7 +91,7 @@ __all__ = [
 _TRAIN_FIELDS = (
     "mode", "key_holder", "rounds", "clients", "fraction", "min_clients", "lr", "batch_size", "local_epochs",
     "clip_norm", "aggregator", "mu", "partition", "alpha", "seed", "loss", "test_size", "epsilon", "delta",
-    "dp_sample_rate", "dp_steps", "he_resolution", "he_rounding",
+    "dp_sample_rate", "dp_steps", "he_resolution", "he_rounding", "model", "hidden", "data",
 )
 _TRAIN_DEFAULTS = TrainConfig()
 #: the run config keys of a torchhefl Flower app, with their defaults (TrainConfig's; a run config
@@ -95,6 +99,9 @@ _TRAIN_DEFAULTS = TrainConfig()
 RUN_CONFIG_DEFAULTS: dict[str, bool | int | float | str] = {
     **{name.replace("_", "-"): 0.0 if getattr(_TRAIN_DEFAULTS, name) is None else getattr(_TRAIN_DEFAULTS, name)
        for name in _TRAIN_FIELDS},
+    # a run config holds scalars: the hidden sizes comma-separated, the built-in data set by name ("": WDBC)
+    "hidden": ",".join(str(h) for h in _TRAIN_DEFAULTS.hidden),
+    "data": "",
     "reply-timeout": 600.0,
     "node-timeout": 300.0,
     "run-dir": "",
@@ -126,6 +133,8 @@ class _ModeFlags(NamedTuple):
 _HELLO_RECORD = "torchhefl.hello"
 _STATE_RECORD = "torchhefl.site"
 _HEX_KEY = re.compile(r"[0-9a-f]{0,4096}")  # the sites' public n (at most 16384 bits), or "" for none
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+_MAX_CLASSES = 10_000
 
 
 @dataclass
@@ -167,6 +176,13 @@ class DeploymentSettings:
         fields["epsilon"] = fields["epsilon"] or None
         # he-resolution = 0 (the default): the default encoding
         fields["he_resolution"] = _number("he_resolution", fields["he_resolution"]) or None
+        fields["hidden"] = _sizes(fields["hidden"])
+        if not isinstance(fields["data"], str) or fields["data"] not in ("", *BUILTIN_DATA):
+            raise ConfigError(
+                f"run config data must name a data set bundled with scikit-learn ({', '.join(BUILTIN_DATA)}) or be empty "
+                f"(WDBC), got {fields['data']!r}; a site's own CSV is its node config's data"
+            )
+        fields["data"] = fields["data"] or None
         if fields["epsilon"] is not None:
             if "lr" not in run_config:
                 fields["lr"] = DP_LR
@@ -198,6 +214,15 @@ def _number(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"run config {name.replace('_', '-')} must be a number, got {value!r}")
     return float(value)
+
+
+def _sizes(value: object) -> list[int]:
+    """The run config's ``hidden``: layer sizes, comma-separated (``"64,32"``), or one integer."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*", value):
+        raise ConfigError(f"run config hidden must be layer sizes, comma-separated (e.g. \"64,32\"), got {value!r}")
+    return [int(h) for h in value.split(",")]
 
 
 def _integer(name: str, value: object) -> int:
@@ -259,9 +284,11 @@ class Site:
 
     def _build_client(self) -> Client:
         config = self.config
-        X, y, X_test, y_test = self._rows()
+        X, y, X_test, y_test, classes = self._rows()
+        self.classes = classes
         key_dir = self.node_config.get("key-dir")
         mode = mode_of(config)
+        mode.validate_model(config, len(classes))
         parts = mode.site(
             config, key_dir=str(key_dir) if key_dir else None,
             allow_insecure_keys=self.node_config.get("allow-insecure-keys") is True,
@@ -269,27 +296,28 @@ class Site:
         if mode.signs:
             parts.exchange.set_identity(*load_site_identity(config, self.node_config, self.index, self.roster_fingerprint))
         return make_client(
-            config, self.index, X, y, model=initial_model(config, X.shape[1]), exchange=parts.exchange, X_test=X_test,
-            y_test=y_test, client_class=parts.client_class, privacy=site_privacy(config, len(y)),
-            share_timings=self.share_timings,
+            config, self.index, X, y, model=initial_model(config, X.shape[1], len(classes)), exchange=parts.exchange,
+            X_test=X_test, y_test=y_test, client_class=parts.client_class, privacy=site_privacy(config, len(y)),
+            share_timings=self.share_timings, num_classes=len(classes),
         )
 
-    def _rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple]:
+        """This site's training and held-out rows, and the label values its labels 0..K-1 stand for."""
         data, label = self.node_config.get("data"), self.node_config.get("label")
         if not data:
             if label:
                 raise ConfigError("node config label is given without data")
-            _binary_only(load_dataset(self.config).num_classes)
-            return site_data(self.config, self.index)
+            return (*site_data(self.config, self.index), load_dataset(self.config).classes)
         if not label:
             raise ConfigError(f'node config data="{data}" needs label="<column>" too')
         table = load_csv(str(data), str(label))
-        _binary_only(table.num_classes)
         train, test = train_test_split(table, test_size=self.config.test_size, seed=self.config.seed)
-        return train.X, train.y, test.X, test.y
+        return train.X, train.y, test.X, test.y, table.classes
 
     def hello(self) -> RecordDict:
-        """What the server learns before the run: which site this is, the feature count, the public key."""
+        """What the server learns before the run: which site this is, the feature count, the number
+        of classes and a digest of their label values (every site must map the same values to
+        0..K-1), the public key."""
         exchange = self.client.exchange
         public_key = getattr(exchange, "public_key", None)
         record = ConfigRecord(
@@ -297,6 +325,8 @@ class Site:
                 "partition-id": self.index,
                 "num-partitions": self.config.clients,
                 "num-features": int(self.client.X.shape[1]),
+                "num-classes": len(self.classes),
+                "classes": classes_digest(self.classes),
                 "public-key": "" if public_key is None else format(int(public_key.n), "x"),
             }
         )
@@ -374,29 +404,38 @@ class Hellos:
     nodes: dict[str, int]
     num_features: int
     public_key: PublicKey | None
+    #: the number of classes every site's labels take (2: binary)
+    num_classes: int = 2
 
 
 def read_hellos(config: TrainConfig, replies: Mapping[int, RecordDict]) -> Hellos:
-    """Check the hello replies ``{node id: content}``: one node per site, one feature count, one key."""
+    """Check the hello replies ``{node id: content}``: one node per site, one feature count, one
+    labelling (number of classes and the digest of their values), one key."""
     nodes: dict[str, int] = {}
-    features, keys = set(), set()
+    features, keys, labellings = set(), set(), set()
     for node_id, content in replies.items():
         record = content.config_records.get(_HELLO_RECORD)
         if record is None:
             raise MalformedMessageError(f"SuperNode {node_id} answered the hello without a {_HELLO_RECORD!r} record")
         index, partitions = record.get("partition-id"), record.get("num-partitions")
         num_features, key = record.get("num-features"), record.get("public-key", "")
+        num_classes, digest = record.get("num-classes"), record.get("classes")
         if (
             type(index) is not int
             or type(partitions) is not int
             or type(num_features) is not int
             or num_features < 1
+            or type(num_classes) is not int
+            or not 2 <= num_classes <= _MAX_CLASSES
+            or not isinstance(digest, str)
+            or not _DIGEST.fullmatch(digest)
             or not isinstance(key, str)
             or not _HEX_KEY.fullmatch(key)
         ):
             raise MalformedMessageError(
                 f"SuperNode {node_id} answered the hello with a malformed record (integers partition-id, "
-                "num-partitions and num-features >= 1, a hexadecimal public-key or none)"
+                f"num-partitions and num-features >= 1, num-classes in [2, {_MAX_CLASSES}], a SHA-256 classes digest, "
+                "a hexadecimal public-key or none)"
             )
         if partitions != config.clients:
             raise ConfigError(f"SuperNode {node_id} has num-partitions={partitions}, the run has clients={config.clients}")
@@ -406,11 +445,19 @@ def read_hellos(config: TrainConfig, replies: Mapping[int, RecordDict]) -> Hello
         nodes[cid] = node_id
         features.add(num_features)
         keys.add(key)
+        labellings.add((num_classes, digest))
     missing = [f"site{i}" for i in range(config.clients) if f"site{i}" not in nodes]
     if missing:
         raise ProtocolError(f"no SuperNode answered for {', '.join(missing)}")
     if len(features) != 1:
         raise ConfigError(f"the sites disagree on the number of features: {sorted(features)}")
+    if len(labellings) != 1:
+        counts = sorted({k for k, _ in labellings})
+        raise ConfigError(
+            "the sites' labels differ: " + (f"{' vs '.join(map(str, counts))} classes" if len(counts) > 1 else
+                                            "the same number of classes, but other label values")
+            + "; every site's label column must take the same values (each present at every site)"
+        )
     if len(keys) != 1:
         raise ConfigError("the sites hold different key pairs; every site needs the same private.json")
     key = keys.pop()
@@ -421,7 +468,9 @@ def read_hellos(config: TrainConfig, replies: Mapping[int, RecordDict]) -> Hello
         public_key = PublicKey(int(key, 16)) if key else None
     except ValueError as e:
         raise MalformedMessageError(f"the sites' public key is not a Paillier modulus: {e}") from None
-    return Hellos(ordered, features.pop(), public_key)
+    num_classes = labellings.pop()[0]
+    mode_of(config).validate_model(config, num_classes)
+    return Hellos(ordered, features.pop(), public_key, num_classes)
 
 
 def server_roster(settings: DeploymentSettings, app_dir: Path | None = None) -> Roster | None:
@@ -448,7 +497,7 @@ def build_server(
     the one ``settings`` name, with no app directory.
     """
     settings = settings or DeploymentSettings(config)
-    model = initial_model(config, hellos.num_features)
+    model = initial_model(config, hellos.num_features, hellos.num_classes)
     initial = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
     mode = mode_of(config)
     exchange = mode.server_exchange(
@@ -465,23 +514,20 @@ def build_server(
         strategy=get_strategy(config.aggregator, mu=config.mu),
         transport=transport,
         exchange=exchange,
-        loss_fn=make_loss(config.loss, reduction="sum"),
+        loss_fn=make_loss(config.loss, reduction="sum", num_classes=hellos.num_classes),
         X_test=X_test,
         y_test=y_test,
         fraction=config.fraction,
         min_clients=config.min_clients,
         seed=config.seed,
+        num_classes=hellos.num_classes,
     )
 
 
-def _binary_only(num_classes: int) -> None:
-    """A deployment trains binary models only: its server builds the model from the sites' hello,
-    which names the feature count but not the classes."""
-    if num_classes > 2:
-        raise ConfigError(
-            f"the data has {num_classes} classes, but a Flower deployment trains binary models only so far "
-            "(more classes run in the simulation: python -m train.federated)"
-        )
+def classes_digest(classes) -> str:
+    """SHA-256 (hex) of a data set's label values in the order they map to 0..K-1, as the hello
+    carries them: sites whose labels mean different classes must not train one model."""
+    return hashlib.sha256(json.dumps([str(c) for c in classes]).encode()).hexdigest()
 
 
 def _server_held_out(config: TrainConfig, settings: DeploymentSettings, num_features: int) -> tuple[np.ndarray, np.ndarray]:
