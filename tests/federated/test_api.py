@@ -140,6 +140,25 @@ def test_run_folder_and_final_model(tmp_path):
         assert torch.equal(saved[k].to(v.dtype), v), k
 
 
+def test_a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(tmp_path):
+    sites, test = _digits()
+    parts = dict(loss=nn.CrossEntropyLoss(), optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), mode="plain")
+    whole = Federation(TinyCNN, sites, test=test, rounds=3, **parts)
+    whole.fit(tmp_path / "whole", progress=False)
+    first = Federation(TinyCNN, sites, test=test, rounds=2, **parts)
+    first.fit(tmp_path / "split", progress=False)
+    rest = Federation(TinyCNN, sites, test=test, rounds=3, **parts)
+    history = rest.fit(tmp_path / "split", resume=True, progress=False)
+    assert [r["round"] for r in history] == [3]
+    assert torch.equal(_weights(rest), _weights(whole))
+    assert (tmp_path / "split" / "metrics.csv").read_text() == (tmp_path / "whole" / "metrics.csv").read_text()
+    with pytest.raises(ConfigError, match="conflicts with the run being resumed"):
+        Federation(TinyCNN, sites, test=test, rounds=3, **{**parts, "mode": "he"}, **SMALL_KEYS).fit(
+            tmp_path / "split", resume=True, progress=False)
+    with pytest.raises(ConfigError, match="resume=True needs the run_dir"):
+        rest.fit(resume=True)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -268,11 +268,13 @@ def test_a_checkpoint_that_would_not_restore_is_refused_when_read(checkpoint, ed
 def test_a_hello_of_the_wrong_types_is_malformed_not_a_value_error():
     """``int(record["num-features"])`` raised ValueError or TypeError for a string, bytes or a list."""
     flwr_app = pytest.importorskip("flwr.app")
-    from torchhefl.flower.deployment import DeploymentSettings, read_hellos
+    from torchhefl.flower.deployment import DeploymentSettings, classes_digest, read_hellos
 
     config = DeploymentSettings.from_run_config({"clients": 1, "mode": "plain"}).config
-    good = {"partition-id": 0, "num-partitions": 1, "num-features": 4, "public-key": ""}
-    for field, value in [("num-features", "x"), ("num-features", [1]), ("partition-id", "0"), ("public-key", "0xzz")]:
+    good = {"partition-id": 0, "num-partitions": 1, "num-features": 4, "num-classes": 2, "classes": classes_digest((0, 1)),
+            "public-key": ""}
+    for field, value in [("num-features", "x"), ("num-features", [1]), ("partition-id", "0"), ("public-key", "0xzz"),
+                         ("num-classes", "2"), ("num-classes", 2.0), ("classes", b"\x00" * 32), ("classes", ["ab"])]:
         content = flwr_app.RecordDict({"torchhefl.hello": flwr_app.ConfigRecord({**good, field: value})})
         with pytest.raises(MalformedMessageError, match="malformed record"):
             read_hellos(config, {7: content})

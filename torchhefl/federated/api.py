@@ -174,19 +174,28 @@ class Federation:
             loss_fn=self.loss, optimizer_fn=self.optimizer, dataset=description,
         )
 
-    def fit(self, run_dir: str | Path | None = None, *, progress: bool = True, echo: Callable[[str], None] | None = None) -> list[dict]:
+    def fit(
+        self, run_dir: str | Path | None = None, *, resume: bool = False, progress: bool = True,
+        echo: Callable[[str], None] | None = None,
+    ) -> list[dict]:
         """Train every round; returns the rounds' metrics (``test_accuracy``, ``test_f1``,
-        ``test_auc``, ``test_loss``, ``bytes_up``, ...), one dict a round.
+        ``test_auc``, ``test_loss``, ``bytes_up``, ...), one dict a round (with ``resume``, the
+        rounds run now).
 
         With ``run_dir``, also write the run folder the CLI writes (``config.json``,
-        ``metrics.csv``, TensorBoard events, a checkpoint after every round, ``model.pt``).
-        ``echo`` gets one line per round; ``progress`` shows a bar.
+        ``metrics.csv``, TensorBoard events, a checkpoint after every round, ``model.pt``);
+        ``resume=True`` continues the run saved there up to ``rounds`` (the same parts and
+        settings; an HE run needs its key folder in ``extra["key_dir"]``, as ``--resume`` needs
+        ``--key-dir``). ``echo`` gets one line per round; ``progress`` shows a bar.
         """
+        if resume and run_dir is None:
+            raise ConfigError("resume=True needs the run_dir of the run to continue")
         self.simulation = sim = self.build()
         self.history = []
         keep = lambda rnd, result: self.history.append(dict(result))  # noqa: E731
         if run_dir is not None:
-            self.summary = run(self.config, run_dir, progress=progress, echo=echo, simulation=sim, after_round=keep)
+            self.summary = run(self.config, run_dir, progress=progress, echo=echo, simulation=sim, after_round=keep,
+                               resume=resume)
             return self.history
         from torchhefl.federated.drive import drive, summarize
 
