@@ -44,10 +44,6 @@ from torchhefl.federated.simulation import Simulation, assemble, run
 
 __all__ = ["Federation", "site_arrays"]
 
-#: what a site's (or the test set's) data may be
-SiteData = "torch.utils.data.Dataset | DataLoader | tuple[array, array]"
-
-
 def site_arrays(data, what: str = "data") -> tuple[np.ndarray, np.ndarray]:
     """``(X, y)`` arrays of a ``Dataset`` of ``(input, label)`` items, a ``DataLoader`` over one,
     or an ``(X, y)`` pair of arrays or tensors; ``X`` float64 of shape ``(n, *shape)``, ``y`` int64.
