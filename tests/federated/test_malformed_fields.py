@@ -173,7 +173,7 @@ def test_hem_statistics_are_checked_per_site():
     blob = sim.clients[0].exchange.write_statistics({"count": np.array([1.0]), "sum": np.zeros(4), "sumsq": np.zeros(4)})
     msg = wire.decode(blob)
     zero_d = wire.encode(msg.kind, msg.meta, {"values": np.zeros((), dtype=np.uint8)})
-    with pytest.raises(MalformedMessageError, match="masked statistics of -1 values"):
+    with pytest.raises(MalformedMessageError, match="masked statistics of -1 ciphertexts for 9 values"):
         sim.server.exchange.check_statistics(zero_d)
     with pytest.raises(MalformedMessageError, match="unexpected format, scale or arrays"):
         sim.server.exchange.check_statistics(wire.encode(msg.kind, {**msg.meta, "scale": True}, msg.arrays))

@@ -360,7 +360,7 @@ def test_refused_statistics_stop_the_run_with_the_reason():
             return sim.clients[1].handle(request)
 
     sim.transport.clients["site1"] = _BadStats()
-    with pytest.raises(ProtocolError, match="site1: statistics payload holds"):
+    with pytest.raises(ProtocolError, match="site1: standardize statistics payload holds"):
         sim.server.setup()
 
 

@@ -44,9 +44,13 @@ __all__ = [
     "TableEncoder",
     "TableSummary",
     "agree_encoding",
+    "agree_vocabulary",
+    "histogram_counts",
     "local_histogram",
     "local_summary",
+    "median_from_counts",
     "median_from_histogram",
+    "span",
 ]
 
 IMPUTE = ("mean", "median", "none")
@@ -117,7 +121,11 @@ def local_summary(table: Table) -> TableSummary:
 
 
 def _span(total: TableSummary) -> tuple[np.ndarray, np.ndarray]:
-    mean, sd = total.mean, total.std
+    return span(total.mean, total.std)
+
+
+def span(mean: np.ndarray, sd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean - sd, mean + sd)``: where the median's histogram bins lie (the median always does)."""
     return mean - sd, mean + sd
 
 
@@ -125,8 +133,16 @@ def local_histogram(table: Table, total: TableSummary, *, bins: int = MEDIAN_BIN
     """A site's median histogram, shape ``(k, bins + 2)``: per numeric column, the count of its
     non-missing values below ``mean - sd``, in each of ``bins`` equal bins up to ``mean + sd``,
     and above it; ``mean`` and ``sd`` are those of the summed first pass ``total``."""
-    X = table.numeric()
     lo, hi = _span(total)
+    return histogram_counts(table.numeric(), lo, hi, bins=bins)
+
+
+def histogram_counts(X: np.ndarray, lo: np.ndarray, hi: np.ndarray, *, bins: int = MEDIAN_BINS) -> np.ndarray:
+    """Per column ``j`` of ``X`` (shape ``(n, k)``, NaN where missing), the count of its non-missing
+    values below ``lo[j]``, in each of ``bins`` equal bins up to ``hi[j]``, and above it: shape
+    ``(k, bins + 2)``. A column with ``lo == hi`` (constant) counts every value in the first bin;
+    one with a non-finite ``lo`` (no value anywhere) counts nothing."""
+    X = np.asarray(X, dtype=np.float64)
     out = np.zeros((X.shape[1], bins + 2))
     for j in range(X.shape[1]):
         v = X[:, j][~np.isnan(X[:, j])]
@@ -146,16 +162,23 @@ def local_histogram(table: Table, total: TableSummary, *, bins: int = MEDIAN_BIN
 def median_from_histogram(histogram: np.ndarray, total: TableSummary) -> np.ndarray:
     """Per numeric column, the median estimated from the summed histogram (see the module text):
     within ``sd / bins`` of the pooled median of the non-missing values."""
-    bins = histogram.shape[1] - 2
     lo, hi = _span(total)
+    return median_from_counts(histogram, lo, hi, total.count, total.mean)
+
+
+def median_from_counts(histogram: np.ndarray, lo: np.ndarray, hi: np.ndarray, count: np.ndarray,
+                       mean: np.ndarray) -> np.ndarray:
+    """Per column, the median located by a summed :func:`histogram_counts` over ``[lo, hi]`` of
+    ``count`` non-missing values whose mean is ``mean`` (the value of a constant column)."""
+    bins = histogram.shape[1] - 2
     out = np.full(histogram.shape[0], np.nan)
     for j in range(histogram.shape[0]):
-        n = int(round(total.count[j]))
+        n = int(round(count[j]))
         if n < 1:
             continue
         width = (hi[j] - lo[j]) / bins
         if width <= 0:
-            out[j] = total.mean[j]
+            out[j] = mean[j]
             continue
         cumulative = np.cumsum(histogram[j])
         middle = []
@@ -199,8 +222,12 @@ class TableEncoder:
     def num_features(self) -> int:
         return len(self.feature_names)
 
-    def transform(self, table: Table) -> Dataset:
-        """The rows of ``table`` (same columns) encoded as a :class:`Dataset`."""
+    def transform(self, table: Table, *, keep_missing: bool = False) -> Dataset:
+        """The rows of ``table`` (same columns) encoded as a :class:`Dataset`.
+
+        ``keep_missing``: leave a missing number as NaN (the sites fill it from federated
+        statistics once the run has summed them) instead of filling it with :attr:`fill`.
+        """
         from sklearn.preprocessing import OneHotEncoder
 
         if table.columns != self.columns or table.kinds != self.kinds:
@@ -209,7 +236,10 @@ class TableEncoder:
         for name, kind, column in zip(self.columns, self.kinds, table.values):
             if kind == NUMERIC:
                 missing = np.isnan(column)
-                if self.fill is None or not missing.any():
+                if keep_missing and self.fill is not None:
+                    check_finite(name, np.where(missing, 0.0, column))  # an infinity is refused all the same
+                    blocks.append(column[:, None])
+                elif self.fill is None or not missing.any():
                     check_finite(name, column)  # refuses a missing value: --impute none
                     blocks.append(column[:, None])
                 else:
@@ -231,20 +261,44 @@ class TableEncoder:
         X = np.concatenate(blocks, axis=1) if blocks else np.zeros((len(table), 0))
         return Dataset(X, table.y, self.feature_names, table.label_name, table.classes)
 
-    def describe(self) -> str:
-        """What the encoding did, for the run's summary line (empty when it changed nothing)."""
+    def describe(self, *, missing: int | None = None) -> str:
+        """What the encoding did, for the run's summary line (empty when it changed nothing);
+        ``missing``: the count of filled training values, where the run summed it (default :attr:`missing`)."""
+        missing = self.missing if missing is None else int(missing)
         parts = []
         text = [c for c, k in zip(self.columns, self.kinds) if k == CATEGORICAL]
         if text:
             parts.append("one-hot " + ", ".join(f"{c!r} ({len(self.vocabulary[c])} categories)" for c in text))
-        if self.missing:
-            parts.append(f"{self.missing} missing training value{'s' * (self.missing != 1)} filled with the federated {self.impute}")
+        if missing:
+            parts.append(f"{missing} missing training value{'s' * (missing != 1)} filled with the federated {self.impute}")
         return "; ".join(parts)
 
     def to_dict(self) -> dict:
         """A JSON-able form."""
         return {"columns": self.columns, "kinds": self.kinds, "vocabulary": self.vocabulary, "fill": self.fill,
                 "impute": self.impute, "missing": self.missing}
+
+
+def agree_vocabulary(site_tables: Iterable[Table], *, impute: str = "mean") -> TableEncoder:
+    """The one-hot vocabulary of the sites holding ``site_tables``, from their category sets only:
+    an encoding whose fill values are left to the run (``fill`` is empty, not ``None``, unless
+    ``impute="none"``), to be used with ``transform(..., keep_missing=True)``; the sites then fill
+    their missing numbers from statistics summed through the mode's protected path
+    (:mod:`torchhefl.federated.statistics`).
+
+    Raises:
+        ConfigError: ``impute`` is not one of :data:`IMPUTE`.
+    """
+    if impute not in IMPUTE:
+        raise ConfigError(f"--impute must be one of {', '.join(IMPUTE)}; got {impute!r}")
+    tables = list(site_tables)
+    if not tables:
+        raise DataError("agree_vocabulary needs the table of at least one site")
+    first = tables[0]
+    text = first.names_of(CATEGORICAL)
+    sets = [local_summary(t).categories for t in tables]
+    vocabulary = {name: sorted(frozenset().union(*(s[j] for s in sets))) for j, name in enumerate(text)}
+    return TableEncoder(first.columns, first.kinds, vocabulary, None if impute == "none" else {}, impute)
 
 
 def agree_encoding(site_tables: Iterable[Table], *, impute: str = "mean") -> TableEncoder:

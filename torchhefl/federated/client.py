@@ -16,6 +16,7 @@ from torchhefl.data import Standardizer, local_moments
 from torchhefl.exceptions import MalformedMessageError, ProtocolError
 from torchhefl.federated.evaluation import counts_to_wire, evaluation_counts
 from torchhefl.federated.exchange import ClientExchange, standardizer_from_statistics
+from torchhefl.federated.statistics import STANDARDIZE, Imputation, purpose_of
 from torchhefl.federated.messages import (
     EVALUATE_INS,
     EVALUATE_RES,
@@ -79,6 +80,10 @@ class Client:
         optimizer_fn: builds the local optimizer from the trainable parameters, once per round
             (e.g. ``lambda params: torch.optim.Adam(params, lr=1e-3)``); default
             ``torch.optim.SGD(params, lr=lr)``.
+        impute: fill the missing values (NaN) of ``X`` and ``X_test`` with the federated
+            ``"mean"`` or ``"median"`` of their column, from the imputation passes the server runs
+            before standardisation (:mod:`torchhefl.federated.statistics`); ``None`` (default):
+            the site has no missing values and refuses those passes.
         share_timings: send the seconds of each fit phase to the server in the reply (default
             ``False``: they stay here, in :attr:`timings` and this site's log, since a site's
             training time reveals its number of local steps and so its sample count).
@@ -108,8 +113,11 @@ class Client:
         num_classes: int = 2,
         share_timings: bool = False,
         optimizer_fn: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
+        impute: str | None = None,
     ) -> None:
         self.cid, self.index = cid, index
+        #: this site's side of the imputation passes (``None``: missing values are refused)
+        self.imputation = None if impute is None else Imputation(impute)
         self._X_raw = np.asarray(X, dtype=np.float64)
         self._X_test_raw = None if X_test is None else np.asarray(X_test, dtype=np.float64)
         self.dtype = next(model.parameters()).dtype
@@ -156,18 +164,42 @@ class Client:
         handler = getattr(self, "_on_" + msg.kind.removesuffix("_ins"))
         return handler(msg)
 
+    def _flat(self, X: np.ndarray) -> np.ndarray:
+        return X.reshape(X.shape[0], math.prod(X.shape[1:]))
+
     def _on_stats(self, msg) -> bytes:
-        m = local_moments(self._X_raw)
-        stats = {"count": np.array([float(m.count)]), "sum": m.sum, "sumsq": m.sumsq}
-        return encode_request(STATS_RES, {"cid": self.cid}, self.exchange.write_statistics(stats))
+        purpose = purpose_of(msg.meta)
+        if purpose == STANDARDIZE:
+            if np.isnan(self._X_raw).any():
+                raise ProtocolError("this site's rows have missing values: standardisation comes after the imputation passes")
+            m = local_moments(self._X_raw)
+            stats = {"count": np.array([float(m.count)]), "sum": m.sum, "sumsq": m.sumsq}
+        elif self.imputation is None:
+            raise ProtocolError(f"asked for {purpose} statistics, but this site does not fill missing values (--impute none)")
+        else:
+            stats = self.imputation.local(purpose, self._flat(self._X_raw))
+        return encode_request(STATS_RES, {"cid": self.cid}, self.exchange.write_statistics(stats, purpose=purpose))
 
     def _on_standardize(self, msg) -> bytes:
-        stats = self.exchange.read_statistics(payload_of(msg))
+        purpose = purpose_of(msg.meta)
+        stats = self.exchange.read_statistics(payload_of(msg), purpose=purpose)
+        if purpose != STANDARDIZE:
+            if self.imputation is None:
+                raise ProtocolError(f"sent {purpose} statistics, but this site does not fill missing values (--impute none)")
+            self.imputation.read(purpose, stats, num_features=math.prod(self._X_raw.shape[1:]))
+            if self.imputation.done:
+                self._X_raw = self._fill(self._X_raw)
+                self._X_test_raw = None if self._X_test_raw is None else self._fill(self._X_test_raw)
+                self.X = torch.as_tensor(self._X_raw, dtype=self.dtype)
+            return encode_request(STANDARDIZE_RES, {"cid": self.cid})
         self.standardizer = standardizer_from_statistics(stats, num_features=math.prod(self._X_raw.shape[1:]))
         self.X = torch.as_tensor(self.standardizer.transform(self._X_raw), dtype=self.dtype)
         if self._X_test_raw is not None:
             self.X_test = torch.as_tensor(self.standardizer.transform(self._X_test_raw), dtype=self.dtype)
         return encode_request(STANDARDIZE_RES, {"cid": self.cid})
+
+    def _fill(self, X: np.ndarray) -> np.ndarray:
+        return self.imputation.apply(self._flat(X)).reshape(X.shape)
 
     def remember_global(self, payload: bytes) -> None:
         """Keep ``payload`` as the global model a later fit request may name by its digest."""

@@ -60,6 +60,7 @@ from torchhefl.federated.keyring import run_keypair
 from torchhefl.federated.parts import ModeParts
 from torchhefl.federated.signed_uploads import SignedGlobal, SignedUpload, UploadSignature
 from torchhefl.federated.strategies import Strategy
+from torchhefl.federated.statistics import STANDARDIZE, check_length, from_vector, to_vector
 from torchhefl.secure import MAX_TOTAL_WEIGHT, PackedSum, PrivateKey, PublicKey, SecureStateDict, packing
 from torchhefl.secure.encoding import STATE_DICT_FIXED_POINT, FixedPoint
 from torchhefl.secure.identity import Roster, SiteIdentity
@@ -78,7 +79,6 @@ __all__ = [
     "upload_encoding",
 ]
 
-_STAT_FIELDS = ("count", "sum", "sumsq")
 _IDENTITY_LABEL = b"torchhefl simulated site identity v1"
 
 
@@ -237,11 +237,11 @@ class ClientKeyServerExchange(ServerExchange):
     def _parse(self, blob: bytes) -> SecureStateDict:
         return SecureStateDict.from_bytes(blob, public_key=self.public_key, precision=self.precision)
 
-    def check_statistics(self, payload: bytes) -> bytes:
-        """Statistics under our key, of the length the first site's had (checked again when summed)."""
+    def check_statistics(self, payload: bytes, *, purpose: str = STANDARDIZE) -> bytes:
+        """Statistics under our key, of a length ``purpose`` can have (all sites' lengths are
+        compared when summed)."""
         part = PackedSum.from_bytes(payload, public_key=self.public_key)
-        if len(part) < 3 or len(part) % 2 != 1:
-            raise MalformedMessageError(f"statistics vector of length {len(part)} cannot hold a count, sums and squares")
+        check_length(purpose, len(part))
         if part.terms != 1:
             raise MalformedMessageError(f"statistics vector claims to be a sum of {part.terms} vectors, not one site's")
         return payload
@@ -256,7 +256,7 @@ class ClientKeyServerExchange(ServerExchange):
             raise MalformedMessageError("checkpointed model does not have the model's names, shapes and dtypes")
         self._global = bytes(blob)
 
-    def sum_statistics(self, payloads: Sequence[bytes]) -> bytes:
+    def sum_statistics(self, payloads: Sequence[bytes], *, purpose: str = STANDARDIZE) -> bytes:
         parts = [PackedSum.from_bytes(b, public_key=self.public_key) for b in payloads]
         if not parts:
             raise MalformedMessageError("no statistics to sum")
@@ -296,7 +296,8 @@ class ClientKeyClientExchange(ClientExchange):
         self.weight_bound = weight_bound
         self.precision = packing.check_encoding(precision)
         self.rounding = rounding
-        self._d: int | None = None
+        #: purpose -> length of the statistics vector this site sent
+        self._lengths: dict[str, int] = {}
         self._initial_state: OrderedDict | None = None
         self._initial: bytes | None = None  # the public encryption of the initial model, once made
         self._last: tuple[bytes, int, OrderedDict] | None = None
@@ -400,20 +401,20 @@ class ClientKeyClientExchange(ClientExchange):
         )
         return SignedUpload(signature, model).to_bytes()
 
-    def write_statistics(self, stats: Mapping[str, np.ndarray]) -> bytes:
-        vector = np.concatenate([np.asarray(stats[k], dtype=np.float64).reshape(-1) for k in _STAT_FIELDS])
-        self._d = (len(vector) - 1) // 2
+    def write_statistics(self, stats: Mapping[str, np.ndarray], *, purpose: str = STANDARDIZE) -> bytes:
+        vector = to_vector(purpose, stats)
+        self._lengths[purpose] = len(vector)
         return PackedSum.encrypt(vector, self.public_key, coins=self.private_key.coins()).to_bytes()
 
-    def read_statistics(self, payload: bytes) -> dict[str, np.ndarray]:
+    def read_statistics(self, payload: bytes, *, purpose: str = STANDARDIZE) -> dict[str, np.ndarray]:
         try:
             vector = PackedSum.from_bytes(payload, public_key=self.public_key).decrypt(self.private_key)
         except OverflowError as e:
             raise MalformedMessageError(f"the summed statistics do not decrypt to valid values: {e}") from None
-        d = (len(vector) - 1) // 2
-        if len(vector) != 2 * d + 1 or (self._d is not None and d != self._d):
-            raise MalformedMessageError(f"statistics vector of length {len(vector)} does not fit {self._d} features")
-        return {"count": vector[:1], "sum": vector[1 : 1 + d], "sumsq": vector[1 + d :]}
+        sent = self._lengths.get(purpose)
+        if sent is not None and len(vector) != sent:
+            raise MalformedMessageError(f"{purpose} statistics of {len(vector)} values, this site sent {sent}")
+        return from_vector(purpose, vector)
 
 
 def simulated_identity(private_key: PrivateKey, cid: str) -> SiteIdentity:

@@ -22,6 +22,7 @@ from torchhefl.data import Moments, Standardizer
 from torchhefl.exceptions import ConfigError, DataError, MalformedMessageError
 from torchhefl.federated.messages import decode_state, encode_state
 from torchhefl.federated.strategies import Strategy
+from torchhefl.federated.statistics import FIELDS, STANDARDIZE, from_vector, to_vector
 from torchhefl.secure.identity import Roster, SiteIdentity
 
 __all__ = [
@@ -148,17 +149,19 @@ class ServerExchange:
         (what :meth:`check_update` returned)."""
         raise NotImplementedError
 
-    def check_statistics(self, payload: bytes) -> bytes:
-        """Check one client's statistics payload before summing (same contract as :meth:`check_update`).
-        Default: the bytes unchanged."""
+    def check_statistics(self, payload: bytes, *, purpose: str = STANDARDIZE) -> bytes:
+        """Check one client's statistics payload of ``purpose`` (one of
+        :data:`~torchhefl.federated.statistics.PURPOSES`) before summing (same contract as
+        :meth:`check_update`). Default: the bytes unchanged."""
         return payload
 
-    def sum_statistics(self, payloads: Sequence[bytes]) -> bytes:
-        """Sum clients' statistics payloads (counts, sums) into one payload for the clients."""
+    def sum_statistics(self, payloads: Sequence[bytes], *, purpose: str = STANDARDIZE) -> bytes:
+        """Sum clients' statistics payloads of ``purpose`` (counts, sums) into one payload for the clients."""
         raise NotImplementedError
 
-    def read_statistics(self, payload: bytes) -> dict[str, np.ndarray] | None:
-        """The summed statistics, if the server may read them; else ``None``."""
+    def read_statistics(self, payload: bytes, *, purpose: str = STANDARDIZE) -> dict[str, np.ndarray] | None:
+        """The summed statistics of ``purpose`` (its :data:`~torchhefl.federated.statistics.FIELDS`),
+        if the server may read them; else ``None``."""
         return None
 
     def global_state(self) -> OrderedDict | None:
@@ -228,10 +231,13 @@ class ClientExchange:
         that binds its uploads to the request, e.g. by signing them). Default: :meth:`write_update`."""
         return self.write_update(state, num_examples)
 
-    def write_statistics(self, stats: Mapping[str, np.ndarray]) -> bytes:
+    def write_statistics(self, stats: Mapping[str, np.ndarray], *, purpose: str = STANDARDIZE) -> bytes:
+        """This site's statistics of ``purpose``, named as its
+        :data:`~torchhefl.federated.statistics.FIELDS` say, as this mode sends them."""
         raise NotImplementedError
 
-    def read_statistics(self, payload: bytes) -> dict[str, np.ndarray]:
+    def read_statistics(self, payload: bytes, *, purpose: str = STANDARDIZE) -> dict[str, np.ndarray]:
+        """The summed statistics of ``purpose`` the server sent back."""
         raise NotImplementedError
 
 
@@ -261,7 +267,7 @@ class PlainServerExchange(ServerExchange):
             (k, torch.as_tensor(combined[k]).to(ref.dtype)) for k, ref in self.state.items()
         )
 
-    def sum_statistics(self, payloads: Sequence[bytes]) -> bytes:
+    def sum_statistics(self, payloads: Sequence[bytes], *, purpose: str = STANDARDIZE) -> bytes:
         total: dict[str, np.ndarray] | None = None
         for blob in payloads:
             stats, _ = decode_state(blob, expected=None if total is None else {k: torch.as_tensor(v) for k, v in total.items()})
@@ -272,17 +278,26 @@ class PlainServerExchange(ServerExchange):
             raise MalformedMessageError("no statistics to sum")
         return encode_state(total)
 
-    def check_statistics(self, payload: bytes) -> bytes:
-        """One site's ``count``, ``sum`` and ``sumsq`` arrays, usable on their own (the server may
-        read them in plain mode; see :func:`standardizer_from_statistics`)."""
+    def check_statistics(self, payload: bytes, *, purpose: str = STANDARDIZE) -> bytes:
+        """One site's arrays of ``purpose``, usable on their own (the server may read them in plain
+        mode): for standardisation ``count``, ``sum`` and ``sumsq`` that give a standardisation
+        (:func:`standardizer_from_statistics`), otherwise the purpose's fields, finite, of a
+        length they can have."""
         stats, _ = decode_state(payload)
-        if list(stats) != list(_STAT_NAMES):
-            raise MalformedMessageError(f"statistics payload holds {list(stats)}, expected count, sum and sumsq")
-        standardizer_from_statistics({k: v.numpy() for k, v in stats.items()})
+        if list(stats) != list(FIELDS[purpose]):
+            raise MalformedMessageError(f"{purpose} statistics payload holds {list(stats)}, expected {', '.join(FIELDS[purpose])}")
+        arrays = {k: v.to(torch.float64).numpy() for k, v in stats.items()}
+        if purpose == STANDARDIZE:
+            standardizer_from_statistics(arrays)
+            return payload
+        vector = to_vector(purpose, arrays)
+        if not np.isfinite(vector).all():
+            raise MalformedMessageError(f"{purpose} statistics that are not finite")
+        from_vector(purpose, vector)  # a length the purpose can have
         return payload
 
-    def read_statistics(self, payload: bytes) -> dict[str, np.ndarray]:
-        return {k: v.numpy() for k, v in decode_state(payload)[0].items()}
+    def read_statistics(self, payload: bytes, *, purpose: str = STANDARDIZE) -> dict[str, np.ndarray]:
+        return _read_plain_statistics(payload, purpose)
 
     def global_state(self) -> OrderedDict:
         return OrderedDict((k, v.clone()) for k, v in self.state.items())
@@ -301,11 +316,19 @@ class PlainClientExchange(ClientExchange):
     def write_update(self, state: Mapping[str, torch.Tensor], num_examples: int) -> bytes:
         return encode_state(state, {"num_examples": int(num_examples)})
 
-    def write_statistics(self, stats: Mapping[str, np.ndarray]) -> bytes:
-        return encode_state({k: np.asarray(v, dtype=np.float64) for k, v in stats.items()})
+    def write_statistics(self, stats: Mapping[str, np.ndarray], *, purpose: str = STANDARDIZE) -> bytes:
+        return encode_state({k: np.asarray(stats[k], dtype=np.float64) for k in FIELDS[purpose]})
 
-    def read_statistics(self, payload: bytes) -> dict[str, np.ndarray]:
-        return {k: v.numpy() for k, v in decode_state(payload)[0].items()}
+    def read_statistics(self, payload: bytes, *, purpose: str = STANDARDIZE) -> dict[str, np.ndarray]:
+        return _read_plain_statistics(payload, purpose)
+
+
+def _read_plain_statistics(payload: bytes, purpose: str) -> dict[str, np.ndarray]:
+    """The arrays of a plaintext statistics sum of ``purpose`` (its fields, float64)."""
+    stats, _ = decode_state(payload)
+    if set(stats) != set(FIELDS[purpose]):
+        raise MalformedMessageError(f"{purpose} statistics hold {sorted(stats)}, expected {', '.join(FIELDS[purpose])}")
+    return {k: v.to(torch.float64).numpy() for k, v in stats.items()}
 
 
 def standardizer_from_statistics(stats: Mapping[str, np.ndarray], *, num_features: int | None = None) -> Standardizer:

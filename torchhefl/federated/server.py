@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ from torchhefl.federated.messages import (
     same_int,
 )
 from torchhefl.federated.round_result import RoundResult
+from torchhefl.federated.statistics import STANDARDIZE, Imputation
 from torchhefl.federated.strategies import Strategy
 from torchhefl.federated.transport import CLIENT_FAULTS, Transport, deliver
 from torchhefl.secure import wire
@@ -72,6 +73,9 @@ class Server:
             answering one fit request (see :meth:`answer_follow_up`).
         num_classes: the number of classes the model tells apart (2: one logit per row), which
             the evaluation counts a site sends must match. Default: ``2``.
+        impute: ``"mean"`` or ``"median"`` to have the sites fill missing values from federated
+            statistics before standardisation (:mod:`torchhefl.federated.statistics`); ``None``
+            (default) for data without gaps.
     """
 
     def __init__(
@@ -91,8 +95,13 @@ class Server:
         max_retries: int = 2,
         max_follow_ups: int = 10_000,
         num_classes: int = 2,
+        impute: str | None = None,
     ) -> None:
         self.num_classes = int(num_classes)
+        #: ``"mean"`` or ``"median"``: run the imputation passes before standardisation; ``None``: none
+        self.impute = impute
+        #: the server's side of the imputation passes, where it may read their sums (else no fill)
+        self.imputation: Imputation | None = None
         self.model, self.strategy, self.transport, self.exchange = model, strategy, transport, exchange
         self.loss_fn = loss_fn
         self.max_follow_ups = max_follow_ups
@@ -114,8 +123,11 @@ class Server:
     # -- set-up ---------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        """Before the first round: the exchange's own set-up (e.g. key agreement), then standardisation."""
+        """Before the first round: the exchange's own set-up (e.g. key agreement), the imputation
+        passes where the run fills missing values, then standardisation."""
         self.exchange.setup(self)
+        for purpose in () if self.impute is None else Imputation(self.impute).purposes:
+            self.impute_pass(purpose)
         self.standardize()
 
     def broadcast(self, ids: list[str], request: bytes, reply_kind: str, *, server_round: int | None = None) -> dict:
@@ -123,27 +135,49 @@ class Server:
         With ``server_round``, a reply must be for that round."""
         return self._broadcast(ids, request, reply_kind, server_round)
 
-    def standardize(self) -> None:
-        """Fit the feature standardisation from the clients' summed moments (no rows leave a site)."""
+    def _sum_pass(self, purpose: str, what: str, usable: str, check: Callable):
+        """One statistics pass of ``purpose``: ask every client, sum the replies through the
+        exchange, let ``check`` read the sum (if the server may), then send the sum back. Returns
+        ``check``'s result."""
         ids = self.transport.client_ids
+        meta = {} if purpose == STANDARDIZE else {"purpose": purpose}
         replies, refused = {}, {}
-        for cid, answer in self._deliver(ids, encode_request(STATS_INS, {})):
+        for cid, answer in self._deliver(ids, encode_request(STATS_INS, meta)):
             try:
-                replies[cid] = self.read_stats_reply(cid, answer)
+                replies[cid] = self.read_stats_reply(cid, answer, purpose=purpose)
             except CLIENT_FAULTS as e:
-                log.warning("client %s left out of stats: %s", cid, e)
+                log.warning("client %s left out of %s: %s", cid, what, e)
                 refused[cid] = str(e)
         if len(replies) < len(ids):
             reasons = "; ".join(f"{cid}: {why}" for cid, why in refused.items())
-            raise ProtocolError(f"standardisation needs every client's statistics ({reasons})")
+            raise ProtocolError(f"{what} needs every client's statistics ({reasons})")
         try:
-            total = self.exchange.sum_statistics([payload_of(m) for m in replies.values()])
-            stats = self.exchange.read_statistics(total)
-            num_features = None if self._X_test_raw is None else math.prod(self._X_test_raw.shape[1:])
-            standardizer = None if stats is None else standardizer_from_statistics(stats, num_features=num_features)
+            total = self.exchange.sum_statistics([payload_of(m) for m in replies.values()], purpose=purpose)
+            stats = self.exchange.read_statistics(total, purpose=purpose)
+            result = None if stats is None else check(stats)
         except (MalformedMessageError, KeyMismatchError) as e:
-            raise ProtocolError(f"the clients' statistics do not add up to usable moments: {e}") from None
-        self._broadcast(ids, encode_request(STANDARDIZE_INS, {}, total), STANDARDIZE_RES)
+            raise ProtocolError(f"the clients' statistics do not add up to usable {usable}: {e}") from None
+        self._broadcast(ids, encode_request(STANDARDIZE_INS, meta, total), STANDARDIZE_RES)
+        return result
+
+    def impute_pass(self, purpose: str) -> None:
+        """One imputation pass (``"impute"`` or ``"median"``): the clients fill their missing values
+        from the sums; a server that may read them fills those of its held-out rows."""
+        num_features = None if self._X_test_raw is None else math.prod(self._X_test_raw.shape[1:])
+        if self.imputation is None:
+            self.imputation = Imputation(self.impute)
+        imputation = self.imputation
+        self._sum_pass(purpose, "imputation", "imputation statistics", lambda stats: imputation.read(purpose, stats, num_features=num_features))
+        if imputation.done and self._X_test_raw is not None:
+            X = self._X_test_raw
+            self._X_test_raw = imputation.apply(X.reshape(X.shape[0], -1)).reshape(X.shape)
+
+    def standardize(self) -> None:
+        """Fit the feature standardisation from the clients' summed moments (no rows leave a site)."""
+        num_features = None if self._X_test_raw is None else math.prod(self._X_test_raw.shape[1:])
+        standardizer = self._sum_pass(
+            STANDARDIZE, "standardisation", "moments", lambda stats: standardizer_from_statistics(stats, num_features=num_features)
+        )
         if standardizer is not None:
             self.standardizer = standardizer
             if self._X_test_raw is not None:
@@ -330,12 +364,12 @@ class Server:
         served[cid] = served.get(cid, 0) + 1
         return encode_request(follow_up.reply_kind, {"round": server_round, "attempt": attempt, "seq": seq}, reply)
 
-    def read_stats_reply(self, cid: str, answer: bytes | Exception) -> wire.Message:
-        """Check one client's answer to the statistics request (envelope, then the exchange's
-        :meth:`~torchhefl.federated.exchange.ServerExchange.check_statistics`); same errors as
-        :meth:`read_fit_reply`."""
+    def read_stats_reply(self, cid: str, answer: bytes | Exception, *, purpose: str = STANDARDIZE) -> wire.Message:
+        """Check one client's answer to the statistics request of ``purpose`` (envelope, then the
+        exchange's :meth:`~torchhefl.federated.exchange.ServerExchange.check_statistics`); same
+        errors as :meth:`read_fit_reply`."""
         msg = self._read_reply(cid, answer, STATS_RES)
-        self.exchange.check_statistics(payload_of(msg))
+        self.exchange.check_statistics(payload_of(msg), purpose=purpose)
         return msg
 
     def read_evaluate_reply(self, cid: str, answer: bytes | Exception) -> dict[str, np.ndarray]:

@@ -57,9 +57,12 @@ from torchhefl.federated.server_key.continuation import (
     encode_continuation,
 )
 from torchhefl.federated.server_key.statistics import (
+    mask_purpose,
+    pack_counts,
     read_statistics_sum,
     setup_key_bytes,
 )
+from torchhefl.federated.statistics import MEDIAN, PURPOSES, STANDARDIZE, to_vector
 from torchhefl.federated.server_key.step import apply_map, map_fits
 from torchhefl.nn.functional import SAFE_STEP, add_bias_column, compose_prefixes
 from torchhefl.secure import EncryptedTensor, PublicKey, strict_json, wire
@@ -118,8 +121,8 @@ class ServerKeyClientExchange(ClientExchange):
         self.public_key: PublicKey | None = None
         self.masker: PairwiseMasker | None = None
         self.secagg: SecAggSite | None = None
-        #: the participant set this site sent its statistics under (it sends them under no other)
-        self.stats_participants: list[str] | None = None
+        #: purpose -> the participant set this site sent those statistics under (it sends them under no other)
+        self.stats_participants: dict[str, list[str]] = {}
         #: optional synchronous path to the key holder (request bytes -> reply bytes) for
         #: :meth:`ServerKeyClient.fit_encrypted` called directly; the protocol itself sends refresh
         #: requests as ``refresh_req`` replies and needs none
@@ -198,25 +201,32 @@ class ServerKeyClientExchange(ClientExchange):
         arrays = {"weights": cts_to_array(weights.ciphertexts, pk), "count": cts_to_array(count.ciphertexts, pk)}
         return wire.encode(UPDATE_KIND, meta, arrays)
 
-    def write_statistics(self, stats: Mapping[str, np.ndarray]) -> bytes:
+    def write_statistics(self, stats: Mapping[str, np.ndarray], *, purpose: str = STANDARDIZE) -> bytes:
+        """The statistics of ``purpose``, masked for this site's participant set; each purpose is
+        sent under one participant set only (a second set would let the server subtract two sums)."""
         pk = self._key()
         participants = sorted([self.masker.cid] + self.masker.peers)
-        if self.stats_participants is not None and self.stats_participants != participants:
+        sent = self.stats_participants.get(purpose)
+        if sent is not None and sent != participants:
             raise ProtocolError(
-                f"client {self.masker.cid} already sent its statistics under another participant set; it sends them under one only"
+                f"client {self.masker.cid} already sent its {purpose} statistics under another participant set; it sends them under one only"
             )
-        self.stats_participants = participants
-        vector = np.concatenate([np.asarray(stats[k], dtype=np.float64).reshape(-1) for k in ("count", "sum", "sumsq")])
-        mask = self.masker.mask(mask_label("stats", participants), participants, len(vector), int(pk.n))
-        masked = MaskedVector.encrypt(pk, quantize(torch.from_numpy(vector), STAT_SCALE), mask)
+        self.stats_participants[purpose] = participants
+        vector = to_vector(purpose, stats)
+        if purpose == MEDIAN:
+            ints, scale = pack_counts(vector, pk.bits), 0
+        else:
+            ints, scale = quantize(torch.from_numpy(vector), STAT_SCALE), STAT_SCALE
+        mask = self.masker.mask(mask_label(mask_purpose(purpose), participants), participants, len(ints), int(pk.n))
+        masked = MaskedVector.encrypt(pk, ints, mask)
         meta = {
-            "format": PAYLOAD_FORMAT, "fingerprint": pk.fingerprint, "key_bits": pk.bits, "scale": STAT_SCALE,
-            "participants": participants,
+            "format": PAYLOAD_FORMAT, "fingerprint": pk.fingerprint, "key_bits": pk.bits, "scale": scale,
+            "participants": participants, "purpose": purpose, "length": len(vector),
         }
         return wire.encode(STATS_KIND, meta, {"values": cts_to_array(masked.ciphertexts, pk)})
 
-    def read_statistics(self, payload: bytes) -> dict[str, np.ndarray]:
-        return read_statistics_sum(payload)
+    def read_statistics(self, payload: bytes, *, purpose: str = STANDARDIZE) -> dict[str, np.ndarray]:
+        return read_statistics_sum(payload, purpose)
 
 
 class ServerKeyClient(Client):
@@ -248,7 +258,7 @@ class ServerKeyClient(Client):
         self._saved_continuation = b""
         self._x25519: bytes | None = None
         self._saved_secagg = b""
-        self._saved_stats: list[str] | None = None
+        self._saved_stats: dict[str, list[str]] = {}
 
     # -- a site's own state, for deployments that rebuild the client per message -------------------
     def site_state(self) -> dict[str, bytes]:
@@ -260,10 +270,10 @@ class ServerKeyClient(Client):
         x25519 = ex.masker.private_bytes() if ex.masker is not None else (self._x25519 or b"")
         continuation = encode_continuation(self._continuation) if self._continuation is not None else b""
         sa = ex.secagg.to_bytes() if ex.secagg is not None else self._saved_secagg
-        stats = ex.stats_participants if ex.stats_participants is not None else self._saved_stats
+        stats = ex.stats_participants or self._saved_stats
         return {
             "x25519": x25519, "continuation": continuation, "secagg": sa,
-            "stats": b"" if stats is None else json.dumps(stats).encode(),
+            "stats": json.dumps(stats, sort_keys=True).encode() if stats else b"",
         }
 
     def restore_site_state(self, state: Mapping[str, bytes]) -> None:
@@ -278,10 +288,15 @@ class ServerKeyClient(Client):
         stats = bytes(state.get("stats", b""))
         if stats:
             doc = strict_json.loads(stats, what="saved statistics participants")
-            if not isinstance(doc, list) or not all(isinstance(p, str) for p in doc):
+            if isinstance(doc, list):  # saved before the passes had purposes: the standardisation's
+                doc = {STANDARDIZE: doc}
+            if not (
+                isinstance(doc, dict) and set(doc) <= set(PURPOSES)
+                and all(isinstance(ps, list) and all(isinstance(p, str) for p in ps) for ps in doc.values())
+            ):
                 raise MalformedMessageError("saved statistics participants are damaged")
             self._saved_stats = doc
-            self.exchange.stats_participants = doc
+            self.exchange.stats_participants = dict(doc)
 
     # -- set-up ---------------------------------------------------------------------------------
     def _identity(self) -> tuple[SiteIdentity, Roster]:

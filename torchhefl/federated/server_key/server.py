@@ -45,9 +45,12 @@ from torchhefl.federated.server_key.constants import (
     VALUE_BITS,
 )
 from torchhefl.federated.server_key.statistics import (
+    packed_length,
     read_statistics_sum,
+    unpack_counts,
     setup_key_bytes,
 )
+from torchhefl.federated.statistics import MEDIAN, STANDARDIZE, check_length, from_vector
 from torchhefl.federated.strategies import Strategy
 from torchhefl.secure import EncryptedTensor, PrivateKey, wire
 from torchhefl.secure.encoding import dequantize
@@ -246,39 +249,49 @@ class ServerKeyServerExchange(ServerExchange):
         weights = MaskedVector(pk, array_to_cts(msg.arrays["weights"], pk, d))
         return meta, weights, MaskedVector(pk, array_to_cts(msg.arrays["count"], pk, 1))
 
-    def check_statistics(self, payload: bytes) -> bytes:
-        """One site's masked statistics: key, format, scale, a participant list, ciphertexts in range
-        (the masks hide the values until all are summed)."""
-        self._read_statistics(payload)
+    def check_statistics(self, payload: bytes, *, purpose: str = STANDARDIZE) -> bytes:
+        """One site's masked statistics of ``purpose``: key, format, scale, purpose, a participant
+        list, a length the purpose can have, ciphertexts in range (the masks hide the values until
+        all are summed)."""
+        self._read_statistics(payload, purpose)
         return payload
 
-    def _read_statistics(self, blob: bytes) -> tuple[list[str], list]:
+    def _read_statistics(self, blob: bytes, purpose: str) -> tuple[list[str], int, MaskedVector]:
         pk = self.public_key
         msg = wire.decode(blob, kind=STATS_KIND)
         meta = msg.meta
         check_fingerprint(meta, pk)
-        if not (same_int(meta.get("format"), PAYLOAD_FORMAT) and same_int(meta.get("scale"), STAT_SCALE)) or set(msg.arrays) != {"values"}:
+        scale = 0 if purpose == MEDIAN else STAT_SCALE
+        if not (same_int(meta.get("format"), PAYLOAD_FORMAT) and same_int(meta.get("scale"), scale)) or set(msg.arrays) != {"values"}:
             raise MalformedMessageError("masked statistics with an unexpected format, scale or arrays")
+        if meta.get("purpose", STANDARDIZE) != purpose:
+            raise MalformedMessageError(f"masked statistics for {meta.get('purpose')!r}, asked for {purpose!r}")
         participants = meta.get("participants")
         if not isinstance(participants, list) or not all(isinstance(p, str) for p in participants):
             raise MalformedMessageError("masked statistics without a participant list")
         arr = msg.arrays["values"]
-        length = arr.shape[0] if arr.ndim == 2 else -1
-        if not 3 <= length < 1 << 24 or length % 2 != 1:
-            raise MalformedMessageError(f"masked statistics of {length} values cannot hold a count, sums and squares")
-        return participants, MaskedVector(pk, array_to_cts(arr, pk, length))
+        count = arr.shape[0] if arr.ndim == 2 else -1
+        length = meta.get("length", count)
+        if type(length) is not int:
+            raise MalformedMessageError("masked statistics with a length that is not an integer")
+        check_length(purpose, length)
+        expected = packed_length(length, pk.bits) if purpose == MEDIAN else length
+        if count != expected:
+            raise MalformedMessageError(f"masked statistics of {count} ciphertexts for {length} values")
+        return participants, length, MaskedVector(pk, array_to_cts(arr, pk, count))
 
-    def sum_statistics(self, payloads: Sequence[bytes]) -> bytes:
+    def sum_statistics(self, payloads: Sequence[bytes], *, purpose: str = STANDARDIZE) -> bytes:
         pk = self.public_key
         total = None
-        participants = None
+        participants = length = None
         for blob in payloads:
-            theirs, cts = self._read_statistics(blob)
+            theirs, n, cts = self._read_statistics(blob, purpose)
             participants = theirs if participants is None else participants
             if theirs != participants:
                 raise ProtocolError("statistics were masked for different participant sets")
-            if total is not None and len(cts) != len(total):
-                raise MalformedMessageError(f"masked statistics of {len(cts)} and {len(total)} values")
+            if length is not None and n != length:
+                raise MalformedMessageError(f"masked statistics of {n} and {length} values")
+            length = n
             total = cts if total is None else MaskedVector.sum([total, cts])
         if total is None:
             raise MalformedMessageError("no statistics to sum")
@@ -287,17 +300,22 @@ class ServerKeyServerExchange(ServerExchange):
         if len(payloads) < self.threshold:
             raise ProtocolError(f"statistics of {len(payloads)} site(s): a sum needs at least {self.threshold}")
         with self.timer.phase("decrypt"):
-            ints = self._decrypt_sum("statistics_sum", total.ciphertexts, scale=STAT_SCALE, bound_bits=pk.max_bits)
-        try:
-            vector = dequantize(ints, STAT_SCALE).numpy()
-        except OverflowError:
-            raise ProtocolError("the masked statistics sum to values beyond the float range: a client broke the protocol") from None
-        d = (len(vector) - 1) // 2
-        self._total_count = int(round(float(vector[0])))
-        return encode_state({"count": vector[:1], "sum": vector[1 : 1 + d], "sumsq": vector[1 + d :]})
+            scale = 0 if purpose == MEDIAN else STAT_SCALE
+            ints = self._decrypt_sum("statistics_sum", total.ciphertexts, scale=scale, bound_bits=pk.max_bits)
+        if purpose == MEDIAN:
+            vector = unpack_counts([int(v) for v in ints], length, pk.bits)
+        else:
+            try:
+                vector = dequantize(ints, STAT_SCALE).numpy()
+            except OverflowError:
+                raise ProtocolError("the masked statistics sum to values beyond the float range: a client broke the protocol") from None
+        stats = from_vector(purpose, vector)
+        if purpose == STANDARDIZE:
+            self._total_count = int(round(float(stats["count"][0])))
+        return encode_state(stats)
 
-    def read_statistics(self, payload: bytes) -> dict[str, np.ndarray]:
-        return read_statistics_sum(payload)
+    def read_statistics(self, payload: bytes, *, purpose: str = STANDARDIZE) -> dict[str, np.ndarray]:
+        return read_statistics_sum(payload, purpose)
 
     def global_state(self) -> OrderedDict:
         out, offset = OrderedDict(), 0
