@@ -94,10 +94,12 @@ def test_standardisation_uses_the_imputed_values(uci_csv):
     config = TrainConfig(mode="plain", data=str(uci_csv), label="diagnosis", impute="median")
     with pytest.warns(IdentifierColumnWarning, match="'id'"):
         sim = build(config)
-    sim.server.setup()
-    train = sim.prepared.train
-    assert not np.isnan(train.X).any()
-    expected = Standardizer.fit(train.X)  # the centralised fit on the imputed training rows
+    assert np.isnan(sim.prepared.train.X).sum() == 7  # 7 of the 10 missing cells are in training rows, not filled before the run
+    assert np.isnan(np.concatenate([c._X_raw for c in sim.clients])).any()
+    sim.server.setup()  # the sites fill their gaps from the federated median, then standardise
+    filled = np.concatenate([c._X_raw for c in sim.clients])
+    assert not np.isnan(filled).any() and sim.filled() == 7
+    expected = Standardizer.fit(filled)  # the centralised fit on the imputed training rows
     for client in sim.clients:
         np.testing.assert_allclose(client.standardizer.mean, expected.mean, rtol=1e-10)
         np.testing.assert_allclose(client.standardizer.scale, expected.scale, rtol=1e-10)

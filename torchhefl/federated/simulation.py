@@ -23,7 +23,7 @@ from torchhefl.data import (
     Dataset,
     Table,
     TableEncoder,
-    agree_encoding,
+    agree_vocabulary,
     load_digits,
     load_table,
     load_wdbc,
@@ -31,6 +31,7 @@ from torchhefl.data import (
     partition_iid,
     train_test_split,
 )
+from torchhefl.data.table import NUMERIC
 from torchhefl.exceptions import ConfigError, DataError
 from torchhefl.federated.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from torchhefl.federated.client import Client
@@ -132,16 +133,16 @@ class Prepared:
 
 def prepare(config: TrainConfig, data: Dataset | Table) -> Prepared:
     """Split ``data`` (seeded, stratified), place the training rows on the sites, and, for a raw
-    :class:`~torchhefl.data.Table`, encode it as the sites agree (:func:`~torchhefl.data.agree_encoding`).
+    :class:`~torchhefl.data.Table`, encode it with the one-hot vocabulary the sites agree on
+    (:func:`~torchhefl.data.agree_vocabulary`).
 
-    The agreement is computed from each site's own training rows only: each site's summary (its
-    category sets, its per-column non-missing counts, sums and sums of squares, its median
-    histogram) is made from its part, and only the summaries are combined, here, in-process. They
-    do not yet travel through the mode's statistics path (the exchanges' ``write_statistics``, as
-    the standardisation moments do, masked under the server's key), nor over Flower, whose sites
-    load their own numeric CSV with :func:`~torchhefl.data.load_csv`. The held-out rows are
-    encoded with the training sites' agreement (an unseen category: all zeros). The
-    standardisation that follows runs over the protocol as before, on the encoded, imputed values.
+    The vocabulary is the union of each site's category sets, computed from its own training rows
+    (sets are not summable: whoever combines them learns which categories each site holds, as the
+    README says). Missing numbers stay NaN: the sites fill them during the run's set-up from
+    statistics summed through the mode's protected statistics path
+    (:mod:`torchhefl.federated.statistics`; :func:`run_impute` says when), as they standardise.
+    With ``--impute none`` a missing value is refused here, naming its column. The held-out rows
+    are encoded with the training sites' vocabulary (an unseen category: all zeros).
     """
     train, test = train_test_split(data, test_size=config.test_size, seed=config.seed)
     if config.clients > len(train):
@@ -152,9 +153,32 @@ def prepare(config: TrainConfig, data: Dataset | Table) -> Prepared:
         parts = partition_dirichlet(train.y, config.clients, alpha=config.alpha, seed=config.seed)
     if not isinstance(data, Table):
         return Prepared(data, train, test, parts)
-    encoder = agree_encoding([train.subset(idx) for idx in parts], impute=config.impute)
-    return Prepared(encoder.transform(data), encoder.transform(train), encoder.transform(test), parts, encoder,
-                    data.identifiers)
+    encoder = agree_vocabulary([train.subset(idx) for idx in parts], impute=config.impute)
+    keep = encoder.fill is not None
+    if keep:
+        numeric = train.numeric()
+        empty = [name for name, seen in zip(train.names_of(NUMERIC), (~np.isnan(numeric)).any(axis=0)) if not seen]
+        if empty:
+            raise DataError(f"feature column {empty[0]!r} has no value at any site: nothing to impute it from; leave it out with --drop")
+    return Prepared(encoder.transform(data, keep_missing=keep), encoder.transform(train, keep_missing=keep),
+                    encoder.transform(test, keep_missing=keep), parts, encoder, data.identifiers)
+
+
+def data_impute(config: TrainConfig) -> str | None:
+    """:func:`run_impute` of a run on ``config.data`` as :func:`load_dataset` reads it: a CSV is a
+    table the sites encode, the bundled sets are numbers."""
+    if config.data in (None, "wdbc", "digits") or config.impute == "none":
+        return None
+    return config.impute
+
+
+def run_impute(config: TrainConfig, prepared: Prepared | None) -> str | None:
+    """How the parties of a run fill missing values: ``config.impute`` for a table the sites
+    encoded (every site runs the passes, whether or not it has a gap, so that taking part reveals
+    nothing), ``None`` for data given as numbers or with ``--impute none``."""
+    if prepared is None or prepared.encoder is None or prepared.encoder.fill is None:
+        return None
+    return config.impute
 
 
 @dataclass
@@ -192,6 +216,12 @@ class Simulation:
         """The run's public key where its mode has a key pair (``extras["public_key"]``), else ``None``."""
         return self.extras.get("public_key") if mode_of(self.config).uses_key else None
 
+    def filled(self) -> int:
+        """The missing training values the sites filled (summed over sites, as every site read it
+        from the imputation pass); 0 where the run does not impute."""
+        imputation = self.clients[0].imputation if self.clients else None
+        return 0 if imputation is None else imputation.missing
+
     def final_state(self) -> OrderedDict:
         """The final global state_dict, read by whoever may read it (the server, or a key-holding site)."""
         state = self.server.global_state()
@@ -222,6 +252,7 @@ def build(
         dataset=prepared.dataset,
         prepared=prepared,
         max_message_bytes=max_message_bytes,
+        impute=run_impute(config, prepared),
     )
 
 
@@ -237,6 +268,7 @@ def assemble(
     dataset: Dataset | None = None,
     prepared: Prepared | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    impute: str | None = None,
 ) -> Simulation:
     """Create the parties of a run around given parts: the initial ``model`` (every party starts
     from its state_dict), each site's raw training rows ``sites[i] = (X, y)`` (``X`` of shape
@@ -245,6 +277,8 @@ def assemble(
     :func:`make_loss` of ``config.loss``; the server evaluates with a sum-reduced copy) and the
     sites' ``optimizer_fn`` (default SGD at ``config.lr``). ``config`` gives everything else: the
     mode, the rounds, the local-training settings. ``dataset`` describes the data in the run folder.
+    ``impute`` (``"mean"`` or ``"median"``)
+    has the parties fill the NaN in ``sites`` and ``test`` from federated statistics during set-up.
     """
     config.validate()
     if len(sites) != config.clients:
@@ -287,6 +321,7 @@ def assemble(
                 client_class=parts_of_mode.client_class,
                 loss_fn=copy.deepcopy(train_loss),
                 optimizer_fn=optimizer_fn,
+                impute=impute,
                 **parts_of_mode.client_kwargs,
             )
         )
@@ -304,6 +339,7 @@ def assemble(
         seed=config.seed,
         max_message_bytes=max_message_bytes,
         num_classes=num_classes,
+        impute=impute,
     )
     parts_of_mode.connect(server, clients)
     return Simulation(config, dataset, server, clients, transport, extras=parts_of_mode.extras, prepared=prepared)
@@ -467,7 +503,8 @@ def run(
         },
     )
     final_state = sim.final_state()
-    summary = {"data": describe_dataset(sim.dataset, config, sim.prepared), **summarize(last, totals, config.rounds)}
+    summary = {"data": describe_dataset(sim.dataset, config, sim.prepared, missing=sim.filled()),
+               **summarize(last, totals, config.rounds)}
     summary.update(privacy_summary(config, last))
     if checkpoint is not None:
         summary["resumed_after"] = checkpoint.round
@@ -515,9 +552,10 @@ def check_resume(config: TrainConfig, saved: dict, saved_round: int) -> None:
         )
 
 
-def describe_dataset(data: Dataset, config: TrainConfig, prepared: Prepared | None = None) -> str:
+def describe_dataset(data: Dataset, config: TrainConfig, prepared: Prepared | None = None, *, missing: int = 0) -> str:
     """One line naming the data, its size and how the label was mapped to {0, ..., K-1}; with
-    ``prepared``, also the identifier columns left out and what the encoding did."""
+    ``prepared``, also the identifier columns left out and what the encoding did (``missing``: the
+    training values the sites filled, as the run's imputation pass summed them)."""
     source = {None: "WDBC (scikit-learn)", "wdbc": "WDBC (scikit-learn)", "digits": "digits (scikit-learn)"}.get(
         config.data, config.data
     )
@@ -525,6 +563,6 @@ def describe_dataset(data: Dataset, config: TrainConfig, prepared: Prepared | No
     line = f"data: {source}, {len(data)} rows, {data.num_features} features; label {data.label_name!r}: {mapping}"
     if prepared is not None and prepared.identifiers:
         line += "; left out " + ", ".join(repr(c) for c in prepared.identifiers)
-    if prepared is not None and prepared.encoder is not None and prepared.encoder.describe():
-        line += "; " + prepared.encoder.describe()
+    if prepared is not None and prepared.encoder is not None and prepared.encoder.describe(missing=missing):
+        line += "; " + prepared.encoder.describe(missing=missing)
     return line

@@ -67,7 +67,16 @@ from torchhefl.federated.config import BUILTIN_DATA, DP_CLIP_NORM, DP_LR, TrainC
 from torchhefl.federated.messages import EVALUATE_INS, FIT_INS, STANDARDIZE_INS, decode_request, payload_of
 from torchhefl.federated.modes import mode_of
 from torchhefl.federated.server import Server
-from torchhefl.federated.simulation import load_dataset, make_client, make_loss, make_model, site_data, site_privacy
+from torchhefl.federated.simulation import (
+    data_impute,
+    load_dataset,
+    make_client,
+    make_loss,
+    make_model,
+    prepare,
+    site_data,
+    site_privacy,
+)
 from torchhefl.federated.strategies import get_strategy
 from torchhefl.flower.identities import check_fingerprint_setting, load_server_roster, load_site_identity
 from torchhefl.flower.records import HELLO_TYPE
@@ -298,15 +307,17 @@ class Site:
         return make_client(
             config, self.index, X, y, model=initial_model(config, X.shape[1], len(classes)), exchange=parts.exchange,
             X_test=X_test, y_test=y_test, client_class=parts.client_class, privacy=site_privacy(config, len(y)),
-            share_timings=self.share_timings, num_classes=len(classes),
+            share_timings=self.share_timings, num_classes=len(classes), impute=self.impute,
         )
 
     def _rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple]:
         """This site's training and held-out rows, and the label values its labels 0..K-1 stand for."""
         data, label = self.node_config.get("data"), self.node_config.get("label")
+        self.impute = None
         if not data:
             if label:
                 raise ConfigError("node config label is given without data")
+            self.impute = data_impute(self.config)  # a table's gaps are filled in the run's set-up
             return (*site_data(self.config, self.index), load_dataset(self.config).classes)
         if not label:
             raise ConfigError(f'node config data="{data}" needs label="<column>" too')
@@ -521,6 +532,7 @@ def build_server(
         min_clients=config.min_clients,
         seed=config.seed,
         num_classes=hellos.num_classes,
+        impute=data_impute(config),
     )
 
 
@@ -536,7 +548,7 @@ def _server_held_out(config: TrainConfig, settings: DeploymentSettings, num_feat
         table = load_csv(settings.server_test_data, settings.server_test_label)
         X, y = table.X, table.y
     else:
-        _, test = train_test_split(load_dataset(config), test_size=config.test_size, seed=config.seed)
+        test = prepare(config, load_dataset(config)).test  # encoded as the sites encode theirs (site_data)
         X, y = test.X, test.y
     if X.shape[1] != num_features:
         raise ConfigError(f"the server's held-out set has {X.shape[1]} features, the sites have {num_features}")
