@@ -1,6 +1,7 @@
 """Federation: your own model, data, loss and optimizer through the engine, against the runs the
 config builds and against plain mode; what each mode refuses; bad data from Python."""
 
+import json
 import math
 import warnings
 
@@ -138,6 +139,29 @@ def test_run_folder_and_final_model(tmp_path):
     assert set(saved) == set(model.state_dict())
     for k, v in model.state_dict().items():
         assert torch.equal(saved[k].to(v.dtype), v), k
+    # the run folder says how new rows are prepared for model.pt: the sites' standardisation
+    prep = json.loads((tmp_path / "run" / "preprocessing.json").read_text())
+    assert prep["standardizer"] == fed.standardizer.to_dict() and len(prep["feature_names"]) == 64
+
+
+@pytest.mark.parametrize("mode", ["plain", "he"])
+def test_predict_standardises_new_inputs_as_in_training(mode):
+    """``model()`` wants standardised inputs; ``predict`` applies the sites' standardisation, and
+    its accuracy on the held-out set is the one the run reported (counted by the sites under the
+    sites' key). The standardiser is also a fitted scikit-learn StandardScaler."""
+    sites, test = _digits()
+    fed = Federation(TinyCNN, sites, test=test, loss=nn.CrossEntropyLoss(), mode=mode, rounds=2, **SMALL_KEYS)
+    with pytest.raises(ConfigError, match="call fit"):
+        fed.predict(test.tensors[0])
+    history = fed.fit(progress=False)
+    X, y = test.tensors[0].numpy(), test.tensors[1].numpy()
+    assert (fed.predict(X) == y).mean() == pytest.approx(history[-1]["test_accuracy"], abs=1e-12)
+    raw = (fed.model()(torch.as_tensor(X)).argmax(1).numpy() == y).mean()
+    assert raw < history[-1]["test_accuracy"] - 0.05  # the trap predict avoids: unstandardised pixels
+    flat = X.reshape(len(X), -1).astype(np.float64)
+    np.testing.assert_allclose(fed.standardizer.to_sklearn().transform(flat), fed.standardizer.transform(flat), rtol=1e-12)
+    with pytest.raises(DataError, match=r"inputs of shape \(2, 64\), expected \(n, 1, 8, 8\)"):
+        fed.predict(np.zeros((2, 64)))
 
 
 def test_a_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(tmp_path):

@@ -11,9 +11,10 @@ import pytest
 import torch
 from sklearn.datasets import load_breast_cancer
 
-from torchhefl.data import IdentifierColumnWarning, Standardizer
+from torchhefl.data import IdentifierColumnWarning, Standardizer, TableEncoder, train_test_split
 from torchhefl.federated.config import TrainConfig
-from torchhefl.federated.simulation import build
+from torchhefl.federated.simulation import build, load_dataset
+from torchhefl.nn import LogisticRegression
 from train.federated import main
 
 RUN = ["--rounds", "30", "--no-progress", "--quiet"]
@@ -69,6 +70,29 @@ def test_the_uci_file_trains_with_the_id_left_out_and_the_bundled_accuracy(uci_c
     assert abs(accuracy - bundled_accuracy) <= 0.01, (accuracy, bundled_accuracy)
     config = json.loads((run_dir / "config.json").read_text())
     assert config["impute"] == "mean" and config["features"] is None and config["drop"] is None
+    assert "7 missing training values filled with the federated mean" in out.out
+
+
+def test_the_run_folder_says_how_to_prepare_new_rows(uci_csv, tmp_path, capsys):
+    """``preprocessing.json`` (the agreed vocabulary, the fill values, the standardisation) and
+    ``model.pt`` score the raw held-out rows, gaps and text included, as the run reported."""
+    run_dir, _ = _run(tmp_path, "uci", ["--mode", "plain", "--data", str(uci_csv), "--label", "diagnosis"], capsys)
+    prep = json.loads((run_dir / "preprocessing.json").read_text())
+    enc = prep["encoding"]
+    assert enc["vocabulary"] == {"clinic": ["east", "north", "south"]} and enc["missing"] == 7
+    assert len(enc["fill"]) == 30 and len(prep["standardizer"]["mean"]) == len(prep["feature_names"]) == 33
+    encoder = TableEncoder(enc["columns"], enc["kinds"], enc["vocabulary"], enc["fill"], enc["impute"])
+    config = TrainConfig(data=str(uci_csv), label="diagnosis")
+    with pytest.warns(IdentifierColumnWarning):
+        _, test = train_test_split(load_dataset(config), test_size=config.test_size, seed=config.seed)
+    assert np.isnan(test.numeric()).sum() == 3  # the other 3 of the 10 gaps
+    rows = encoder.transform(test)
+    X = torch.as_tensor(Standardizer.from_dict(prep["standardizer"]).transform(rows.X))
+    model = LogisticRegression(33, dtype=torch.float64)
+    model.load_state_dict(torch.load(run_dir / "model.pt"))
+    with torch.no_grad():
+        accuracy = float(((model(X).reshape(-1) >= 0).numpy() == rows.y).mean())
+    assert accuracy == pytest.approx(_accuracy(run_dir), abs=1e-12)
 
 
 def test_the_uci_file_under_the_sites_key_gives_the_plain_model(uci_csv, tmp_path, capsys):

@@ -154,6 +154,17 @@ class Standardizer:
             raise DataError(f"Standardizer expects X of shape (n, {self.num_features}), got {X.shape}")
         return ((X.reshape(X.shape[0], self.num_features) - self.mean) / self.scale).reshape(X.shape)
 
+    def to_sklearn(self):
+        """The same standardisation as a fitted scikit-learn ``StandardScaler`` (for a pipeline
+        that prepares new rows before the trained model sees them)."""
+        from sklearn.preprocessing import StandardScaler
+
+        scaler = StandardScaler()
+        scaler.mean_, scaler.scale_, scaler.var_ = self.mean.copy(), self.scale.copy(), np.square(self.scale)
+        scaler.n_features_in_ = self.num_features
+        scaler.n_samples_seen_ = 0  # the rows stay at the sites: only their moments were summed
+        return scaler
+
     def to_dict(self) -> dict:
         """A JSON-able form: ``{"mean": [...], "scale": [...]}``."""
         return {"mean": self.mean.tolist(), "scale": self.scale.tolist()}

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from torchhefl.data import Dataset
+from torchhefl.data import Dataset, Standardizer
 from torchhefl.exceptions import ConfigError, DataError
 from torchhefl.federated.config import TrainConfig
 from torchhefl.federated.modes import mode_of
@@ -210,7 +210,37 @@ class Federation:
         return self.simulation.final_state()
 
     def model(self) -> nn.Module:
-        """A copy of the model with the final global weights."""
+        """A copy of the model with the final global weights. It expects standardised inputs:
+        pass new rows through :meth:`transform` first, or call :meth:`predict`."""
         out = copy.deepcopy(self._initial)
         out.load_state_dict(self.state_dict())
         return out
+
+    @property
+    def standardizer(self) -> Standardizer:
+        """The standardisation the sites agreed on (per input entry, from their summed moments):
+        what the model's inputs went through in training. ``.to_sklearn()`` gives it as a fitted
+        ``StandardScaler``."""
+        if self.simulation is None or self.simulation.clients[0].standardizer is None:
+            raise ConfigError("the federation has not been trained yet: call fit() first")
+        return self.simulation.clients[0].standardizer
+
+    def transform(self, inputs) -> torch.Tensor:
+        """New inputs (array or tensor of the sites' input shape, ``(n, *shape)``) standardised as in
+        training, as a tensor of the model's dtype."""
+        X = np.asarray(inputs.detach().cpu().numpy() if isinstance(inputs, torch.Tensor) else inputs, dtype=np.float64)
+        shape = self._sites[0][0].shape[1:]
+        if X.shape[1:] != shape:
+            raise DataError(f"inputs of shape {X.shape}, expected (n, {', '.join(map(str, shape))})")
+        dtype = next(self._initial.parameters()).dtype
+        return torch.as_tensor(self.standardizer.transform(X), dtype=dtype)
+
+    def predict(self, inputs) -> np.ndarray:
+        """The final model's class (0..K-1) for each of the new ``inputs`` (standardised first):
+        a binary model's logit at or above 0, else the largest logit, as the evaluation counts it."""
+        model = self.model().eval()
+        with torch.no_grad():
+            logits = model(self.transform(inputs))
+        if logits.dim() == 2 and logits.shape[1] > 1:
+            return logits.argmax(dim=1).numpy()
+        return (logits.reshape(-1) >= 0).to(torch.int64).numpy()

@@ -8,6 +8,7 @@ same bytes a deployment sends. :func:`build` wires a run from a :class:`TrainCon
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -221,6 +222,30 @@ class Simulation:
         from the imputation pass); 0 where the run does not impute."""
         imputation = self.clients[0].imputation if self.clients else None
         return 0 if imputation is None else imputation.missing
+
+    def preprocessing(self) -> dict:
+        """How a new row is prepared for the final model, as the sites agreed during set-up (JSON-able):
+        ``feature_names``, the ``standardizer`` (``mean``, ``scale`` per input entry) and, for a
+        table, its ``encoding`` (columns, one-hot vocabulary, the value a missing number gets).
+        Known to every site, and to a server that may read the statistics sums."""
+        site = self.clients[0]
+        if site.standardizer is None:
+            raise ConfigError("the run has not been set up yet: no standardisation was agreed")
+        out = {"standardizer": site.standardizer.to_dict()}
+        if self.dataset is not None:
+            out["feature_names"] = list(self.dataset.feature_names)
+        encoder = None if self.prepared is None else self.prepared.encoder
+        if encoder is not None:
+            encoding = encoder.to_dict()
+            if encoding["fill"] is not None:
+                values = site.imputation.values() if site.imputation is not None and site.imputation.done else None
+                names = encoder.feature_names
+                encoding["fill"] = {} if values is None else {
+                    name: float(values[names.index(name)]) for name, kind in zip(encoder.columns, encoder.kinds) if kind == NUMERIC
+                }
+                encoding["missing"] = self.filled()
+            out["encoding"] = encoding
+        return out
 
     def final_state(self) -> OrderedDict:
         """The final global state_dict, read by whoever may read it (the server, or a key-holding site)."""
@@ -509,6 +534,7 @@ def run(
     if checkpoint is not None:
         summary["resumed_after"] = checkpoint.round
     recorder.finish(final_state, summary)
+    (run_dir / "preprocessing.json").write_text(json.dumps(sim.preprocessing(), indent=1) + "\n")
     summary["run_dir"] = str(run_dir)
     return summary
 

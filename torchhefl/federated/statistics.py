@@ -215,11 +215,15 @@ class Imputation:
             return X
         if self.fill is None:
             raise ProtocolError("missing values cannot be filled before the imputation passes")
-        columns = np.nonzero(missing)[1]
-        if np.isnan(self.fill[columns]).any():
-            # a held-out row missing a value in a column every training row has: the pooled mean
-            self.fill = np.where(np.isnan(self.fill), self._mean(), self.fill)
-        return np.where(missing, self.fill[None, :], X)
+        # a held-out row may miss a value in a column every training row has: the pooled mean
+        return np.where(missing, self.values()[None, :], X)
+
+    def values(self) -> np.ndarray:
+        """Per input column, the value a missing cell of a new row gets: the fill where the
+        training rows had a gap, the pooled mean elsewhere."""
+        if self.fill is None:
+            raise ProtocolError("no fill values before the imputation passes")
+        return np.where(np.isnan(self.fill), self._mean(), self.fill)
 
     def _mean(self) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
