@@ -888,7 +888,7 @@ def test_flower_adapters_fuzz(tmp_path):
     """What the Flower adapters read: a reply's record (``unpack``), the SuperNodes' hellos
     (``read_hellos``), and a site's ``Site.handle`` on edited requests."""
     flwr_app = pytest.importorskip("flwr.app")
-    from torchhefl.flower.deployment import DeploymentSettings, Site, read_hellos
+    from torchhefl.flower.deployment import VOCABULARY_INS, DeploymentSettings, Site, read_hellos
     from torchhefl.flower.records import pack, unpack
 
     data = _tiny_dataset()
@@ -899,7 +899,7 @@ def test_flower_adapters_fuzz(tmp_path):
     hellos = {10 + i: s.hello() for i, s in enumerate(sites)}
     assert read_hellos(settings_.config, hellos).nodes == {"site0": 10, "site1": 11, "site2": 12}
     values = [None, True, 0, -1, 2**62, 1.5, "", "x", "zz", b"\x00", [1, 2], ["a"]]
-    fields = ["partition-id", "num-partitions", "num-features", "public-key"]
+    fields = ["partition-id", "num-partitions", "num-features", "public-key", "table"]
 
     def hello_target(arg):
         field, value = arg
@@ -930,6 +930,7 @@ def test_flower_adapters_fuzz(tmp_path):
     _fuzz(100, records, unpack_target)
     assert unpack(pack(b"abc")) == b"abc"
 
+    sites[0].handle(encode_request(VOCABULARY_INS, {"vocabulary": {}}))  # the table has no text column
     stats = encode_request(STATS_INS, {})
     sites[0].handle(stats)
     _fuzz(N_FLOWER - 100 - n_hello, st.one_of(mutated(stats), bit_flips(stats), st.binary(max_size=64)), sites[0].handle, declared=SITE_DECLARED)

@@ -16,6 +16,8 @@ import pytest
 
 pytest.importorskip("flwr")
 
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import tomli  # noqa: E402  (comes with flwr)
 import torch  # noqa: E402
 from cryptography import x509  # noqa: E402
@@ -810,7 +812,7 @@ def test_multiclass_mlp_over_fake_grid_equals_simulation(mode, key_dir, tmp_path
 
 def _csv_site(config, tmp_path, index, labels):
     path = tmp_path / f"site{index}.csv"
-    path.write_text("a,b,y\n" + "".join(f"{i},{i % 5},{labels[i % len(labels)]}\n" for i in range(30)))
+    path.write_text("a,b,y\n" + "".join(f"{i % 7},{i % 5},{labels[i % len(labels)]}\n" for i in range(30)))
     return Site(config, {"partition-id": index, "num-partitions": SITES, "data": str(path), "label": "y"})
 
 
@@ -856,3 +858,129 @@ def test_run_config_model_hidden_and_data():
         DeploymentSettings.from_run_config({"model": "resnet"})
     with pytest.raises(ConfigError, match="--model mlp cannot train with --key-holder server"):
         DeploymentSettings.from_run_config({"model": "mlp", "key-holder": "server"})
+
+
+# -- sites with their own CSV tables: text columns and gaps --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def site_tables(tmp_path_factory):
+    """Three sites' CSVs (WDBC's first 8 measurements, a text column whose categories differ by
+    site, 8 missing cells each) and the server's own held-out CSV."""
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer()
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(bunch.data[:, :8], columns=bunch.feature_names[:8])
+    frame["diagnosis"] = np.where(bunch.target == 0, "M", "B")
+    frame["ward"] = rng.choice(["a", "b", "c"], size=len(frame))
+    folder = tmp_path_factory.mktemp("tables")
+    paths = []
+    for i in range(SITES):
+        part = frame.iloc[i : len(frame) - 69 : SITES].copy()
+        if i == 2:
+            part.loc[part.index[:5], "ward"] = "d"  # a category only site 2 has
+        for j in range(8):
+            part.iat[int(rng.integers(len(part))), j % 4] = np.nan
+        paths.append(folder / f"site{i}.csv")
+        part.to_csv(paths[-1], index=False)
+    frame.iloc[-69:].to_csv(folder / "server.csv", index=False)
+    return paths, folder / "server.csv"
+
+
+def _table_reference(config: TrainConfig, paths):
+    """The same run with each site's table encoded and filled in plaintext from the pooled
+    summaries (agree_encoding), assembled in process."""
+    from torchhefl.data import agree_encoding, load_table
+    from torchhefl.data.dataset import train_test_split
+    from torchhefl.federated.simulation import assemble, make_model
+
+    splits = [train_test_split(load_table(str(p), "diagnosis"), test_size=config.test_size, seed=config.seed) for p in paths]
+    encoder = agree_encoding([train for train, _ in splits], impute=config.impute)
+    trains = [encoder.transform(train) for train, _ in splits]
+    tests = [encoder.transform(test) for _, test in splits]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyWarning)
+        sim = assemble(
+            config, model=make_model(config, encoder.num_features, 2), sites=[(t.X, t.y) for t in trains],
+            test=(np.concatenate([t.X for t in tests]), np.concatenate([t.y for t in tests])), num_classes=2,
+        )
+        sim.server.setup()
+        for r in range(1, config.rounds + 1):
+            sim.server.run_round(r)
+    return encoder, sim.final_state()
+
+
+@pytest.mark.parametrize("impute", ["mean", "median"])
+def test_sites_with_their_own_tables_agree_a_vocabulary_and_fill_their_gaps(impute, site_tables, key_dir, tmp_path):
+    """Each SuperNode reads its own CSV (a text column, gaps). The hellos carry each site's category
+    sets; the server sends back their union; the sites fill their gaps from the federated mean or
+    median summed under the sites' key. The model equals the in-process run on the same rows filled
+    in plaintext from the pooled summaries."""
+    paths, _ = site_tables
+    run_config = {
+        "mode": "he", "rounds": 2, "clients": SITES, "seed": 1, "impute": impute, "node-timeout": 5.0, "reply-timeout": 5.0,
+        **_roster_settings(key_dir),
+    }
+    nodes = _node_configs(key_dir, label="diagnosis", **{"model-out": str(tmp_path / "model.pt")})
+    for i, node in enumerate(nodes.values()):
+        node["data"] = str(paths[i])
+    lines = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyWarning)
+        serve(FakeGrid(run_config, nodes), DeploymentSettings.from_run_config(run_config), echo=lines.append)
+    assert "vocabulary: 'ward' (4 categories); 12 features" in lines
+    config = TrainConfig(mode="he", rounds=2, clients=SITES, seed=1, impute=impute,
+                         extra={"key_dir": str(key_dir), "allow_insecure_keys": True})
+    encoder, expected = _table_reference(config, paths)
+    assert encoder.vocabulary == {"ward": ["a", "b", "c", "d"]} and encoder.missing > 0
+    saved = torch.load(tmp_path / "model.pt")
+    for name, tensor in expected.items():
+        torch.testing.assert_close(saved[name], tensor, rtol=0, atol=1e-6)
+
+
+def test_hem_sites_with_their_own_tables_train_the_reference_model(site_tables, key_dir, tmp_path):
+    """The same under the server's key: the imputation and median passes are masked, the server
+    reads their sums, and evaluates on its own held-out CSV, encoded with the sites' vocabulary."""
+    paths, server_csv = site_tables
+    run_config = {
+        "mode": "he", "key-holder": "server", "rounds": 2, "clients": SITES, "seed": 1, "impute": "median",
+        "node-timeout": 5.0, "reply-timeout": 5.0, "run-dir": str(tmp_path / "run"), "server-key-dir": str(key_dir),
+        "server-allow-insecure-keys": True, "server-test-data": str(server_csv), "server-test-label": "diagnosis",
+        **_roster_settings(key_dir),
+    }
+    nodes = {n: {k: v for k, v in c.items() if k != "key-dir"} for n, c in _node_configs(key_dir, label="diagnosis").items()}
+    for i, node in enumerate(nodes.values()):
+        node["data"] = str(paths[i])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyWarning)
+        summary = serve(FakeGrid(run_config, nodes), DeploymentSettings.from_run_config(run_config), echo=lambda line: None)
+    config = TrainConfig(mode="he", key_holder="server", clip_norm=None, rounds=2, clients=SITES, seed=1, impute="median",
+                         extra={"key_dir": str(key_dir), "allow_insecure_keys": True})
+    encoder, expected = _table_reference(config, paths)
+    saved = torch.load(tmp_path / "run" / "model.pt")
+    for name, tensor in expected.items():
+        torch.testing.assert_close(saved[name], tensor, rtol=0, atol=1e-6)
+    assert 0.85 < summary["test_accuracy"] <= 1.0
+
+
+def test_a_site_refuses_a_vocabulary_that_leaves_out_its_categories(site_tables, tmp_path):
+    from torchhefl.flower.deployment import VOCABULARY_INS
+
+    paths, _ = site_tables
+    config = DeploymentSettings.from_run_config({"clients": SITES, "mode": "plain"}).config
+    site = Site(config, {"partition-id": 2, "num-partitions": SITES, "data": str(paths[2]), "label": "diagnosis"})
+    table = json.loads(site.hello().config_records["torchhefl.hello"]["table"])
+    assert table["categories"] == {"ward": ["a", "b", "c", "d"]} and "diagnosis" not in table["columns"]
+    with pytest.raises(ProtocolError, match="before the vocabulary"):
+        site.handle(encode_request(STATS_INS, {}))
+    with pytest.raises(MalformedMessageError, match="leaves out categories this site has"):
+        site.handle(encode_request(VOCABULARY_INS, {"vocabulary": {"ward": ["a", "b", "c"]}}))
+    with pytest.raises(MalformedMessageError, match="exactly this site's text columns"):
+        site.handle(encode_request(VOCABULARY_INS, {"vocabulary": {}}))
+    site.handle(encode_request(VOCABULARY_INS, {"vocabulary": {"ward": ["a", "b", "c", "d", "e"]}}))
+    assert site.client.X.shape[1] == 8 + 5
+    rebuilt = Site(config, {"partition-id": 2, "num-partitions": SITES, "data": str(paths[2]), "label": "diagnosis"}, site.state)
+    assert rebuilt.client is not None and rebuilt.client.X.shape[1] == 13  # the agreed vocabulary, from the node state
+    with pytest.raises(ProtocolError, match="already agreed on another vocabulary"):
+        rebuilt.handle(encode_request(VOCABULARY_INS, {"vocabulary": {"ward": ["a", "b", "c", "d"]}}))

@@ -51,7 +51,8 @@ import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from logging import INFO
+import warnings
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import NamedTuple
 
@@ -60,11 +61,12 @@ import torch
 from flwr.app import ConfigRecord, RecordDict
 from flwr.common.logger import log
 
-from torchhefl.data import load_csv, train_test_split
+from torchhefl.data import IdentifierColumnWarning, TableEncoder, load_table, local_summary, train_test_split
+from torchhefl.data.table import CATEGORICAL, NUMERIC
 from torchhefl.exceptions import ConfigError, MalformedMessageError, ProtocolError
 from torchhefl.federated.client import Client
 from torchhefl.federated.config import BUILTIN_DATA, DP_CLIP_NORM, DP_LR, TrainConfig
-from torchhefl.federated.messages import EVALUATE_INS, FIT_INS, STANDARDIZE_INS, decode_request, payload_of
+from torchhefl.federated.messages import EVALUATE_INS, FIT_INS, STANDARDIZE_INS, decode_request, encode_request, payload_of
 from torchhefl.federated.modes import mode_of
 from torchhefl.federated.server import Server
 from torchhefl.federated.simulation import (
@@ -80,7 +82,7 @@ from torchhefl.federated.simulation import (
 from torchhefl.federated.strategies import get_strategy
 from torchhefl.flower.identities import check_fingerprint_setting, load_server_roster, load_site_identity
 from torchhefl.flower.records import HELLO_TYPE
-from torchhefl.secure import PublicKey
+from torchhefl.secure import PublicKey, strict_json
 from torchhefl.secure.identity import Roster
 from torchhefl.secure.files import write_private_file
 
@@ -100,7 +102,7 @@ __all__ = [
 _TRAIN_FIELDS = (
     "mode", "key_holder", "rounds", "clients", "fraction", "min_clients", "lr", "batch_size", "local_epochs",
     "clip_norm", "aggregator", "mu", "partition", "alpha", "seed", "loss", "test_size", "epsilon", "delta",
-    "dp_sample_rate", "dp_steps", "he_resolution", "he_rounding", "model", "hidden", "data",
+    "dp_sample_rate", "dp_steps", "he_resolution", "he_rounding", "model", "hidden", "data", "impute", "features", "drop",
 )
 _TRAIN_DEFAULTS = TrainConfig()
 #: the run config keys of a torchhefl Flower app, with their defaults (TrainConfig's; a run config
@@ -111,6 +113,9 @@ RUN_CONFIG_DEFAULTS: dict[str, bool | int | float | str] = {
     # a run config holds scalars: the hidden sizes comma-separated, the built-in data set by name ("": WDBC)
     "hidden": ",".join(str(h) for h in _TRAIN_DEFAULTS.hidden),
     "data": "",
+    # a site CSV's columns, comma-separated ("": every column but identifier-like ones)
+    "features": "",
+    "drop": "",
     "reply-timeout": 600.0,
     "node-timeout": 300.0,
     "run-dir": "",
@@ -139,6 +144,10 @@ class _ModeFlags(NamedTuple):
 
 
 #: the ConfigRecord of a hello reply, and of a site's state between messages
+#: the agreed one-hot vocabulary of the sites' CSV tables, sent to every site after the hellos
+VOCABULARY_INS, VOCABULARY_RES = "vocabulary_ins", "vocabulary_res"
+#: the most categories a text column's vocabulary may hold
+MAX_CATEGORIES = 4096
 _HELLO_RECORD = "torchhefl.hello"
 _STATE_RECORD = "torchhefl.site"
 _HEX_KEY = re.compile(r"[0-9a-f]{0,4096}")  # the sites' public n (at most 16384 bits), or "" for none
@@ -186,6 +195,10 @@ class DeploymentSettings:
         # he-resolution = 0 (the default): the default encoding
         fields["he_resolution"] = _number("he_resolution", fields["he_resolution"]) or None
         fields["hidden"] = _sizes(fields["hidden"])
+        for name in ("features", "drop"):
+            if not isinstance(fields[name], str):
+                raise ConfigError(f"run config {name} must be column names, comma-separated, got {fields[name]!r}")
+            fields[name] = [c.strip() for c in fields[name].split(",")] if fields[name].strip() else None
         if not isinstance(fields["data"], str) or fields["data"] not in ("", *BUILTIN_DATA):
             raise ConfigError(
                 f"run config data must name a data set bundled with scikit-learn ({', '.join(BUILTIN_DATA)}) or be empty "
@@ -288,64 +301,111 @@ class Site:
             raise ConfigError(f"node config share-timings must be true or false, got {self.share_timings!r}")
         self.state = state if state is not None else RecordDict()
         self.roster_fingerprint = roster_fingerprint
-        self.client = self._build_client()
-        self._restore()
-
-    def _build_client(self) -> Client:
-        config = self.config
-        X, y, X_test, y_test, classes = self._rows()
-        self.classes = classes
-        key_dir = self.node_config.get("key-dir")
+        self._load_rows()
         mode = mode_of(config)
-        mode.validate_model(config, len(classes))
-        parts = mode.site(
+        mode.validate_model(config, len(self.classes))
+        key_dir = self.node_config.get("key-dir")
+        self._parts = mode.site(
             config, key_dir=str(key_dir) if key_dir else None,
             allow_insecure_keys=self.node_config.get("allow-insecure-keys") is True,
         )
         if mode.signs:
-            parts.exchange.set_identity(*load_site_identity(config, self.node_config, self.index, self.roster_fingerprint))
+            self._parts.exchange.set_identity(*load_site_identity(config, self.node_config, self.index, self.roster_fingerprint))
+        #: the site's client, once its rows are numbers (a table's: once the vocabulary is agreed)
+        self.client: Client | None = None
+        vocabulary = self._record().get("vocabulary")
+        if self.tables is None:
+            self.client = self._build_client(*self._arrays)
+        elif vocabulary is not None:
+            self._encode(strict_json.loads(str(vocabulary), what="the saved vocabulary"))
+        if self.client is not None:
+            self._restore()
+
+    def _build_client(self, X, y, X_test, y_test) -> Client:
+        config, parts = self.config, self._parts
         return make_client(
-            config, self.index, X, y, model=initial_model(config, X.shape[1], len(classes)), exchange=parts.exchange,
+            config, self.index, X, y, model=initial_model(config, X.shape[1], len(self.classes)), exchange=parts.exchange,
             X_test=X_test, y_test=y_test, client_class=parts.client_class, privacy=site_privacy(config, len(y)),
-            share_timings=self.share_timings, num_classes=len(classes), impute=self.impute,
+            share_timings=self.share_timings, num_classes=len(self.classes), impute=self.impute,
         )
 
-    def _rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple]:
-        """This site's training and held-out rows, and the label values its labels 0..K-1 stand for."""
+    def _load_rows(self) -> None:
+        """This site's training and held-out rows (``_arrays``; a CSV's as raw ``tables``, encoded
+        once the vocabulary is agreed), and the label values its labels 0..K-1 stand for."""
         data, label = self.node_config.get("data"), self.node_config.get("label")
-        self.impute = None
+        self.tables = None
         if not data:
             if label:
                 raise ConfigError("node config label is given without data")
             self.impute = data_impute(self.config)  # a table's gaps are filled in the run's set-up
-            return (*site_data(self.config, self.index), load_dataset(self.config).classes)
+            self._arrays = site_data(self.config, self.index)
+            self.classes = load_dataset(self.config).classes
+            return
         if not label:
             raise ConfigError(f'node config data="{data}" needs label="<column>" too')
-        table = load_csv(str(data), str(label))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", IdentifierColumnWarning)
+            table = load_table(str(data), str(label), features=self.config.features, drop=self.config.drop)
+        for w in caught:
+            log(WARNING, "site %d: %s", self.index, w.message)
         train, test = train_test_split(table, test_size=self.config.test_size, seed=self.config.seed)
-        return train.X, train.y, test.X, test.y, table.classes
+        self.tables, self.classes = (train, test), table.classes
+        self.impute = None if self.config.impute == "none" else self.config.impute
+
+    def _encode(self, vocabulary: object) -> None:
+        """Encode this site's table with the agreed ``vocabulary`` (checked) and build its client."""
+        train, test = self.tables
+        text = train.names_of(CATEGORICAL)
+        if not isinstance(vocabulary, dict) or sorted(vocabulary) != sorted(text):
+            raise MalformedMessageError(f"a vocabulary must name exactly this site's text columns {text}")
+        own = dict(zip(text, local_summary(train).categories))
+        for name in text:
+            cats = vocabulary[name]
+            if not isinstance(cats, list) or not all(isinstance(c, str) for c in cats) or cats != sorted(set(cats)):
+                raise MalformedMessageError(f"the vocabulary of {name!r} is not a sorted list of distinct strings")
+            if len(cats) > MAX_CATEGORIES:
+                raise MalformedMessageError(f"the vocabulary of {name!r} has {len(cats)} categories, above {MAX_CATEGORIES}")
+            if not own[name] <= set(cats):
+                raise MalformedMessageError(f"the vocabulary of {name!r} leaves out categories this site has")
+        encoder = TableEncoder(train.columns, train.kinds, vocabulary, None if self.impute is None else {},
+                               self.impute or "none")
+        keep = self.impute is not None
+        rows, held_out = encoder.transform(train, keep_missing=keep), encoder.transform(test, keep_missing=keep)
+        self.vocabulary = vocabulary
+        self.client = self._build_client(rows.X, rows.y, held_out.X, held_out.y)
 
     def hello(self) -> RecordDict:
         """What the server learns before the run: which site this is, the feature count, the number
         of classes and a digest of their label values (every site must map the same values to
-        0..K-1), the public key."""
-        exchange = self.client.exchange
-        public_key = getattr(exchange, "public_key", None)
-        record = ConfigRecord(
-            {
-                "partition-id": self.index,
-                "num-partitions": self.config.clients,
-                "num-features": int(self.client.X.shape[1]),
-                "num-classes": len(self.classes),
-                "classes": classes_digest(self.classes),
-                "public-key": "" if public_key is None else format(int(public_key.n), "x"),
-            }
-        )
-        return RecordDict({_HELLO_RECORD: record})
+        0..K-1), the public key; for a CSV table, its columns and the categories its training rows
+        hold per text column (the vocabulary is their union; see :func:`read_hellos`)."""
+        public_key = getattr(self._parts.exchange, "public_key", None)
+        fields = {
+            "partition-id": self.index,
+            "num-partitions": self.config.clients,
+            "num-classes": len(self.classes),
+            "classes": classes_digest(self.classes),
+            "public-key": "" if public_key is None else format(int(public_key.n), "x"),
+        }
+        if self.tables is None:
+            fields["num-features"] = int(self._arrays[0].shape[1])
+        else:
+            train = self.tables[0]
+            fields["num-features"] = len(train.columns)
+            text = train.names_of(CATEGORICAL)
+            fields["table"] = json.dumps({
+                "columns": train.columns, "kinds": train.kinds,
+                "categories": {name: sorted(c) for name, c in zip(text, local_summary(train).categories)},
+            }, sort_keys=True)
+        return RecordDict({_HELLO_RECORD: ConfigRecord(fields)})
 
     def handle(self, request: bytes) -> bytes:
         """Answer one server request (wire-format bytes in and out) and keep what must outlive it."""
         msg = decode_request(request)
+        if msg.kind == VOCABULARY_INS:
+            return self._on_vocabulary(msg)
+        if self.client is None:
+            raise ProtocolError(f"site {self.index} was sent {msg.kind} before the vocabulary of its table")
         reply = self.client.handle(request)
         timings = self.client.take_timings()
         if timings:  # a fit finished: this site's own figures, for its own log
@@ -364,6 +424,19 @@ class Site:
         if msg.kind == EVALUATE_INS and self.node_config.get("model-out"):
             _save_state(self.client.model.state_dict(), Path(str(self.node_config["model-out"])))
         return reply
+
+    def _on_vocabulary(self, msg) -> bytes:
+        if self.tables is None:
+            raise ProtocolError(f"site {self.index} holds no CSV table: it needs no vocabulary")
+        vocabulary = msg.meta.get("vocabulary")
+        saved = self._record().get("vocabulary")
+        if saved is not None and strict_json.loads(str(saved), what="the saved vocabulary") != vocabulary:
+            raise ProtocolError(f"site {self.index} already agreed on another vocabulary; it agrees once a run")
+        self._encode(vocabulary)
+        record = self._record()
+        record["vocabulary"] = json.dumps(vocabulary, sort_keys=True)
+        self.state[_STATE_RECORD] = record
+        return encode_request(VOCABULARY_RES, {"cid": f"site{self.index}"})
 
     def _record(self) -> ConfigRecord:
         record = self.state.config_records.get(_STATE_RECORD)
@@ -417,6 +490,11 @@ class Hellos:
     public_key: PublicKey | None
     #: the number of classes every site's labels take (2: binary)
     num_classes: int = 2
+    #: for sites with CSV tables: per text column, the union of the sites' categories, sorted
+    #: (``None``: the sites hold numbers); and the tables' columns and their kinds
+    vocabulary: dict[str, list[str]] | None = None
+    columns: list[str] | None = None
+    kinds: list[str] | None = None
 
 
 def read_hellos(config: TrainConfig, replies: Mapping[int, RecordDict]) -> Hellos:
@@ -424,6 +502,7 @@ def read_hellos(config: TrainConfig, replies: Mapping[int, RecordDict]) -> Hello
     labelling (number of classes and the digest of their values), one key."""
     nodes: dict[str, int] = {}
     features, keys, labellings = set(), set(), set()
+    replies_tables: dict[str, dict] = {}
     for node_id, content in replies.items():
         record = content.config_records.get(_HELLO_RECORD)
         if record is None:
@@ -454,6 +533,9 @@ def read_hellos(config: TrainConfig, replies: Mapping[int, RecordDict]) -> Hello
         if cid in nodes:
             raise ConfigError(f"SuperNodes {nodes[cid]} and {node_id} both claim partition-id={index}")
         nodes[cid] = node_id
+        if "table" in record:
+            replies_tables[cid] = _hello_table(node_id, record.get("table"))
+            num_features = len(replies_tables[cid]["columns"])
         features.add(num_features)
         keys.add(key)
         labellings.add((num_classes, digest))
@@ -481,7 +563,66 @@ def read_hellos(config: TrainConfig, replies: Mapping[int, RecordDict]) -> Hello
         raise MalformedMessageError(f"the sites' public key is not a Paillier modulus: {e}") from None
     num_classes = labellings.pop()[0]
     mode_of(config).validate_model(config, num_classes)
-    return Hellos(ordered, features.pop(), public_key, num_classes)
+    tables = {cid: replies_tables[cid] for cid in ordered if cid in replies_tables}
+    if not tables:
+        return Hellos(ordered, features.pop(), public_key, num_classes)
+    if len(tables) != len(ordered):
+        raise ConfigError("some sites hold a CSV table and others a bundled data set; every site's node config must name its CSV")
+    layouts = {(tuple(t["columns"]), tuple(t["kinds"])) for t in tables.values()}
+    if len(layouts) != 1:
+        raise ConfigError(
+            "the sites' tables have different columns (or kinds of column); choose the same columns at every "
+            "site with the run config's features or drop"
+        )
+    columns, kinds = layouts.pop()
+    text = [c for c, k in zip(columns, kinds) if k == CATEGORICAL]
+    vocabulary = {name: sorted(set().union(*(t["categories"][name] for t in tables.values()))) for name in text}
+    for name, cats in vocabulary.items():
+        if len(cats) > MAX_CATEGORIES:
+            raise ConfigError(f"text column {name!r} has {len(cats)} categories over the sites, above {MAX_CATEGORIES}")
+    num_features = sum(k == NUMERIC for k in kinds) + sum(len(c) for c in vocabulary.values())
+    if num_features < 1:
+        raise ConfigError("the sites' tables encode to no feature at all")
+    return Hellos(ordered, num_features, public_key, num_classes, vocabulary=vocabulary, columns=list(columns), kinds=list(kinds))
+
+
+def _hello_table(node_id: int, raw: object) -> dict:
+    """A hello's ``table`` field, checked: its columns, their kinds, each text column's categories."""
+    try:
+        doc = strict_json.loads(raw if isinstance(raw, str) else "", what=f"SuperNode {node_id}'s table")
+    except MalformedMessageError:
+        doc = None
+    ok = (
+        isinstance(doc, dict) and set(doc) == {"columns", "kinds", "categories"}
+        and isinstance(doc["columns"], list) and isinstance(doc["kinds"], list)
+        and len(doc["columns"]) == len(doc["kinds"]) and 0 < len(doc["columns"]) <= 100_000
+        and all(isinstance(c, str) for c in doc["columns"]) and len(set(doc["columns"])) == len(doc["columns"])
+        and all(k in (NUMERIC, CATEGORICAL) for k in doc["kinds"])
+        and isinstance(doc["categories"], dict)
+        and sorted(doc["categories"]) == sorted(c for c, k in zip(doc["columns"], doc["kinds"]) if k == CATEGORICAL)
+        and all(isinstance(v, list) and len(v) <= MAX_CATEGORIES and all(isinstance(x, str) for x in v)
+                for v in doc["categories"].values())
+    )
+    if not ok:
+        raise MalformedMessageError(
+            f"SuperNode {node_id} answered the hello with a malformed table (distinct column names, kinds "
+            f"'{NUMERIC}' or '{CATEGORICAL}', and at most {MAX_CATEGORIES} categories per text column)"
+        )
+    return doc
+
+
+def send_vocabulary(transport, hellos: Hellos) -> None:
+    """Send the agreed vocabulary to every site (sites with CSV tables encode their rows with it);
+    a site that refuses it stops the run, naming it: no site can train without the agreed columns."""
+    if hellos.vocabulary is None:
+        return
+    request = encode_request(VOCABULARY_INS, {"vocabulary": hellos.vocabulary})
+    for cid, answer in transport.send_all(list(hellos.nodes), request).items():
+        if isinstance(answer, Exception):
+            raise ProtocolError(f"{cid} did not take the vocabulary: {answer}")
+        reply = decode_request(answer)
+        if reply.kind != VOCABULARY_RES or reply.meta.get("cid") != cid:
+            raise ProtocolError(f"{cid} answered the vocabulary with {reply.kind}")
 
 
 def server_roster(settings: DeploymentSettings, app_dir: Path | None = None) -> Roster | None:
@@ -519,7 +660,7 @@ def build_server(
         exchange.set_roster(roster if roster is not None else server_roster(settings))
     X_test = y_test = None
     if mode.server_evaluates:
-        X_test, y_test = _server_held_out(config, settings, hellos.num_features)
+        X_test, y_test = _server_held_out(config, settings, hellos)
     return Server(
         model=model,
         strategy=get_strategy(config.aggregator, mu=config.mu),
@@ -532,7 +673,7 @@ def build_server(
         min_clients=config.min_clients,
         seed=config.seed,
         num_classes=hellos.num_classes,
-        impute=data_impute(config),
+        impute=server_impute(config, hellos),
     )
 
 
@@ -542,14 +683,38 @@ def classes_digest(classes) -> str:
     return hashlib.sha256(json.dumps([str(c) for c in classes]).encode()).hexdigest()
 
 
-def _server_held_out(config: TrainConfig, settings: DeploymentSettings, num_features: int) -> tuple[np.ndarray, np.ndarray]:
-    """The HEM server's held-out rows (raw features) and labels."""
+def server_impute(config: TrainConfig, hellos: Hellos) -> str | None:
+    """How the run fills missing values: ``config.impute`` for sites with CSV tables (unless
+    ``none``), as :func:`~torchhefl.federated.simulation.data_impute` says for the bundled sets."""
+    if hellos.vocabulary is not None:
+        return None if config.impute == "none" else config.impute
+    return data_impute(config)
+
+
+def _server_held_out(config: TrainConfig, settings: DeploymentSettings, hellos: Hellos) -> tuple[np.ndarray, np.ndarray]:
+    """The HEM server's held-out rows (raw features, NaN where a number is missing and the run
+    imputes) and labels: its own CSV encoded with the sites' vocabulary, else the simulation's split."""
     if settings.server_test_data:
-        table = load_csv(settings.server_test_data, settings.server_test_label)
-        X, y = table.X, table.y
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", IdentifierColumnWarning)
+            table = load_table(settings.server_test_data, settings.server_test_label, features=config.features, drop=config.drop)
+        for w in caught:
+            log(WARNING, "server held-out set: %s", w.message)
+        if hellos.vocabulary is not None:
+            if table.columns != hellos.columns or table.kinds != hellos.kinds:
+                raise ConfigError("the server's held-out table has other columns (or kinds of column) than the sites' tables")
+            vocabulary = hellos.vocabulary
+        elif table.names_of(CATEGORICAL):
+            raise ConfigError(f"the server's held-out set has text columns {table.names_of(CATEGORICAL)}, but the sites' data are numbers")
+        else:
+            vocabulary = {}
+        impute = server_impute(config, hellos)
+        encoder = TableEncoder(table.columns, table.kinds, vocabulary, None if impute is None else {}, impute or "none")
+        data = encoder.transform(table, keep_missing=impute is not None)
+        X, y = data.X, data.y
     else:
         test = prepare(config, load_dataset(config)).test  # encoded as the sites encode theirs (site_data)
         X, y = test.X, test.y
-    if X.shape[1] != num_features:
-        raise ConfigError(f"the server's held-out set has {X.shape[1]} features, the sites have {num_features}")
+    if X.shape[1] != hellos.num_features:
+        raise ConfigError(f"the server's held-out set has {X.shape[1]} features, the sites have {hellos.num_features}")
     return X, y

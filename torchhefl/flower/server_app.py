@@ -21,7 +21,7 @@ from torchhefl.exceptions import ProtocolError
 from torchhefl.federated.recorder import RunRecorder
 from torchhefl.federated.drive import drive, summarize
 from torchhefl.federated.simulation import privacy_summary
-from torchhefl.flower.deployment import DeploymentSettings, build_server, read_hellos, server_roster
+from torchhefl.flower.deployment import DeploymentSettings, build_server, read_hellos, send_vocabulary, server_roster
 from torchhefl.flower.records import HELLO_TYPE
 from torchhefl.flower.transport import DEFAULT_POLL_INTERVAL, FlowerTransport, exchange
 
@@ -81,6 +81,10 @@ def serve(grid: Grid, settings: DeploymentSettings, *, echo: Callable[[str], Non
     hellos = read_hellos(config, {int(name): r.content for name, r in replies.items() if not r.has_error()})
     echo("sites: " + ", ".join(f"{cid} on node {node}" for cid, node in hellos.nodes.items()))
     transport = FlowerTransport(grid, hellos.nodes, timeout=settings.reply_timeout)
+    send_vocabulary(transport, hellos)
+    if hellos.vocabulary is not None:
+        echo("vocabulary: " + (", ".join(f"{c!r} ({len(v)} categories)" for c, v in hellos.vocabulary.items()) or "no text column")
+             + f"; {hellos.num_features} features")
     server = build_server(config, transport, hellos, settings, roster=roster)
     recorder = RunRecorder(settings.run_dir, config.to_dict(), list(hellos.nodes)) if settings.run_dir else None
     if recorder is not None:
