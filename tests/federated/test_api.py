@@ -226,3 +226,56 @@ def test_bad_parts_and_data_are_refused_in_one_line():
         with pytest.raises(error, match=message) as info:
             make()
         assert "\n" not in str(info.value)
+
+
+def _top3_hits(logits, targets):
+    return (logits.topk(3, dim=1).indices == targets.reshape(-1, 1)).any(dim=1).sum()
+
+
+def _brier(logits, targets):
+    p = torch.softmax(logits, dim=1)
+    return ((p - nn.functional.one_hot(targets.long(), p.shape[1])) ** 2).sum()
+
+
+@pytest.mark.parametrize("mode", ["plain", "he"])
+def test_your_own_metrics_sum_over_the_holders_of_test_rows(mode, tmp_path):
+    """A metric is the sum of a per-row score; the holders (the server in plain mode, the three
+    sites under their key) send their sums and the run reports the mean over the held-out rows,
+    which equals the metric computed on the whole held-out set with the final model."""
+    sites, test = _digits()
+    fed = Federation(TinyCNN, sites, test=test, loss=nn.CrossEntropyLoss(), mode=mode, rounds=2,
+                     metrics={"top3": _top3_hits, "brier": _brier}, **SMALL_KEYS)
+    history = fed.fit(tmp_path / "run", progress=False)
+    X, y = test.tensors
+    with torch.no_grad():
+        logits = fed.model()(fed.transform(X))
+    assert history[-1]["test_top3"] == pytest.approx(float(_top3_hits(logits, y)) / len(y), abs=1e-12)
+    # float32 sums over three sites against one sum: equal to float32 rounding
+    assert history[-1]["test_brier"] == pytest.approx(float(_brier(logits, y)) / len(y), rel=1e-6)
+    assert history[-1]["test_top3"] >= history[-1]["test_accuracy"]
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "test_top3" in header and "test_brier" in header
+
+
+def test_metric_names_and_values_are_checked():
+    sites, test = _digits()
+    with pytest.raises(ConfigError, match="metric name 'accuracy'"):
+        Federation(TinyCNN, sites, test=test, loss=nn.CrossEntropyLoss(), metrics={"accuracy": _top3_hits})
+    with pytest.raises(ConfigError, match="must be a function"):
+        Federation(TinyCNN, sites, test=test, loss=nn.CrossEntropyLoss(), metrics={"top3": 3})
+
+
+def test_a_holder_sends_exactly_the_runs_metrics():
+    """Counts naming a metric the run did not ask for, or leaving one out, or not finite, are refused."""
+    from torchhefl.federated.evaluation import counts_from_wire, counts_to_wire, evaluation_counts
+
+    logits, y = torch.randn(6, 10), torch.arange(6)
+    loss = nn.CrossEntropyLoss(reduction="sum")
+    wire = counts_to_wire(evaluation_counts(logits, y, loss, {"top3": _top3_hits}))
+    assert counts_from_wire(wire, num_classes=10, metrics=("top3",))["metric_top3"][0] == float(_top3_hits(logits, y))
+    with pytest.raises(ValueError, match="evaluation counts hold"):
+        counts_from_wire(wire, num_classes=10)
+    with pytest.raises(ValueError, match="evaluation counts hold"):
+        counts_from_wire(wire, num_classes=10, metrics=("top3", "brier"))
+    with pytest.raises(ValueError, match="must be one finite number"):
+        counts_from_wire({**wire, "metric_top3": np.array([np.inf])}, num_classes=10, metrics=("top3",))

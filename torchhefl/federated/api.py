@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader
 from torchhefl.data import Dataset, Standardizer
 from torchhefl.exceptions import ConfigError, DataError
 from torchhefl.federated.config import TrainConfig
+from torchhefl.federated.evaluation import check_metrics
 from torchhefl.federated.modes import mode_of
 from torchhefl.federated.simulation import Simulation, assemble, run
 
@@ -96,6 +97,11 @@ class Federation:
         optimizer: builds a site's optimizer from its trainable parameters, once a round. Default:
             ``torch.optim.SGD(params, lr=lr)``.
         num_classes: ``K``; default: the largest label seen plus one (at least 2).
+        metrics: your own test metrics, ``{name: fn(logits, targets)}``, each returning the *sum*
+            over the rows it is given of a per-row score (e.g. top-3 hits, a Brier score): every
+            holder of test rows sums its own and the run reports the mean over all held-out rows as
+            ``test_<name>`` (in the history, ``metrics.csv`` and TensorBoard). Sums add up across
+            sites; a metric that does not decompose over rows cannot be split this way.
         config: a :class:`~torchhefl.federated.config.TrainConfig` to start from; ``settings``
             (any of its fields: ``mode``, ``key_holder``, ``rounds``, ``lr``, ``batch_size``,
             ``local_epochs``, ``clip_norm``, ``aggregator``, ``key_bits``, ``epsilon``, ``seed``,
@@ -116,6 +122,7 @@ class Federation:
         loss: nn.Module | None = None,
         optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
         num_classes: int | None = None,
+        metrics: dict[str, Callable] | None = None,
         config: TrainConfig | None = None,
         **settings,
     ) -> None:
@@ -152,6 +159,10 @@ class Federation:
         if optimizer is not None and not callable(optimizer):
             raise ConfigError("optimizer must be a function of the parameters returning a torch.optim.Optimizer")
         self.loss, self.optimizer = loss, optimizer
+        try:
+            self.metrics = check_metrics(metrics)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         mode = mode_of(self.config)
         mode.validate_model(self.config, self.num_classes)
         mode.validate_parts(self._initial, loss, optimizer)
@@ -167,7 +178,7 @@ class Federation:
         description = Dataset(flat, y_all, [f"x{i}" for i in range(flat.shape[1])], "label", tuple(range(self.num_classes)))
         return assemble(
             self.config, model=copy.deepcopy(self._initial), sites=self._sites, test=self._test, num_classes=self.num_classes,
-            loss_fn=self.loss, optimizer_fn=self.optimizer, dataset=description,
+            loss_fn=self.loss, optimizer_fn=self.optimizer, dataset=description, metrics=self.metrics,
         )
 
     def fit(

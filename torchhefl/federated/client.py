@@ -14,7 +14,7 @@ from torch import nn
 
 from torchhefl.data import Standardizer, local_moments
 from torchhefl.exceptions import MalformedMessageError, ProtocolError
-from torchhefl.federated.evaluation import counts_to_wire, evaluation_counts
+from torchhefl.federated.evaluation import check_metrics, counts_to_wire, evaluation_counts
 from torchhefl.federated.exchange import ClientExchange, standardizer_from_statistics
 from torchhefl.federated.statistics import STANDARDIZE, Imputation, purpose_of
 from torchhefl.federated.messages import (
@@ -84,6 +84,8 @@ class Client:
             ``"mean"`` or ``"median"`` of their column, from the imputation passes the server runs
             before standardisation (:mod:`torchhefl.federated.statistics`); ``None`` (default):
             the site has no missing values and refuses those passes.
+        metrics: your own test metrics, ``{name: fn(logits, targets)}`` returning the sum of a
+            per-row score over the rows given (see :func:`~torchhefl.federated.evaluation.check_metrics`).
         share_timings: send the seconds of each fit phase to the server in the reply (default
             ``False``: they stay here, in :attr:`timings` and this site's log, since a site's
             training time reveals its number of local steps and so its sample count).
@@ -114,8 +116,11 @@ class Client:
         share_timings: bool = False,
         optimizer_fn: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
         impute: str | None = None,
+        metrics: dict[str, Callable] | None = None,
     ) -> None:
         self.cid, self.index = cid, index
+        #: your own test metrics, each the sum of a per-row score over this site's held-out rows
+        self.metrics = check_metrics(metrics)
         #: this site's side of the imputation passes (``None``: missing values are refused)
         self.imputation = None if impute is None else Imputation(impute)
         self._X_raw = np.asarray(X, dtype=np.float64)
@@ -307,7 +312,7 @@ class Client:
         self.remember_global(payload)
         self.model.eval()
         with torch.no_grad():
-            counts = evaluation_counts(self.model(self.X_test), self.y_test, self.eval_loss_fn)
+            counts = evaluation_counts(self.model(self.X_test), self.y_test, self.eval_loss_fn, self.metrics)
         return encode_request(EVALUATE_RES, {"cid": self.cid}, encode_state(counts_to_wire(counts)))
 
     # -- local training -----------------------------------------------------------------------

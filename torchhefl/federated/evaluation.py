@@ -15,19 +15,21 @@ the test set and among the predictions. Their counts carry a ``K x K`` confusion
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
 
-__all__ = ["AUC_BINS", "add_counts", "counts_from_wire", "counts_to_wire", "evaluation_counts", "metrics_from_counts"]
+__all__ = ["AUC_BINS", "RESERVED_METRICS", "add_counts", "check_metrics", "counts_from_wire", "counts_to_wire", "evaluation_counts", "metrics_from_counts"]
 
 AUC_BINS = 1024
 
 
 @torch.no_grad()
 def evaluation_counts(
-    logits: torch.Tensor, targets: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    logits: torch.Tensor, targets: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    metrics: Mapping[str, Callable] | None = None,
 ) -> dict[str, np.ndarray]:
     """Reduce one holder's test rows to additive counts.
 
@@ -35,9 +37,44 @@ def evaluation_counts(
         logits: model outputs, shape ``(N,)`` (binary) or ``(N, K)`` with ``K > 2``.
         targets: labels in {0, 1} (binary) or {0, ..., K-1}, shape ``(N,)``.
         loss_fn: a loss with ``reduction="sum"``, called as ``loss_fn(logits, targets)``.
+        metrics: your own metrics (:func:`check_metrics`): each ``fn(logits, targets)`` returns the
+            *sum* over these rows of a per-row score, counted as ``metric_<name>``; the run reports
+            the mean over all held-out rows, ``test_<name>``.
     """
-    if logits.dim() == 2 and logits.shape[1] > 2:
-        return _multiclass_counts(logits, targets, loss_fn)
+    counts = _binary_counts(logits, targets, loss_fn) if not (logits.dim() == 2 and logits.shape[1] > 2) \
+        else _multiclass_counts(logits, targets, loss_fn)
+    for name, fn in (metrics or {}).items():
+        value = fn(logits, targets)
+        value = float(value.detach().reshape(()) if isinstance(value, torch.Tensor) else value)
+        if not np.isfinite(value):
+            raise ValueError(f"metric {name!r} is not finite on these rows")
+        counts[f"metric_{name}"] = np.array([value])
+    return counts
+
+
+#: the built-in names a metric of yours may not take
+RESERVED_METRICS = ("accuracy", "loss", "auc", "f1")
+_METRIC_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def check_metrics(metrics: Mapping[str, Callable] | None) -> dict[str, Callable]:
+    """Your own test metrics, checked: ``{name: fn(logits, targets) -> sum over the rows}``, names
+    lower-case identifiers other than the built-in ones (accuracy, loss, auc, f1, count_*, predicted_*)."""
+    out = {}
+    for name, fn in (metrics or {}).items():
+        if not isinstance(name, str) or not _METRIC_NAME.fullmatch(name) or name in RESERVED_METRICS \
+                or name.startswith(("count_", "predicted_")):
+            raise ValueError(
+                f"metric name {name!r}: a lower-case identifier (letters, digits, _) other than "
+                f"{', '.join(RESERVED_METRICS)}, count_* and predicted_*"
+            )
+        if not callable(fn):
+            raise ValueError(f"metric {name!r} must be a function of (logits, targets)")
+        out[name] = fn
+    return out
+
+
+def _binary_counts(logits: torch.Tensor, targets: torch.Tensor, loss_fn) -> dict[str, np.ndarray]:
     logits = logits.reshape(-1).to(torch.float64)
     y = targets.reshape(-1).to(torch.float64)
     pred = (logits >= 0).to(torch.float64)
@@ -92,6 +129,7 @@ def counts_to_wire(counts: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         out["confusion"] = np.asarray(counts["confusion"], dtype=np.float64).reshape(-1)
     else:
         out = {k: np.asarray(counts[k], dtype=np.float64).reshape(1) for k in _SCALARS}
+    out.update({k: np.asarray(v, dtype=np.float64).reshape(1) for k, v in counts.items() if k.startswith("metric_")})
     for k in _HISTS:
         hist = np.asarray(counts[k])
         bins = np.flatnonzero(hist)
@@ -100,11 +138,14 @@ def counts_to_wire(counts: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def counts_from_wire(arrays: Mapping[str, np.ndarray], *, num_classes: int = 2) -> dict[str, np.ndarray]:
-    """Inverse of :func:`counts_to_wire` for a model of ``num_classes`` classes (default 2, binary);
-    raises ``ValueError`` on anything a holder could not have sent."""
+def counts_from_wire(
+    arrays: Mapping[str, np.ndarray], *, num_classes: int = 2, metrics: tuple[str, ...] = ()
+) -> dict[str, np.ndarray]:
+    """Inverse of :func:`counts_to_wire` for a model of ``num_classes`` classes (default 2, binary)
+    and the run's own ``metrics`` (names); raises ``ValueError`` on anything a holder could not have sent."""
     scalars = _SCALARS if num_classes == 2 else _MULTICLASS_SCALARS
-    expected = set(scalars) | {f"{k}_{part}" for k in _HISTS for part in ("bins", "counts")}
+    own = [f"metric_{name}" for name in metrics]
+    expected = set(scalars) | set(own) | {f"{k}_{part}" for k in _HISTS for part in ("bins", "counts")}
     if num_classes > 2:
         expected.add("confusion")
     if set(arrays) != expected:
@@ -114,6 +155,11 @@ def counts_from_wire(arrays: Mapping[str, np.ndarray], *, num_classes: int = 2) 
         v = np.asarray(arrays[k], dtype=np.float64)
         if v.shape != (1,) or not np.isfinite(v).all() or (v < 0).any():
             raise ValueError(f"evaluation count {k!r} must be one finite non-negative number")
+        out[k] = v
+    for k in own:  # a sum of per-row scores: any finite number
+        v = np.asarray(arrays[k], dtype=np.float64)
+        if v.shape != (1,) or not np.isfinite(v).all():
+            raise ValueError(f"evaluation count {k!r} must be one finite number")
         out[k] = v
     size = AUC_BINS * (1 if num_classes == 2 else num_classes)
     if num_classes > 2:
@@ -153,8 +199,15 @@ def _histogram_auc(pos: np.ndarray, neg: np.ndarray) -> float:
 def metrics_from_counts(counts: Mapping[str, np.ndarray]) -> dict[str, float]:
     """Accuracy, mean loss, F1 and ROC AUC from summed counts (macro F1, one-vs-rest AUC and the
     per-class ``count_<k>`` / ``predicted_<k>`` for more than 2 classes)."""
-    if "confusion" in counts:
-        return _multiclass_metrics(counts)
+    out = _multiclass_metrics(counts) if "confusion" in counts else _binary_metrics(counts)
+    n = float(counts["n"][0])
+    for k, v in counts.items():
+        if k.startswith("metric_"):
+            out[k.removeprefix("metric_")] = float(v[0]) / n if n else float("nan")
+    return out
+
+
+def _binary_metrics(counts: Mapping[str, np.ndarray]) -> dict[str, float]:
     n = float(counts["n"][0])
     tp, fp, fn = (float(counts[k][0]) for k in ("tp", "fp", "fn"))
     tn = n - tp - fp - fn

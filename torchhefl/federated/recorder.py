@@ -42,7 +42,8 @@ class RunRecorder:
     """
 
     def __init__(
-        self, run_dir: str | Path, config: Mapping, client_ids: list[str], *, tensorboard: bool = True, num_classes: int = 2
+        self, run_dir: str | Path, config: Mapping, client_ids: list[str], *, tensorboard: bool = True, num_classes: int = 2,
+        metrics: list[str] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -54,7 +55,9 @@ class RunRecorder:
         self.class_metrics = [] if num_classes == 2 else [
             f"{what}_{k}" for what in ("count", "predicted") for k in range(num_classes)
         ]
-        self.columns += [f"test_{name}" for name in self.class_metrics]
+        #: the run's own test metrics (``test_<name>``: the mean of a per-row score)
+        self.own_metrics = list(metrics or [])
+        self.columns += [f"test_{name}" for name in self.class_metrics + self.own_metrics]
         self._csv_path = self.run_dir / "metrics.csv"
         self._timings_path = self.run_dir / "timings.csv"
         self.kept_timings: list[dict] = []
@@ -105,7 +108,7 @@ class RunRecorder:
         }
         for cid in self.client_ids:
             row[f"train_loss_{cid}"] = _fmt(losses[cid]) if cid in losses else ""
-        for name in self.class_metrics:
+        for name in self.class_metrics + self.own_metrics:
             row[f"test_{name}"] = _fmt(result[f"test_{name}"]) if f"test_{name}" in result else ""
         with self._csv_path.open("a", newline="") as f:
             csv.DictWriter(f, fieldnames=self.columns, lineterminator="\n").writerow(row)
@@ -120,6 +123,9 @@ class RunRecorder:
             for name in self.class_metrics:  # test/count/3, test/predicted/3
                 if f"test_{name}" in result:
                     w.add_scalar("test/" + name.replace("_", "/"), result[f"test_{name}"], rnd)
+            for name in self.own_metrics:
+                if f"test_{name}" in result:
+                    w.add_scalar(f"test/{name}", result[f"test_{name}"], rnd)
             for cid, v in losses.items():
                 if not math.isnan(v):  # sites training on ciphertexts cannot see their loss
                     w.add_scalar(f"train/loss/{cid}", v, rnd)

@@ -16,6 +16,7 @@ from torch import nn
 from torchhefl.data import Standardizer
 from torchhefl.exceptions import KeyMismatchError, MalformedMessageError, ProtocolError
 from torchhefl.federated.evaluation import (
+    check_metrics,
     add_counts,
     counts_from_wire,
     evaluation_counts,
@@ -76,6 +77,8 @@ class Server:
         impute: ``"mean"`` or ``"median"`` to have the sites fill missing values from federated
             statistics before standardisation (:mod:`torchhefl.federated.statistics`); ``None``
             (default) for data without gaps.
+        metrics: your own test metrics (:func:`~torchhefl.federated.evaluation.check_metrics`),
+            reported as ``test_<name>``, the mean of the per-row score over the held-out rows.
     """
 
     def __init__(
@@ -96,8 +99,11 @@ class Server:
         max_follow_ups: int = 10_000,
         num_classes: int = 2,
         impute: str | None = None,
+        metrics: dict[str, Callable] | None = None,
     ) -> None:
         self.num_classes = int(num_classes)
+        #: your own test metrics: computed here where the server evaluates, else summed from the sites' counts
+        self.metrics = check_metrics(metrics)
         #: ``"mean"`` or ``"median"``: run the imputation passes before standardisation; ``None``: none
         self.impute = impute
         #: the server's side of the imputation passes, where it may read their sums (else no fill)
@@ -378,7 +384,8 @@ class Server:
         msg = self._read_reply(cid, answer, EVALUATE_RES)
         counts, _ = decode_state(payload_of(msg))
         try:
-            return counts_from_wire({k: v.numpy() for k, v in counts.items()}, num_classes=self.num_classes)
+            return counts_from_wire({k: v.numpy() for k, v in counts.items()}, num_classes=self.num_classes,
+                                    metrics=tuple(self.metrics))
         except ValueError as e:
             raise MalformedMessageError(str(e)) from None
 
@@ -398,7 +405,7 @@ class Server:
             self.model.eval()
             with torch.no_grad():
                 logits = self.model(self.X_test.to(next(self.model.parameters()).dtype))
-            return metrics_from_counts(evaluation_counts(logits, self.y_test, self.loss_fn))
+            return metrics_from_counts(evaluation_counts(logits, self.y_test, self.loss_fn, self.metrics))
         payload = self.exchange.global_payload()
         digest = hashlib.sha256(payload).hexdigest()
         request = encode_request(EVALUATE_INS, {"round": self.round}, payload)

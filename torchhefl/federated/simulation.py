@@ -294,6 +294,7 @@ def assemble(
     prepared: Prepared | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     impute: str | None = None,
+    metrics: dict | None = None,
 ) -> Simulation:
     """Create the parties of a run around given parts: the initial ``model`` (every party starts
     from its state_dict), each site's raw training rows ``sites[i] = (X, y)`` (``X`` of shape
@@ -304,6 +305,8 @@ def assemble(
     mode, the rounds, the local-training settings. ``dataset`` describes the data in the run folder.
     ``impute`` (``"mean"`` or ``"median"``)
     has the parties fill the NaN in ``sites`` and ``test`` from federated statistics during set-up.
+    ``metrics``: your own test metrics (:func:`~torchhefl.federated.evaluation.check_metrics`),
+    computed by whoever holds test rows.
     """
     config.validate()
     if len(sites) != config.clients:
@@ -347,6 +350,7 @@ def assemble(
                 loss_fn=copy.deepcopy(train_loss),
                 optimizer_fn=optimizer_fn,
                 impute=impute,
+                metrics=metrics,
                 **parts_of_mode.client_kwargs,
             )
         )
@@ -365,6 +369,7 @@ def assemble(
         max_message_bytes=max_message_bytes,
         num_classes=num_classes,
         impute=impute,
+        metrics=metrics,
     )
     parts_of_mode.connect(server, clients)
     return Simulation(config, dataset, server, clients, transport, extras=parts_of_mode.extras, prepared=prepared)
@@ -507,7 +512,8 @@ def run(
     if checkpoint is not None:
         restore_checkpoint(sim, checkpoint)
     first = 1 if checkpoint is None else checkpoint.round + 1
-    recorder = RunRecorder(run_dir, config.to_dict(), [c.cid for c in sim.clients], num_classes=sim.dataset.num_classes)
+    recorder = RunRecorder(run_dir, config.to_dict(), [c.cid for c in sim.clients], num_classes=sim.dataset.num_classes,
+                           metrics=list(sim.server.metrics))
     kept = recorder.start(resume_round=first - 1)
     if checkpoint is not None:
         log.info("resuming %s after round %d of %d", run_dir, checkpoint.round, config.rounds)
