@@ -89,8 +89,9 @@ class FakeGrid:
     """A Grid whose SuperNodes answer at once: each message goes to the real ClientApp with a new
     Context built from the node's config and its per-run state, as Flower's ClientApp processes get."""
 
-    def __init__(self, run_config: dict, node_configs: dict[int, dict], *, silent: tuple[int, ...] = ()) -> None:
+    def __init__(self, run_config: dict, node_configs: dict[int, dict], *, silent: tuple[int, ...] = (), app=None) -> None:
         self.run_config, self.node_configs, self.silent = run_config, node_configs, silent
+        self.app = app or client_app.app
         self.states = {node: RecordDict() for node in node_configs}
         self.replies: dict[str, Message] = {}
         self.builds = 0
@@ -112,7 +113,7 @@ class FakeGrid:
             context = Context(run_id=1, node_id=node, node_config=self.node_configs[node], state=self.states[node], run_config=self.run_config)
             self.builds += 1
             try:
-                reply = client_app.app(message=msg, context=context)
+                reply = self.app(message=msg, context=context)
             except Exception as e:  # what flwr-clientapp does with an exception
                 reply = Message(Error(code=0, reason=f"{type(e).__name__}: {e}"), reply_to=msg)
             self.replies[mid] = reply
@@ -984,3 +985,77 @@ def test_a_site_refuses_a_vocabulary_that_leaves_out_its_categories(site_tables,
     assert rebuilt.client is not None and rebuilt.client.X.shape[1] == 13  # the agreed vocabulary, from the node state
     with pytest.raises(ProtocolError, match="already agreed on another vocabulary"):
         rebuilt.handle(encode_request(VOCABULARY_INS, {"vocabulary": {"ward": ["a", "b", "c", "d"]}}))
+
+
+# -- your own parts on Flower --------------------------------------------------------------------------------
+
+
+class _TinyCNN(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.head = torch.nn.Linear(4 * 4 * 4, 10)
+
+    def forward(self, x):
+        return self.head(torch.nn.functional.max_pool2d(torch.relu(self.conv(x)), 2).flatten(1))
+
+
+def _top3(logits, targets):
+    return (logits.topk(3, dim=1).indices == targets.reshape(-1, 1)).any(dim=1).sum()
+
+
+@pytest.mark.parametrize("mode", ["plain", "he"])
+def test_your_own_parts_over_flower_train_what_federation_trains(mode, key_dir, tmp_path):
+    """A CNN, each site's own image tensors, cross-entropy, SGD with momentum and a metric of your
+    own, deployed with flower_apps: the same model and figures as Federation in process."""
+    from torch.utils.data import TensorDataset
+
+    from torchhefl.data import load_digits, partition_iid
+    from torchhefl.data.dataset import train_test_split
+    from torchhefl.federated import Federation
+    from torchhefl.federated.simulation import _test_parts
+    from torchhefl.flower.parts import FlowerParts, flower_apps
+
+    train, test = train_test_split(load_digits(), test_size=0.2, seed=0)
+    parts = partition_iid(len(train), SITES, seed=0)
+
+    def images(X, y):
+        return TensorDataset(torch.tensor(X, dtype=torch.float64).reshape(-1, 1, 8, 8), torch.tensor(y))
+
+    sites = [images(train.X[i], train.y[i]) for i in parts]
+    common = dict(model=lambda: _TinyCNN().double(), loss=torch.nn.CrossEntropyLoss(),
+                  optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), metrics={"top3": _top3})
+    fed = Federation(sites=sites, test=images(test.X, test.y), mode=mode, rounds=2, seed=1, key_bits=512,
+                     clip_norm=None, extra={"allow_insecure_keys": True, "key_dir": str(key_dir)}, **common)
+    history = fed.fit(progress=False)
+    shares = _test_parts(fed.config, len(test))  # each site evaluates the share Federation gives it
+
+    def site_data(node_config):
+        i = node_config["partition-id"]
+        return sites[i], images(test.X[shares[i]], test.y[shares[i]])
+
+    own = FlowerParts(site_data=site_data, num_classes=10, **common)
+    client, _ = flower_apps(own)
+    run_config = {"mode": mode, "rounds": 2, "clients": SITES, "seed": 1, "clip-norm": 0.0, "node-timeout": 5.0,
+                  "reply-timeout": 5.0, **_roster_settings(key_dir)}
+    grid = FakeGrid(run_config, _node_configs(key_dir, **{"model-out": str(tmp_path / "model.pt")}), app=client)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureKeyWarning)
+        summary = serve(grid, DeploymentSettings.from_run_config(run_config), echo=lambda line: None, parts=own)
+    saved = torch.load(tmp_path / "model.pt")
+    for name, tensor in fed.state_dict().items():
+        torch.testing.assert_close(saved[name], tensor, rtol=0, atol=1e-6)
+    for key in ("test_accuracy", "test_f1", "test_top3"):
+        assert summary[key] == pytest.approx(history[-1][key], abs=1e-9), key
+
+
+def test_the_server_key_mode_refuses_parts_it_cannot_train_on_ciphertexts():
+    from torchhefl.flower.parts import FlowerParts
+
+    config = DeploymentSettings.from_run_config({"clients": SITES, "mode": "he", "key-holder": "server"}).config
+    own = FlowerParts(model=_TinyCNN, site_data=lambda node: ((np.zeros((4, 1, 8, 8)), np.arange(4)),) * 2, num_classes=10,
+                      loss=torch.nn.CrossEntropyLoss())
+    with pytest.raises(ConfigError, match="server"):
+        Site(config, {"partition-id": 0, "num-partitions": SITES}, parts=own)
+    with pytest.raises(ConfigError, match="metric name"):
+        FlowerParts(model=_TinyCNN, site_data=lambda node: None, metrics={"loss": _top3})

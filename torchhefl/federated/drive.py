@@ -64,12 +64,12 @@ def drive(
 
 def summarize(last: Mapping, totals: Mapping, rounds: int) -> dict:
     """A run's summary: the last round's test metrics (``test_accuracy``, ``test_auc``, ``test_f1``,
-    ``test_loss``, and a multi-class model's ``test_count_<k>`` / ``test_predicted_<k>``), the number
-    of rounds and the totals."""
+    ``test_loss``, a multi-class model's ``test_count_<k>`` / ``test_predicted_<k>``, your own
+    metrics' ``test_<name>``), the number of rounds and the totals."""
     return {
         "rounds": rounds,
         **{k: last[k] for k in ("test_accuracy", "test_auc", "test_f1", "test_loss")},
-        **{k: last[k] for k in last if k.startswith(("test_count_", "test_predicted_"))},
+        **{k: last[k] for k in last if k.startswith("test_")},
         **totals,
     }
 

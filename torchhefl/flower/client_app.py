@@ -14,24 +14,30 @@ from flwr.clientapp import ClientApp
 from torchhefl.flower.deployment import DeploymentSettings, Site
 from torchhefl.flower.records import HELLO_ACTION, pack, unpack
 
-__all__ = ["app"]
+__all__ = ["app", "make_client_app"]
 
-app = ClientApp()
+def make_client_app(parts=None) -> ClientApp:
+    """A ClientApp whose sites train the run config's model on their CSV (or bundled share), or
+    ``parts`` (:class:`~torchhefl.flower.parts.FlowerParts`)."""
+    client_app = ClientApp()
+
+    def _site(context: Context) -> Site:
+        settings = DeploymentSettings.from_run_config(context.run_config)
+        return Site(settings.config, context.node_config, context.state, roster_fingerprint=settings.roster_fingerprint,
+                    parts=parts)
+
+    @client_app.query(HELLO_ACTION)
+    def hello(msg: Message, context: Context) -> Message:
+        """Say which site this SuperNode runs, how many features it has, and the sites' public key."""
+        return Message(_site(context).hello(), reply_to=msg)
+
+    @client_app.query()
+    def query(msg: Message, context: Context) -> Message:
+        """Answer one torchhefl request."""
+        reply = _site(context).handle(unpack(msg.content))
+        return Message(pack(reply), reply_to=msg)
+
+    return client_app
 
 
-def _site(context: Context) -> Site:
-    settings = DeploymentSettings.from_run_config(context.run_config)
-    return Site(settings.config, context.node_config, context.state, roster_fingerprint=settings.roster_fingerprint)
-
-
-@app.query(HELLO_ACTION)
-def hello(msg: Message, context: Context) -> Message:
-    """Say which site this SuperNode runs, how many features it has, and the sites' public key."""
-    return Message(_site(context).hello(), reply_to=msg)
-
-
-@app.query()
-def query(msg: Message, context: Context) -> Message:
-    """Answer one torchhefl request."""
-    reply = _site(context).handle(unpack(msg.content))
-    return Message(pack(reply), reply_to=msg)
+app = make_client_app()

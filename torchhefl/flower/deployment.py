@@ -283,7 +283,7 @@ class Site:
 
     def __init__(
         self, config: TrainConfig, node_config: Mapping[str, object], state: RecordDict | None = None, *,
-        roster_fingerprint: str = "",
+        roster_fingerprint: str = "", parts=None,
     ) -> None:
         unknown = sorted(set(node_config) - set(_NODE_KEYS))
         if unknown:
@@ -301,16 +301,18 @@ class Site:
             raise ConfigError(f"node config share-timings must be true or false, got {self.share_timings!r}")
         self.state = state if state is not None else RecordDict()
         self.roster_fingerprint = roster_fingerprint
+        #: your own parts (:class:`~torchhefl.flower.parts.FlowerParts`), or ``None`` for the run config's
+        self.parts = parts
         self._load_rows()
         mode = mode_of(config)
         mode.validate_model(config, len(self.classes))
         key_dir = self.node_config.get("key-dir")
-        self._parts = mode.site(
+        self._mode_parts = mode.site(
             config, key_dir=str(key_dir) if key_dir else None,
             allow_insecure_keys=self.node_config.get("allow-insecure-keys") is True,
         )
         if mode.signs:
-            self._parts.exchange.set_identity(*load_site_identity(config, self.node_config, self.index, self.roster_fingerprint))
+            self._mode_parts.exchange.set_identity(*load_site_identity(config, self.node_config, self.index, self.roster_fingerprint))
         #: the site's client, once its rows are numbers (a table's: once the vocabulary is agreed)
         self.client: Client | None = None
         vocabulary = self._record().get("vocabulary")
@@ -322,11 +324,17 @@ class Site:
             self._restore()
 
     def _build_client(self, X, y, X_test, y_test) -> Client:
-        config, parts = self.config, self._parts
+        config, parts, own = self.config, self._mode_parts, self.parts
+        k = len(self.classes)
+        if own is None:
+            model, extra = initial_model(config, X.shape[1], k), {}
+        else:
+            model = own.initial_model(config)
+            extra = {"loss_fn": own.train_loss(config, k), "optimizer_fn": own.optimizer, "metrics": own.metrics}
         return make_client(
-            config, self.index, X, y, model=initial_model(config, X.shape[1], len(self.classes)), exchange=parts.exchange,
+            config, self.index, X, y, model=model, exchange=parts.exchange,
             X_test=X_test, y_test=y_test, client_class=parts.client_class, privacy=site_privacy(config, len(y)),
-            share_timings=self.share_timings, num_classes=len(self.classes), impute=self.impute,
+            share_timings=self.share_timings, num_classes=k, impute=self.impute, **extra,
         )
 
     def _load_rows(self) -> None:
@@ -334,6 +342,11 @@ class Site:
         once the vocabulary is agreed), and the label values its labels 0..K-1 stand for."""
         data, label = self.node_config.get("data"), self.node_config.get("label")
         self.tables = None
+        if self.parts is not None:  # your own site_data reads this site's rows
+            self.impute = None
+            X, y, X_test, y_test, self.classes = self.parts.rows(self.node_config)
+            self._arrays = (X, y, X_test, y_test)
+            return
         if not data:
             if label:
                 raise ConfigError("node config label is given without data")
@@ -379,7 +392,7 @@ class Site:
         of classes and a digest of their label values (every site must map the same values to
         0..K-1), the public key; for a CSV table, its columns and the categories its training rows
         hold per text column (the vocabulary is their union; see :func:`read_hellos`)."""
-        public_key = getattr(self._parts.exchange, "public_key", None)
+        public_key = getattr(self._mode_parts.exchange, "public_key", None)
         fields = {
             "partition-id": self.index,
             "num-partitions": self.config.clients,
@@ -388,7 +401,7 @@ class Site:
             "public-key": "" if public_key is None else format(int(public_key.n), "x"),
         }
         if self.tables is None:
-            fields["num-features"] = int(self._arrays[0].shape[1])
+            fields["num-features"] = int(math.prod(self._arrays[0].shape[1:]))
         else:
             train = self.tables[0]
             fields["num-features"] = len(train.columns)
@@ -636,7 +649,7 @@ def server_roster(settings: DeploymentSettings, app_dir: Path | None = None) -> 
 
 def build_server(
     config: TrainConfig, transport, hellos: Hellos, settings: DeploymentSettings | None = None, *,
-    roster: Roster | None = None,
+    roster: Roster | None = None, parts=None,
 ) -> Server:
     """The run's :class:`Server` over ``transport``.
 
@@ -649,7 +662,8 @@ def build_server(
     the one ``settings`` name, with no app directory.
     """
     settings = settings or DeploymentSettings(config)
-    model = initial_model(config, hellos.num_features, hellos.num_classes)
+    k = hellos.num_classes
+    model = initial_model(config, hellos.num_features, k) if parts is None else parts.initial_model(config)
     initial = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
     mode = mode_of(config)
     exchange = mode.server_exchange(
@@ -660,13 +674,14 @@ def build_server(
         exchange.set_roster(roster if roster is not None else server_roster(settings))
     X_test = y_test = None
     if mode.server_evaluates:
-        X_test, y_test = _server_held_out(config, settings, hellos)
+        own = None if parts is None else parts.server_rows()
+        X_test, y_test = own if own is not None else _server_held_out(config, settings, hellos)
     return Server(
         model=model,
         strategy=get_strategy(config.aggregator, mu=config.mu),
         transport=transport,
         exchange=exchange,
-        loss_fn=make_loss(config.loss, reduction="sum", num_classes=hellos.num_classes),
+        loss_fn=make_loss(config.loss, reduction="sum", num_classes=k) if parts is None else parts.train_loss(config, k, "sum"),
         X_test=X_test,
         y_test=y_test,
         fraction=config.fraction,
@@ -674,6 +689,7 @@ def build_server(
         seed=config.seed,
         num_classes=hellos.num_classes,
         impute=server_impute(config, hellos),
+        metrics=None if parts is None else parts.metrics,
     )
 
 

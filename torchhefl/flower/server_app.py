@@ -25,14 +25,22 @@ from torchhefl.flower.deployment import DeploymentSettings, build_server, read_h
 from torchhefl.flower.records import HELLO_TYPE
 from torchhefl.flower.transport import DEFAULT_POLL_INTERVAL, FlowerTransport, exchange
 
-__all__ = ["app", "app_directory", "serve", "wait_for_nodes"]
-
-app = ServerApp()
+__all__ = ["app", "app_directory", "make_server_app", "serve", "wait_for_nodes"]
 
 
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    serve(grid, DeploymentSettings.from_run_config(context.run_config))
+def make_server_app(parts=None) -> ServerApp:
+    """A ServerApp that trains the run config's model, or ``parts``
+    (:class:`~torchhefl.flower.parts.FlowerParts`)."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        serve(grid, DeploymentSettings.from_run_config(context.run_config), parts=parts)
+
+    return server_app
+
+
+app = make_server_app()
 
 
 def app_directory(grid: Grid) -> Path | None:
@@ -64,8 +72,9 @@ def wait_for_nodes(grid: Grid, count: int, *, timeout: float, poll_interval: flo
         time.sleep(poll_interval)
 
 
-def serve(grid: Grid, settings: DeploymentSettings, *, echo: Callable[[str], None] | None = None) -> dict:
-    """Run ``settings.config`` over ``grid``; returns the last round's metrics with byte totals."""
+def serve(grid: Grid, settings: DeploymentSettings, *, echo: Callable[[str], None] | None = None, parts=None) -> dict:
+    """Run ``settings.config`` over ``grid`` (with your own ``parts``, a
+    :class:`~torchhefl.flower.parts.FlowerParts`, if given); returns the last round's metrics with byte totals."""
     echo = echo or (lambda line: log(INFO, line))
     config = settings.config
     roster = server_roster(settings, app_directory(grid))  # before anything waits: a wrong roster stops the run at once
@@ -85,8 +94,9 @@ def serve(grid: Grid, settings: DeploymentSettings, *, echo: Callable[[str], Non
     if hellos.vocabulary is not None:
         echo("vocabulary: " + (", ".join(f"{c!r} ({len(v)} categories)" for c, v in hellos.vocabulary.items()) or "no text column")
              + f"; {hellos.num_features} features")
-    server = build_server(config, transport, hellos, settings, roster=roster)
-    recorder = RunRecorder(settings.run_dir, config.to_dict(), list(hellos.nodes)) if settings.run_dir else None
+    server = build_server(config, transport, hellos, settings, roster=roster, parts=parts)
+    recorder = RunRecorder(settings.run_dir, config.to_dict(), list(hellos.nodes), num_classes=hellos.num_classes,
+                           metrics=list(server.metrics)) if settings.run_dir else None
     if recorder is not None:
         recorder.start()
     server.setup()
