@@ -14,6 +14,8 @@ Run config keys (hyphenated :class:`TrainConfig` fields): ``mode``, ``key-holder
 packed encoding of every upload, which each party derives from the run config alone, as it derives
 the model; 0 is the default encoding), ``model`` and ``hidden`` (layer sizes, comma-separated), ``data``
 (a bundled data set, ``wdbc`` or ``digits``, for sites whose node config names no CSV; empty: WDBC);
+``impute``, ``features`` and ``drop`` (sites with their own CSV tables: as ``--impute``,
+``--features`` and ``--drop``, column names comma-separated);
 and ``reply-timeout`` (seconds a request may wait for a site),
 ``node-timeout`` (seconds to wait for every site's SuperNode), ``run-dir`` (where the ServerApp
 records metrics and, in HEM, the final model; empty for none). With ``--key-holder server`` (HEM)
