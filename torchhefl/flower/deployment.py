@@ -288,7 +288,7 @@ class Site:
         roster_fingerprint: str = "", parts=None,
     ) -> None:
         unknown = sorted(set(node_config) - set(_NODE_KEYS))
-        if unknown:
+        if unknown and parts is None:  # with your own parts, your site_data reads keys of its own
             raise ConfigError(f"unknown node config keys: {', '.join(unknown)} (known: {', '.join(_NODE_KEYS)})")
         self.config = config
         self.node_config = dict(node_config)
