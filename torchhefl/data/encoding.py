@@ -13,8 +13,9 @@ What each site shares, and what that reveals (the README's "Your own table" says
   missing text cell.
 * **Means for imputation.** Per numeric column, the number of non-missing values, their sum and
   their sum of squares (:meth:`TableSummary.to_vector`): summable vectors, exactly like the
-  standardisation moments, so they can travel through the same aggregation path; the mean fill is
-  the summed sum over the summed count.
+  standardisation moments, and they travel through the same protected path (a run's
+  ``"impute"`` pass, :mod:`torchhefl.federated.statistics`); the mean fill is the summed sum over
+  the summed count.
 * **Medians for imputation.** A second pass: per numeric column a histogram of counts over
   :data:`MEDIAN_BINS` equal bins spanning ``[mean - sd, mean + sd]`` of the non-missing values,
   from the first pass (the median always lies within one population standard deviation of the
@@ -23,7 +24,8 @@ What each site shares, and what that reveals (the README's "Your own table" says
   ``sd / MEDIAN_BINS`` (half a bin) of the pooled median of the non-missing values.
 
 Imputation happens before standardisation: the federated moments are then those of the filled
-values.
+values. In a run the median pass covers only the columns with a gap at some site (the summed
+first pass says which), and the sites fill their own rows.
 """
 
 from __future__ import annotations
@@ -279,6 +281,15 @@ class TableEncoder:
                 "impute": self.impute, "missing": self.missing}
 
 
+def _site_tables(site_tables: Iterable[Table], impute: str, what: str) -> list[Table]:
+    if impute not in IMPUTE:
+        raise ConfigError(f"--impute must be one of {', '.join(IMPUTE)}; got {impute!r}")
+    tables = list(site_tables)
+    if not tables:
+        raise DataError(f"{what} needs the table of at least one site")
+    return tables
+
+
 def agree_vocabulary(site_tables: Iterable[Table], *, impute: str = "mean") -> TableEncoder:
     """The one-hot vocabulary of the sites holding ``site_tables``, from their category sets only:
     an encoding whose fill values are left to the run (``fill`` is empty, not ``None``, unless
@@ -289,11 +300,7 @@ def agree_vocabulary(site_tables: Iterable[Table], *, impute: str = "mean") -> T
     Raises:
         ConfigError: ``impute`` is not one of :data:`IMPUTE`.
     """
-    if impute not in IMPUTE:
-        raise ConfigError(f"--impute must be one of {', '.join(IMPUTE)}; got {impute!r}")
-    tables = list(site_tables)
-    if not tables:
-        raise DataError("agree_vocabulary needs the table of at least one site")
+    tables = _site_tables(site_tables, impute, "agree_vocabulary")
     first = tables[0]
     text = first.names_of(CATEGORICAL)
     sets = [local_summary(t).categories for t in tables]
@@ -305,18 +312,16 @@ def agree_encoding(site_tables: Iterable[Table], *, impute: str = "mean") -> Tab
     """The encoding the sites holding ``site_tables`` agree on, from their summaries only.
 
     Each site's :func:`local_summary` (and, for ``impute="median"``, its :func:`local_histogram`)
-    is computed from that site's rows alone, and only the summaries are combined: in-process, this
-    stands for the round trip through the server.
+    is computed from that site's rows alone, and only the summaries are combined, in plaintext and
+    in-process. A run does not use it: it agrees the vocabulary (:func:`agree_vocabulary`) and sums
+    the imputation statistics through the mode's protected path; this is the plaintext reference
+    the tests compare that path with.
 
     Raises:
         ConfigError: ``impute`` is not one of :data:`IMPUTE`.
         DataError: a numeric column with no value at any site (nothing to fill it from).
     """
-    if impute not in IMPUTE:
-        raise ConfigError(f"--impute must be one of {', '.join(IMPUTE)}; got {impute!r}")
-    tables = list(site_tables)
-    if not tables:
-        raise DataError("agree_encoding needs the table of at least one site")
+    tables = _site_tables(site_tables, impute, "agree_encoding")
     first = tables[0]
     summaries = [local_summary(t) for t in tables]
     total = summaries[0]

@@ -16,7 +16,6 @@ from torchhefl.data import Standardizer, local_moments
 from torchhefl.exceptions import MalformedMessageError, ProtocolError
 from torchhefl.federated.evaluation import check_metrics, counts_to_wire, evaluation_counts
 from torchhefl.federated.exchange import ClientExchange, standardizer_from_statistics
-from torchhefl.federated.statistics import STANDARDIZE, Imputation, purpose_of
 from torchhefl.federated.messages import (
     EVALUATE_INS,
     EVALUATE_RES,
@@ -32,6 +31,7 @@ from torchhefl.federated.messages import (
     encode_state,
     payload_of,
 )
+from torchhefl.federated.statistics import STANDARDIZE, Imputation, purpose_of
 
 __all__ = ["MAX_ROUND", "Client", "local_batches", "round_generator"]
 

@@ -38,8 +38,10 @@ What remains:
   on the plaintext (for instance a linear MAC under a key derived from the sites' private key).
 * the choice of uploads: any ``threshold`` or more of a round's signed uploads form an acceptable
   model, so the server may leave sites out (and may send different sites different such sums).
-* the statistics of the standardisation are summed unsigned: the server could send a site moments
-  of its choosing and so choose its standardisation.
+* the set-up statistics (imputation, median histograms, standardisation) are summed unsigned: the
+  server could send a site sums of its choosing and so choose its fill values and its
+  standardisation (changing how the site's rows are encoded, never revealing them: the site's
+  own statistics still travel only encrypted).
 """
 
 from __future__ import annotations
@@ -59,8 +61,8 @@ from torchhefl.federated.exchange import ClientExchange, ServerExchange
 from torchhefl.federated.keyring import run_keypair
 from torchhefl.federated.parts import ModeParts
 from torchhefl.federated.signed_uploads import SignedGlobal, SignedUpload, UploadSignature
-from torchhefl.federated.strategies import Strategy
 from torchhefl.federated.statistics import STANDARDIZE, check_length, from_vector, to_vector
+from torchhefl.federated.strategies import Strategy
 from torchhefl.secure import MAX_TOTAL_WEIGHT, PackedSum, PrivateKey, PublicKey, SecureStateDict, packing
 from torchhefl.secure.encoding import STATE_DICT_FIXED_POINT, FixedPoint
 from torchhefl.secure.identity import Roster, SiteIdentity

@@ -16,8 +16,8 @@ from torch import nn
 from torchhefl.data import Standardizer
 from torchhefl.exceptions import KeyMismatchError, MalformedMessageError, ProtocolError
 from torchhefl.federated.evaluation import (
-    check_metrics,
     add_counts,
+    check_metrics,
     counts_from_wire,
     evaluation_counts,
     metrics_from_counts,

@@ -267,7 +267,8 @@ class Site:
 
     Flower runs a fresh ClientApp process for every message, so the client object cannot live
     across rounds in memory. What it must keep is kept in Flower's per-run node state
-    (``context.state``, which never leaves the node): the set-up requests it answered (replayed
+    (``context.state``, which never leaves the node): the vocabulary its CSV table was encoded
+    with, the set-up requests it answered (replayed
     into the rebuilt client, which re-derives the same keys, pairwise seeds and standardisation
     from them), the last round it trained (replay protection), and in HEM the client's own secrets
     as bytes (its X25519 private key, and where it is in a fit that waits for a refresh, with that

@@ -47,8 +47,8 @@ from torchhefl.federated.server_key.constants import (
 from torchhefl.federated.server_key.statistics import (
     packed_length,
     read_statistics_sum,
-    unpack_counts,
     setup_key_bytes,
+    unpack_counts,
 )
 from torchhefl.federated.statistics import MEDIAN, STANDARDIZE, check_length, from_vector
 from torchhefl.federated.strategies import Strategy
