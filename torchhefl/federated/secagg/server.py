@@ -4,7 +4,9 @@ signatures, and reconstruct exactly the masks that hide the sum over the survivo
 The server checks each reply as the sites will (the roster's signatures, the shapes of what it
 relays), so that one bad site is left out on its own instead of making every honest site refuse.
 It can reconstruct a survivor's self-mask seed or a dropped site's mask key only from ``threshold``
-shares, and the sites reveal, for one signed survivor set, one or the other per site.
+shares, and the sites reveal, for one signed survivor set, one or the other per site. Each
+rebuilt secret is checked against its commitment (the seed's hash, the signed public key); a
+revealer whose shares fit no accepted rebuilding is outvoted and named (``last["bad_shares"]``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from torchhefl.federated.secagg.site import (
 from torchhefl.federated.transport import CLIENT_FAULTS
 from torchhefl.secure.identity import Roster
 from torchhefl.secure.masking import prg_ints
-from torchhefl.secure.shamir import combine_secret
+from torchhefl.secure.shamir import combine_checked
 from torchhefl.secure.share_box import KEY_BYTES, X25519Pair
 
 __all__ = ["SecAggServer"]
@@ -176,18 +178,33 @@ class SecAggServer:
     def _correction(self, server_round, survivors, dropped, revealed: Mapping, count: int, modulus: int) -> list[int]:
         label = update_label(server_round, self.shared)
         index = self.roster.index
+        by_index = {index(w): w for w in revealed}
+        bad: set[str] = set()
+
+        def rebuild(shares: Mapping[int, bytes], length: int, check, what: str) -> bytes:
+            # a site that reveals a bad share is named and outvoted; the round needs threshold good ones
+            secret, wrong = combine_checked(shares, length, self.threshold, check)
+            if secret is None:
+                raise ProtocolError(f"round {server_round}: the revealed shares do not rebuild {what} (sites sent bad shares)")
+            bad.update(by_index[i] for i in wrong)
+            return secret
+
         out = [0] * count
         for v in survivors:
-            seed = combine_secret({index(w): seeds[v] for w, (seeds, _) in revealed.items()}, SEED_BYTES)
-            if seed_commitment(seed) != bytes.fromhex(self._adverts[v]["seed_commit"]):
-                raise ProtocolError(f"round {server_round}: the revealed shares do not rebuild site {v}'s committed seed (a site sent a bad share)")
+            commit = bytes.fromhex(self._adverts[v]["seed_commit"])
+            seed = rebuild({index(w): seeds[v] for w, (seeds, _) in revealed.items()}, SEED_BYTES,
+                           lambda s: seed_commitment(s) == commit, f"site {v}'s committed seed")
             out = [(a + b) % modulus for a, b in zip(out, prg_ints(seed, label, count, modulus))]
         for u in dropped:
-            key = combine_secret({index(w): keys[u] for w, (_, keys) in revealed.items()}, KEY_BYTES)
-            if X25519Pair(key).public_bytes() != bytes.fromhex(self._adverts[u]["mask_key"]):
-                raise ProtocolError(f"round {server_round}: the revealed shares do not rebuild site {u}'s signed mask key (a site sent a bad share)")
+            public = bytes.fromhex(self._adverts[u]["mask_key"])
+            key = rebuild({index(w): keys[u] for w, (_, keys) in revealed.items()}, KEY_BYTES,
+                          lambda k: X25519Pair(k).public_bytes() == public, f"site {u}'s signed mask key")
             for v in survivors:
                 seed = mask_seed(self.context, server_round, key, u, v, bytes.fromhex(self._adverts[v]["mask_key"]))
                 sign = 1 if v < u else -1  # the sign survivor v gave its mask towards u
                 out = [(a + sign * b) % modulus for a, b in zip(out, prg_ints(seed, label, count, modulus))]
+        if bad:
+            log.warning("round %d: %s revealed shares that do not rebuild the committed secrets; outvoted",
+                        server_round, ", ".join(sorted(bad)))
+        self.last["bad_shares"] = sorted(bad)
         return out
