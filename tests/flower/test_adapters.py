@@ -983,6 +983,9 @@ def test_a_site_refuses_a_vocabulary_that_leaves_out_its_categories(site_tables,
     assert site.client.X.shape[1] == 8 + 5
     rebuilt = Site(config, {"partition-id": 2, "num-partitions": SITES, "data": str(paths[2]), "label": "diagnosis"}, site.state)
     assert rebuilt.client is not None and rebuilt.client.X.shape[1] == 13  # the agreed vocabulary, from the node state
+    client = rebuilt.client
+    rebuilt.handle(encode_request(VOCABULARY_INS, {"vocabulary": {"ward": ["a", "b", "c", "d", "e"]}}))
+    assert rebuilt.client is client  # the same vocabulary again: nothing rebuilt, nothing lost
     with pytest.raises(ProtocolError, match="already agreed on another vocabulary"):
         rebuilt.handle(encode_request(VOCABULARY_INS, {"vocabulary": {"ward": ["a", "b", "c", "d"]}}))
 

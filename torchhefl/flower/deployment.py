@@ -446,8 +446,10 @@ class Site:
             raise ProtocolError(f"site {self.index} holds no CSV table: it needs no vocabulary")
         vocabulary = msg.meta.get("vocabulary")
         saved = self._record().get("vocabulary")
-        if saved is not None and strict_json.loads(str(saved), what="the saved vocabulary") != vocabulary:
-            raise ProtocolError(f"site {self.index} already agreed on another vocabulary; it agrees once a run")
+        if saved is not None:  # agreed before (the server sent it again): the client built from it stays
+            if strict_json.loads(str(saved), what="the saved vocabulary") != vocabulary:
+                raise ProtocolError(f"site {self.index} already agreed on another vocabulary; it agrees once a run")
+            return encode_request(VOCABULARY_RES, {"cid": f"site{self.index}"})
         self._encode(vocabulary)
         record = self._record()
         record["vocabulary"] = json.dumps(vocabulary, sort_keys=True)
