@@ -16,6 +16,7 @@ from torchhefl.federated.checkpoint import Checkpoint, checkpoint_of
 from torchhefl.federated.evaluation import evaluation_counts
 from torchhefl.federated.exchange import standardizer_from_statistics
 from torchhefl.federated.signed_uploads import SignedGlobal, SignedUpload, UploadSignature
+from torchhefl.federated import signed_statistics
 from torchhefl.federated.messages import FIT_INS, FIT_RES, STANDARDIZE_INS, STATS_RES, decode_request, decode_state, encode_request, encode_state, payload_of
 from torchhefl.federated.strategies import weighted_mean
 from torchhefl.nn import TaylorLoss
@@ -135,8 +136,12 @@ def test_with_the_sites_key_one_statistics_vector_is_one_site():
     pk, sk = sim.clients[0].exchange.public_key, sim.clients[0].exchange.private_key
     part = PackedSum.encrypt(np.ones(9), pk)
     forged = wire.encode("torchhefl.PackedSum", {**wire.decode(part.to_bytes()).meta, "terms": 1024}, wire.decode(part.to_bytes()).arrays)
+    ex = sim.clients[0].exchange
+    with pytest.raises(MalformedMessageError, match="expected a 'torchhefl.SignedStatistics' message"):
+        sim.server.exchange.check_statistics(forged)  # unsigned
+    signed = signed_statistics.sign(ex.identity, ex.roster, pk.fingerprint, "standardize", forged)
     with pytest.raises(MalformedMessageError, match="claims to be a sum of 1024 vectors"):
-        sim.server.exchange.check_statistics(forged)
+        sim.server.exchange.check_statistics(signed)
     assert PackedSum.from_bytes(part.to_bytes(), public_key=pk).terms == 1 and sk is not None
 
 

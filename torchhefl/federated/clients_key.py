@@ -5,8 +5,10 @@ Each site sends ``Enc(n_i * w_i)`` packed in a :class:`SecureStateDict` together
 (:mod:`torchhefl.federated.signed_uploads`); the server multiplies the ciphertexts, each upload
 with weight 1 (it never holds the private key), and sends the encrypted sum back with the list of
 the signed uploads it combined; sites decrypt and divide by the decrypted total count. The server
-learns neither a weight nor a count. The federated standardisation statistics take the same path,
-as :class:`PackedSum` vectors (unsigned).
+learns neither a weight nor a count. The set-up statistics (imputation, median histograms,
+standardisation) travel as :class:`PackedSum` vectors, each signed by its site; the server relays
+them all and each site checks and sums them itself (:mod:`~torchhefl.federated.signed_statistics`),
+so the server cannot choose a site's fill values or standardisation, nor shift them by an offset.
 
 A site decrypts, evaluates or trains on a global model only if it is:
 
@@ -38,10 +40,8 @@ What remains:
   on the plaintext (for instance a linear MAC under a key derived from the sites' private key).
 * the choice of uploads: any ``threshold`` or more of a round's signed uploads form an acceptable
   model, so the server may leave sites out (and may send different sites different such sums).
-* the set-up statistics (imputation, median histograms, standardisation) are summed unsigned: the
-  server could send a site sums of its choosing and so choose its fill values and its
-  standardisation (changing how the site's rows are encoded, never revealing them: the site's
-  own statistics still travel only encrypted).
+* a replay of the set-up statistics: a site's signed vector of an earlier run under the same key
+  and roster passes for this run's (it is that site's own, honest, older statistics).
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ import torch
 from torchhefl.exceptions import MalformedMessageError, ProtocolError
 from torchhefl.federated.exchange import ClientExchange, ServerExchange
 from torchhefl.federated.keyring import run_keypair
+from torchhefl.federated import signed_statistics
 from torchhefl.federated.parts import ModeParts
 from torchhefl.federated.signed_uploads import SignedGlobal, SignedUpload, UploadSignature
 from torchhefl.federated.statistics import STANDARDIZE, check_length, from_vector, to_vector
@@ -241,12 +242,21 @@ class ClientKeyServerExchange(ServerExchange):
 
     def check_statistics(self, payload: bytes, *, purpose: str = STANDARDIZE) -> bytes:
         """Statistics under our key, of a length ``purpose`` can have (all sites' lengths are
-        compared when summed)."""
-        part = PackedSum.from_bytes(payload, public_key=self.public_key)
+        compared when summed); with the roster, signed by a roster site for this pass."""
+        part = self._statistics_part(payload, purpose)[1]
         check_length(purpose, len(part))
         if part.terms != 1:
             raise MalformedMessageError(f"statistics vector claims to be a sum of {part.terms} vectors, not one site's")
         return payload
+
+    def _statistics_part(self, payload: bytes, purpose: str) -> tuple[str | None, PackedSum]:
+        if self.roster is None:
+            return None, PackedSum.from_bytes(payload, public_key=self.public_key)
+        try:
+            cid, inner = signed_statistics.read_signed(payload, self.roster, self.public_key.fingerprint, purpose)
+        except ProtocolError as e:  # statistics that must not be relayed, as check_statistics says
+            raise MalformedMessageError(str(e)) from None
+        return cid, PackedSum.from_bytes(inner, public_key=self.public_key)
 
     def global_checkpoint(self) -> bytes:
         """The encrypted global model with its signed uploads (the server never has it in plaintext)."""
@@ -259,13 +269,20 @@ class ClientKeyServerExchange(ServerExchange):
         self._global = bytes(blob)
 
     def sum_statistics(self, payloads: Sequence[bytes], *, purpose: str = STANDARDIZE) -> bytes:
-        parts = [PackedSum.from_bytes(b, public_key=self.public_key) for b in payloads]
-        if not parts:
+        """The sum for the sites: with the roster, every site's signed vector, relayed for each site
+        to check and sum itself (:mod:`~torchhefl.federated.signed_statistics`); without, their sum."""
+        checked = [self._statistics_part(b, purpose) for b in payloads]
+        if not checked:
             raise MalformedMessageError("no statistics to sum")
-        if len({len(p) for p in parts}) != 1:
-            raise MalformedMessageError(f"statistics of different lengths {sorted({len(p) for p in parts})}")
+        if len({len(p) for _, p in checked}) != 1:
+            raise MalformedMessageError(f"statistics of different lengths {sorted({len(p) for _, p in checked})}")
+        if self.roster is not None:
+            signers = [cid for cid, _ in checked]
+            if len(set(signers)) != len(signers):
+                raise ProtocolError(f"statistics signed twice by one site: {sorted(signers)}")
+            return signed_statistics.bundle(list(payloads), purpose)
         try:
-            return sum_packed(parts).to_bytes()
+            return sum_packed([p for _, p in checked]).to_bytes()
         except OverflowError as e:  # more vectors than a PackedSum adds
             raise MalformedMessageError(f"statistics cannot be summed: {e}") from None
 
@@ -298,8 +315,9 @@ class ClientKeyClientExchange(ClientExchange):
         self.weight_bound = weight_bound
         self.precision = packing.check_encoding(precision)
         self.rounding = rounding
-        #: purpose -> length of the statistics vector this site sent
+        #: purpose -> length of the statistics vector this site sent, and the signed vectors it sent
         self._lengths: dict[str, int] = {}
+        self._sent: dict[str, set[bytes]] = {}
         self._initial_state: OrderedDict | None = None
         self._initial: bytes | None = None  # the public encryption of the initial model, once made
         self._last: tuple[bytes, int, OrderedDict] | None = None
@@ -406,11 +424,39 @@ class ClientKeyClientExchange(ClientExchange):
     def write_statistics(self, stats: Mapping[str, np.ndarray], *, purpose: str = STANDARDIZE) -> bytes:
         vector = to_vector(purpose, stats)
         self._lengths[purpose] = len(vector)
-        return PackedSum.encrypt(vector, self.public_key, coins=self.private_key.coins()).to_bytes()
+        blob = PackedSum.encrypt(vector, self.public_key, coins=self.private_key.coins()).to_bytes()
+        if self.identity is None:
+            return blob
+        signed = signed_statistics.sign(self.identity, self.roster, self.public_key.fingerprint, purpose, blob)
+        self._sent.setdefault(purpose, set()).add(signed)
+        return signed
 
     def read_statistics(self, payload: bytes, *, purpose: str = STANDARDIZE) -> dict[str, np.ndarray]:
+        """The summed statistics of ``purpose``. With a signing identity, the server relays every
+        site's signed vector: exactly one per roster site, this site's own among them unchanged
+        (one it sent, if it sent any in this process), each for this pass; this site sums them itself."""
+        if self.identity is None:
+            total = PackedSum.from_bytes(payload, public_key=self.public_key)
+        else:
+            items = signed_statistics.read_bundle(payload, purpose)
+            parts: dict[str, PackedSum] = {}
+            for item in items:
+                cid, inner = signed_statistics.read_signed(item, self.roster, self.public_key.fingerprint, purpose)
+                if cid in parts:
+                    raise ProtocolError(f"the relayed {purpose} statistics hold two vectors signed by {cid}")
+                parts[cid] = PackedSum.from_bytes(inner, public_key=self.public_key)
+                if parts[cid].terms != 1:
+                    raise MalformedMessageError(f"the relayed {purpose} statistics of {cid} claim to be a sum")
+            if sorted(parts) != sorted(self.roster.sites):
+                raise ProtocolError(f"the relayed {purpose} statistics are signed by {sorted(parts)}, not by every roster site")
+            sent = self._sent.get(purpose)
+            if sent is not None and not sent & set(items):
+                raise ProtocolError(f"the relayed {purpose} statistics do not hold a vector this site sent, unchanged")
+            if len({len(p) for p in parts.values()}) != 1:
+                raise MalformedMessageError(f"the relayed {purpose} statistics have different lengths")
+            total = sum_packed(list(parts.values()))
         try:
-            vector = PackedSum.from_bytes(payload, public_key=self.public_key).decrypt(self.private_key)
+            vector = total.decrypt(self.private_key)
         except OverflowError as e:
             raise MalformedMessageError(f"the summed statistics do not decrypt to valid values: {e}") from None
         sent = self._lengths.get(purpose)
