@@ -261,6 +261,15 @@ def test_checkpoint_never_holds_the_private_key(tmp_path, key_dir, key_holder):
         size = (value.bit_length() + 7) // 8
         assert value.to_bytes(size, "big") not in blob and value.to_bytes(size, "little") not in blob
     assert b'"p"' not in blob and b'"q"' not in blob and b"private" not in blob.replace(b"private.json", b"")
+    # nor anything else the run folder holds (metrics, TensorBoard events, config, preprocessing.json, model.pt)
+    files = [f for f in (tmp_path / "r").rglob("*") if f.is_file()]
+    assert {"preprocessing.json", "metrics.csv", "config.json", "model.pt"} <= {f.name for f in files}
+    for f in files:
+        data = f.read_bytes()
+        for value in (p, q):
+            size = (value.bit_length() + 7) // 8
+            for form in (format(value, "x").encode(), str(value).encode(), value.to_bytes(size, "big"), value.to_bytes(size, "little")):
+                assert form not in data, f.name
     checkpoint = load_checkpoint(path.parent)
     assert checkpoint.key_fingerprint == private_key.public_key.fingerprint
     assert checkpoint.round == 1 and checkpoint.config["key_holder"] == key_holder
