@@ -279,3 +279,32 @@ def test_a_holder_sends_exactly_the_runs_metrics():
         counts_from_wire(wire, num_classes=10, metrics=("top3", "brier"))
     with pytest.raises(ValueError, match="must be one finite number"):
         counts_from_wire({**wire, "metric_top3": np.array([np.inf])}, num_classes=10, metrics=("top3",))
+
+
+@pytest.mark.parametrize("mode", ["plain", "he"])
+def test_impute_fills_the_sites_gaps_as_the_pooled_mean_would(mode):
+    """NaN in the sites' arrays with impute='mean': the model equals the one trained on the same
+    rows filled in plaintext with the pooled mean of the training rows; predict fills new rows alike."""
+    config = TrainConfig(mode=mode, rounds=3, **SMALL_KEYS)
+    sites, test = _wdbc_parts(config)
+    rng = np.random.default_rng(0)
+    gappy = []
+    for X, y in sites:
+        X = X.copy()
+        X[rng.integers(len(X), size=6), rng.integers(X.shape[1], size=6)] = np.nan
+        gappy.append((X, y))
+    pooled = np.concatenate([X for X, _ in gappy])
+    mean = np.nanmean(pooled, axis=0)
+    filled = [(np.where(np.isnan(X), mean, X), y) for X, y in gappy]
+    model = lambda: LogisticRegression(30, dtype=torch.float64)  # noqa: E731
+    with pytest.raises(DataError, match="inputs hold NaN or infinity"):
+        Federation(model, gappy, test=test, config=config)
+    fed = Federation(model, gappy, test=test, config=config, impute="mean")
+    ref = Federation(model, filled, test=test, config=config)
+    fed.fit(progress=False)
+    ref.fit(progress=False)
+    assert (_weights(fed) - _weights(ref)).abs().max() < 1e-9
+    new = test[0][:5].copy()
+    new[0, 3] = np.nan
+    expected = ref.transform(np.where(np.isnan(new), mean, new))
+    assert torch.allclose(fed.transform(new), expected, atol=1e-9)

@@ -45,12 +45,13 @@ from torchhefl.federated.simulation import Simulation, assemble, run
 
 __all__ = ["Federation", "site_arrays"]
 
-def site_arrays(data, what: str = "data") -> tuple[np.ndarray, np.ndarray]:
+def site_arrays(data, what: str = "data", *, missing: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(X, y)`` arrays of a ``Dataset`` of ``(input, label)`` items, a ``DataLoader`` over one,
     or an ``(X, y)`` pair of arrays or tensors; ``X`` float64 of shape ``(n, *shape)``, ``y`` int64.
 
     Raises :class:`~torchhefl.exceptions.DataError` naming ``what`` for data that is empty, not
-    ``(input, label)`` pairs, non-finite, or labelled with anything but integers >= 0.
+    ``(input, label)`` pairs, non-finite (``missing=True`` lets NaN through: values the run fills),
+    or labelled with anything but integers >= 0.
     """
     if isinstance(data, tuple) and len(data) == 2:
         X, y = data
@@ -75,8 +76,8 @@ def site_arrays(data, what: str = "data") -> tuple[np.ndarray, np.ndarray]:
     y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
     if y.shape != (X.shape[0],):
         raise DataError(f"{what}: {X.shape[0]} inputs but labels of shape {y.shape}")
-    if not np.isfinite(X).all():
-        raise DataError(f"{what}: inputs hold NaN or infinity")
+    if np.isinf(X).any() or (not missing and np.isnan(X).any()):
+        raise DataError(f"{what}: inputs hold {'infinity' if missing else 'NaN or infinity'}")
     if not (np.isfinite(y).all() and (y == np.round(y)).all() and (y >= 0).all()):
         raise DataError(f"{what}: labels must be class indices, integers >= 0")
     return X, y.astype(np.int64)
@@ -102,6 +103,10 @@ class Federation:
             holder of test rows sums its own and the run reports the mean over all held-out rows as
             ``test_<name>`` (in the history, ``metrics.csv`` and TensorBoard). Sums add up across
             sites; a metric that does not decompose over rows cannot be split this way.
+        impute: ``"mean"`` or ``"median"`` lets inputs hold NaN: each site fills its own from the
+            federated mean or median of that input entry, summed through the mode's protected
+            statistics path before standardisation (:mod:`torchhefl.federated.statistics`); the
+            held-out rows are filled by whoever holds them. Default ``None``: NaN is refused.
         config: a :class:`~torchhefl.federated.config.TrainConfig` to start from; ``settings``
             (any of its fields: ``mode``, ``key_holder``, ``rounds``, ``lr``, ``batch_size``,
             ``local_epochs``, ``clip_norm``, ``aggregator``, ``key_bits``, ``epsilon``, ``seed``,
@@ -123,6 +128,7 @@ class Federation:
         optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
         num_classes: int | None = None,
         metrics: dict[str, Callable] | None = None,
+        impute: str | None = None,
         config: TrainConfig | None = None,
         **settings,
     ) -> None:
@@ -140,8 +146,12 @@ class Federation:
             settings["batch_size"] = int(loader_batch)
         settings.setdefault("extra", dict(base.extra))
         self.config = dataclasses.replace(base, clients=len(sites), **settings).validate()
-        self._sites = [site_arrays(s, f"site {i}'s data") for i, s in enumerate(sites)]
-        self._test = site_arrays(test, "the test data")
+        if impute not in (None, "mean", "median"):
+            raise ConfigError(f"impute must be 'mean', 'median' or None, got {impute!r}")
+        self.impute = impute
+        gaps = impute is not None
+        self._sites = [site_arrays(s, f"site {i}'s data", missing=gaps) for i, s in enumerate(sites)]
+        self._test = site_arrays(test, "the test data", missing=gaps)
         shapes = {X.shape[1:] for X, _ in [*self._sites, self._test]}
         if len(shapes) > 1:
             raise DataError(f"the sites' and the test set's inputs differ in shape: {sorted(shapes)}")
@@ -179,6 +189,7 @@ class Federation:
         return assemble(
             self.config, model=copy.deepcopy(self._initial), sites=self._sites, test=self._test, num_classes=self.num_classes,
             loss_fn=self.loss, optimizer_fn=self.optimizer, dataset=description, metrics=self.metrics,
+            impute=self.impute,
         )
 
     def fit(
@@ -237,14 +248,22 @@ class Federation:
         return self.simulation.clients[0].standardizer
 
     def transform(self, inputs) -> torch.Tensor:
-        """New inputs (array or tensor of the sites' input shape, ``(n, *shape)``) standardised as in
-        training, as a tensor of the model's dtype."""
+        """New inputs (array or tensor of the sites' input shape, ``(n, *shape)``) prepared as in
+        training (missing values filled as the sites filled theirs, with ``impute``; then
+        standardised), as a tensor of the model's dtype."""
         X = np.asarray(inputs.detach().cpu().numpy() if isinstance(inputs, torch.Tensor) else inputs, dtype=np.float64)
         shape = self._sites[0][0].shape[1:]
         if X.shape[1:] != shape:
             raise DataError(f"inputs of shape {X.shape}, expected (n, {', '.join(map(str, shape))})")
         dtype = next(self._initial.parameters()).dtype
-        return torch.as_tensor(self.standardizer.transform(X), dtype=dtype)
+        standardizer = self.standardizer
+        if np.isnan(X).any():
+            imputation = self.simulation.clients[0].imputation
+            if imputation is None:
+                raise DataError("inputs hold NaN; a federation fills missing values only with impute='mean' or 'median'")
+            flat = imputation.apply(X.reshape(X.shape[0], -1))  # the sites' fill values
+            X = flat.reshape(X.shape)
+        return torch.as_tensor(standardizer.transform(X), dtype=dtype)
 
     def predict(self, inputs) -> np.ndarray:
         """The final model's class (0..K-1) for each of the new ``inputs`` (standardised first):
