@@ -378,7 +378,7 @@ def assemble(
 def site_data(config: TrainConfig, index: int, *, dataset: Dataset | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Site ``index``'s rows exactly as :func:`build` places them: ``(X, y, X_test, y_test)``.
 
-    ``X`` has shape ``(n, d)`` (encoded, not yet standardised), ``y`` shape ``(n,)`` in {0, ..., K-1}; the test pair is the
+    ``X`` has shape ``(n, d)`` (encoded, not yet standardised; NaN where a table misses a number, filled during set-up), ``y`` shape ``(n,)`` in {0, ..., K-1}; the test pair is the
     site's share of the held-out set, the share it evaluates on when clients evaluate. For a
     deployment (one process per site) that reproduces the simulation's split.
     """
