@@ -47,6 +47,7 @@ __all__ = [
     "TableSummary",
     "agree_encoding",
     "agree_vocabulary",
+    "column_sums",
     "histogram_counts",
     "local_histogram",
     "local_summary",
@@ -111,15 +112,21 @@ class TableSummary:
 
 def local_summary(table: Table) -> TableSummary:
     """A site's :class:`TableSummary` of its own rows."""
-    X = table.numeric()
-    present = ~np.isnan(X)
-    filled = np.where(present, X, 0.0)
+    count, total, sumsq = column_sums(table.numeric())
     categories = tuple(
         frozenset(v for v in column if v is not None)
         for column, kind in zip(table.values, table.kinds) if kind == CATEGORICAL
     )
-    return TableSummary(len(table), present.sum(axis=0).astype(np.float64), filled.sum(axis=0),
-                        np.square(filled).sum(axis=0), categories)
+    return TableSummary(len(table), count, total, sumsq, categories)
+
+
+def column_sums(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per column of ``X`` (shape ``(n, k)``, NaN where missing): the count of its non-missing
+    values, their sum and their sum of squares, float64."""
+    X = np.asarray(X, dtype=np.float64)
+    present = ~np.isnan(X)
+    filled = np.where(present, X, 0.0)
+    return present.sum(axis=0).astype(np.float64), filled.sum(axis=0), np.square(filled).sum(axis=0)
 
 
 def _span(total: TableSummary) -> tuple[np.ndarray, np.ndarray]:

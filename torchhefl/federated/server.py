@@ -132,8 +132,10 @@ class Server:
         """Before the first round: the exchange's own set-up (e.g. key agreement), the imputation
         passes where the run fills missing values, then standardisation."""
         self.exchange.setup(self)
-        for purpose in () if self.impute is None else Imputation(self.impute).purposes:
-            self.impute_pass(purpose)
+        if self.impute is not None:
+            self.imputation = Imputation(self.impute)
+            for purpose in self.imputation.purposes:
+                self.impute_pass(purpose)
         self.standardize()
 
     def broadcast(self, ids: list[str], request: bytes, reply_kind: str, *, server_round: int | None = None) -> dict:
@@ -167,11 +169,10 @@ class Server:
         return result
 
     def impute_pass(self, purpose: str) -> None:
-        """One imputation pass (``"impute"`` or ``"median"``): the clients fill their missing values
-        from the sums; a server that may read them fills those of its held-out rows."""
+        """One imputation pass (``"impute"`` or ``"median"``, after :meth:`setup` made
+        :attr:`imputation`): the clients fill their missing values from the sums; a server that
+        may read them fills those of its held-out rows."""
         num_features = None if self._X_test_raw is None else math.prod(self._X_test_raw.shape[1:])
-        if self.imputation is None:
-            self.imputation = Imputation(self.impute)
         imputation = self.imputation
         self._sum_pass(purpose, "imputation", "imputation statistics", lambda stats: imputation.read(purpose, stats, num_features=num_features))
         if imputation.done and self._X_test_raw is not None:

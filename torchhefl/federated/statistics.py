@@ -13,8 +13,8 @@ purpose), which each site reads. Three purposes, in this order:
 * ``"median"`` (``--impute median``): per input column that has a missing value somewhere (known
   from the ``impute`` sum: ``count < rows``), a ``histogram`` of counts over :data:`MEDIAN_BINS`
   equal bins spanning the pooled mean plus or minus one standard deviation, with a bin below and
-  one above: shape ``(m, MEDIAN_BINS + 2)``. The fill is the median the summed histogram locates,
-  within ``sd / MEDIAN_BINS``.
+  one above: shape ``(m, MEDIAN_BINS + 2)`` (``m = 0``, an empty vector, where no site has a gap).
+  The fill is the median the summed histogram locates, within ``sd / MEDIAN_BINS``.
 * ``"standardize"`` (every run): ``count`` (1,), ``sum`` and ``sumsq`` (d,) of the filled values.
 
 A mode's exchange masks or encrypts each purpose's vector on its own (under the server's key, one
@@ -27,7 +27,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from torchhefl.data.encoding import MEDIAN_BINS, histogram_counts, median_from_counts, span
+from torchhefl.data.encoding import MEDIAN_BINS, column_sums, histogram_counts, median_from_counts, span
 from torchhefl.exceptions import DataError, MalformedMessageError, ProtocolError
 
 __all__ = [
@@ -70,7 +70,7 @@ def to_vector(purpose: str, stats: Mapping[str, np.ndarray]) -> np.ndarray:
 
 def check_length(purpose: str, length: int) -> None:
     """Refuse (:class:`MalformedMessageError`) a vector length no statistics of ``purpose`` have."""
-    ok = 0 < length < MAX_LENGTH and {
+    ok = 0 <= length < MAX_LENGTH and {
         STANDARDIZE: length >= 3 and length % 2 == 1,
         IMPUTE: length >= 4 and length % 3 == 1,
         MEDIAN: length % (MEDIAN_BINS + 2) == 0,
@@ -147,10 +147,8 @@ class Imputation:
         """This site's statistics of ``X`` (shape ``(n, d)``, NaN where missing) for ``purpose``."""
         X = np.asarray(X, dtype=np.float64)
         if purpose == IMPUTE:
-            present = ~np.isnan(X)
-            filled = np.where(present, X, 0.0)
-            return {"rows": np.array([float(len(X))]), "count": present.sum(axis=0).astype(np.float64),
-                    "sum": filled.sum(axis=0), "sumsq": np.square(filled).sum(axis=0)}
+            count, total, sumsq = column_sums(X)
+            return {"rows": np.array([float(len(X))]), "count": count, "sum": total, "sumsq": sumsq}
         if purpose == MEDIAN:
             if self.method != "median":
                 raise ProtocolError("asked for a median histogram in a run that fills missing values with the mean")
